@@ -1,0 +1,3 @@
+//! awork-gateway: an authenticating reverse proxy for the awork API.
+
+pub mod mock;
