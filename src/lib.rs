@@ -1,3 +1,95 @@
 //! awork-gateway: an authenticating reverse proxy for the awork API.
+//!
+//! Callers send no awork secret; the gateway decides who they are and what they may do,
+//! attaches the awork credential and forwards. `Gateway` holds what outlives a request
+//! (config, credentials, metrics, the upstream pool); `Gateway::service` builds the stack.
 
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod layers;
+pub mod logging;
+pub mod metrics;
 pub mod mock;
+pub mod path;
+pub mod rules;
+pub mod server;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header;
+use tower::ServiceBuilder;
+use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
+
+use config::{Config, Env};
+use credentials::Credentials;
+use layers::access_log::{AccessLog, AccessLogLayer};
+use layers::client_identity::{ClientIdentityLayer, IdentifyClient, Identities};
+use layers::credential::{AttachCredential, CredentialLayer};
+use layers::policy::{Policy, PolicyLayer};
+use layers::request_id::{RequestIdLayer, SetRequestId};
+use metrics::Metrics;
+use upstream::{HttpClient, Upstream};
+
+/// The request path as one service, outside in.
+pub type Stack = SetSensitiveRequestHeaders<
+    SetRequestId<AccessLog<IdentifyClient<Policy<AttachCredential<Upstream>>>>>,
+>;
+
+/// Everything that outlives a single request.
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub credentials: Credentials,
+    pub metrics: Arc<Metrics>,
+    client: HttpClient,
+    identities: Arc<Identities>,
+    started: Instant,
+}
+
+impl Gateway {
+    /// Loads the credentials and builds the upstream pool for a validated config.
+    pub fn new(config: Config, env: Arc<dyn Env>) -> Result<Self, upstream::SetupError> {
+        let metrics = Arc::new(Metrics::new());
+        let client = upstream::build_client(&config.upstream)?;
+        let credentials = Credentials::load(&config, env, metrics.clone());
+        let identities = Arc::new(Identities::new(&config));
+        Ok(Self {
+            config: Arc::new(config),
+            credentials,
+            metrics,
+            client,
+            identities,
+            started: Instant::now(),
+        })
+    }
+
+    /// The request path as a tower service; cheap to clone.
+    pub fn service(&self) -> Stack {
+        ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+                header::PROXY_AUTHORIZATION,
+                header::COOKIE,
+            ]))
+            .layer(RequestIdLayer)
+            .layer(AccessLogLayer::new(self.metrics.clone()))
+            .layer(ClientIdentityLayer::new(self.identities.clone()))
+            .layer(PolicyLayer::new(self.config.clone()))
+            .layer(CredentialLayer::new(&self.config, &self.credentials))
+            .service(Upstream::new(
+                self.client.clone(),
+                &self.config.upstream,
+                self.metrics.clone(),
+            ))
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+}

@@ -1,1 +1,227 @@
 //! A faithful mock of the awork API for tests, the demo and benchmarks.
+//!
+//! The gateway's behaviour only matters against awork's real quirks (bearer auth with awork's
+//! error body, a per-workspace quota in fixed wall-clock windows, `aw-*` paging headers, huge
+//! file transfers, MCP's server-sent events), so this mock reproduces those over real sockets
+//! and records every request it receives, letting tests assert what actually went upstream.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let mock = awork_gateway::mock::MockAwork::builder()
+//!     .api_key("k-123")
+//!     .token_for_user("tok-b", "Grace Hopper")
+//!     .rate_limit(50, 1000)
+//!     .start()
+//!     .await?;
+//! println!("{}", mock.url());
+//! assert_eq!(mock.stats().requests_total, 0);
+//! mock.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! HTTP routes (all `/api/v1/**` need a valid bearer token and count against the quota):
+//! `GET /me`, paged `GET /users`, `/projects`, `/timeentries`, `GET /files/{id}/download?size=N`
+//! (and `/{entity}/{id}/files/{fileId}/download`), uploads `POST /{entity}/{id}/files` and
+//! `/temporaryfiles`, `GET|POST /mcp?events=N&interval_ms=M`, `/echo/**`, `GET /slow?ms=N`,
+//! `GET /redirect?to=URL`, `/status/{code}`; other writes are echoed, other reads are 404.
+//! Control (no auth, not logged): `GET /_mock/stats`, `GET /_mock/requests`,
+//! `POST /_mock/reset`, `POST /_mock/tokens`.
+
+mod body;
+mod control;
+mod data;
+mod quota;
+mod respond;
+mod routes;
+mod server;
+mod state;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use body::{PATTERN_PERIOD, download_byte};
+pub use quota::RateLimit;
+pub use state::{DEFAULT_USER, MockStats, SeenRequest};
+
+use quota::Quota;
+use state::{Settings, Shared, lock};
+
+/// Configures a [`MockAwork`] before it starts.
+#[derive(Debug, Clone)]
+pub struct MockAworkBuilder {
+    listen: SocketAddr,
+    tokens: HashMap<String, String>,
+    rate_limit: RateLimit,
+    settings: Settings,
+}
+
+impl Default for MockAworkBuilder {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            tokens: HashMap::new(),
+            rate_limit: RateLimit::BASIC,
+            settings: Settings {
+                users: 120,
+                projects: 2500,
+                time_entries: 5000,
+                retry_after: false,
+            },
+        }
+    }
+}
+
+impl MockAworkBuilder {
+    /// Accepts `key` as a bearer token belonging to [`DEFAULT_USER`].
+    pub fn api_key(self, key: impl Into<String>) -> Self {
+        self.token_for_user(key, DEFAULT_USER)
+    }
+
+    /// Accepts `token` as a bearer token of the user named `user` (as `GET /me` shows it).
+    pub fn token_for_user(mut self, token: impl Into<String>, user: impl Into<String>) -> Self {
+        self.tokens.insert(token.into(), user.into());
+        self
+    }
+
+    /// The quota per wall-clock second and minute (0 leaves that window unlimited).
+    pub fn rate_limit(mut self, per_second: u32, per_minute: u32) -> Self {
+        self.rate_limit = RateLimit {
+            per_second,
+            per_minute,
+        };
+        self
+    }
+
+    /// No quota: no 429s and no rate-limit headers.
+    pub fn no_rate_limit(mut self) -> Self {
+        self.rate_limit = RateLimit::UNLIMITED;
+        self
+    }
+
+    /// Adds `Retry-After` (seconds) to 429 answers; awork does not document it.
+    pub fn retry_after(mut self, enabled: bool) -> Self {
+        self.settings.retry_after = enabled;
+        self
+    }
+
+    /// The address to bind (default `127.0.0.1:0`, an ephemeral port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// How many users `GET /users` lists (default 120).
+    pub fn users(mut self, count: u64) -> Self {
+        self.settings.users = count;
+        self
+    }
+
+    /// How many projects `GET /projects` lists (default 2500).
+    pub fn projects(mut self, count: u64) -> Self {
+        self.settings.projects = count;
+        self
+    }
+
+    /// How many time entries `GET /timeentries` lists (default 5000).
+    pub fn time_entries(mut self, count: u64) -> Self {
+        self.settings.time_entries = count;
+        self
+    }
+
+    /// Binds the listener and starts serving on the current tokio runtime.
+    pub async fn start(self) -> std::io::Result<MockAwork> {
+        let listener = TcpListener::bind(self.listen).await?;
+        let addr = listener.local_addr()?;
+        let quota = Quota::new(self.rate_limit);
+        let shared = Arc::new(Shared::new(self.settings, self.tokens, quota));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(server::serve(listener, shared.clone(), stopped));
+        Ok(MockAwork {
+            addr,
+            shared,
+            stop,
+            task: Some(task),
+        })
+    }
+}
+
+/// A running mock awork server; it stops when [`MockAwork::shutdown`] is awaited or the
+/// handle is dropped.
+#[derive(Debug)]
+pub struct MockAwork {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl MockAwork {
+    /// A builder with awork's Basic plan quota, no tokens and default data sizes.
+    pub fn builder() -> MockAworkBuilder {
+        MockAworkBuilder::default()
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, the origin to point a gateway at.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://ADDR/api/v1`, the REST base.
+    pub fn api_url(&self) -> String {
+        format!("{}/api/v1", self.url())
+    }
+
+    /// The last 10,000 requests received (outside `/_mock/`), oldest first.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.shared.requests()
+    }
+
+    /// Counters since start or the last [`MockAwork::reset`].
+    pub fn stats(&self) -> MockStats {
+        self.shared.stats()
+    }
+
+    /// Accepts `token`, for `user` (default [`DEFAULT_USER`]); replaces an existing entry.
+    pub fn add_token(&self, token: impl Into<String>, user: Option<&str>) {
+        self.shared.add_token(token.into(), user);
+    }
+
+    /// Stops accepting `token`; returns whether it was accepted before.
+    pub fn revoke_token(&self, token: &str) -> bool {
+        self.shared.revoke_token(token)
+    }
+
+    /// Changes the quota from now on (current window counts are kept).
+    pub fn set_rate_limit(&self, limit: RateLimit) {
+        lock(&self.shared.quota).set_limit(limit);
+    }
+
+    /// Clears the request log, the counters and the quota windows.
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// Stops accepting, lets open connections finish for up to a second, then cuts them.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for MockAwork {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}

@@ -1,0 +1,697 @@
+//! Configuration: the TOML file is parsed (`raw`), validated once into a typed `Config`,
+//! and from then on trusted. Every error names the key at fault.
+
+mod raw;
+pub mod secret;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use ipnet::IpNet;
+
+use crate::rules::{self, Rule};
+pub use secret::{Env, ProcessEnv, Secret, SecretError, SecretSource};
+
+/// The config that serves when neither `--config` nor `AWORK_GATEWAY_CONFIG` names one.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub credentials: Vec<CredentialConfig>,
+    pub rate_limit: RateLimitConfig,
+    pub clients: Vec<ClientConfig>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    /// How long in-flight requests may run after SIGTERM.
+    pub drain_timeout: Duration,
+    /// A connection that sends no complete request head for this long is closed: idle
+    /// keep-alive connections and slow (slowloris) clients alike.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl UpstreamConfig {
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialConfig {
+    pub name: String,
+    pub kind: CredentialKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum CredentialKind {
+    ApiKey { key: SecretSource },
+}
+
+impl CredentialKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::ApiKey { .. } => "api_key",
+        }
+    }
+}
+
+/// The workspace quota (enforced by the quota issue's layer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub per_second: u32,
+    pub per_minute: u32,
+    pub max_wait: Duration,
+}
+
+impl Default for RateLimitConfig {
+    /// awork's Basic plan.
+    fn default() -> Self {
+        Self {
+            per_second: 50,
+            per_minute: 1000,
+            max_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClientConfig {
+    pub name: String,
+    pub token_sha256: Option<[u8; 32]>,
+    pub networks: Vec<IpNet>,
+    /// Index into `Config::credentials`.
+    pub credential: usize,
+    pub allow: Vec<Rule>,
+    pub per_minute: Option<u32>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("name", &self.name)
+            .field("token_sha256", &self.token_sha256.map(|_| "****"))
+            .field("networks", &self.networks)
+            .field("credential", &self.credential)
+            .field("allow", &self.allow.len())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// One problem in a config, with the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Everything wrong with a config file, so one `check` run shows all of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config {}:", self.source_name)?;
+        for issue in &self.issues {
+            write!(f, "\n  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A valid config and what an operator should still hear about it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigIssue>,
+    pub source_name: String,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Loaded, ConfigError> {
+        let source_name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: source_name.clone(),
+            issues: vec![ConfigIssue {
+                key: "(file)".into(),
+                message: format!("cannot read the config file: {e}"),
+            }],
+        })?;
+        Self::parse(&text, &source_name, env)
+    }
+
+    /// The embedded default (see `config/default.toml`).
+    pub fn embedded_default(env: &dyn Env) -> Result<Loaded, ConfigError> {
+        Self::parse(EMBEDDED_DEFAULT, "(embedded default)", env)
+    }
+
+    /// Parses and validates config text; `source_name` is only used in messages.
+    pub fn parse(text: &str, source_name: &str, env: &dyn Env) -> Result<Loaded, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            source_name: source_name.to_owned(),
+            issues: vec![ConfigIssue {
+                key: "(syntax)".into(),
+                message: e.to_string().trim_end().replace('\n', "\n    "),
+            }],
+        })?;
+        let mut v = Validator::new(env);
+        let config = v.config(raw);
+        match config {
+            Some(config) if v.issues.is_empty() => Ok(Loaded {
+                config,
+                warnings: v.warnings,
+                source_name: source_name.to_owned(),
+            }),
+            _ => Err(ConfigError {
+                source_name: source_name.to_owned(),
+                issues: v.issues,
+            }),
+        }
+    }
+}
+
+/// Walks the raw config once, collecting every issue.
+struct Validator<'a> {
+    env: &'a dyn Env,
+    issues: Vec<ConfigIssue>,
+    warnings: Vec<ConfigIssue>,
+}
+
+impl<'a> Validator<'a> {
+    fn new(env: &'a dyn Env) -> Self {
+        Self {
+            env,
+            issues: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn issue(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigIssue {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, raw: raw::RawConfig) -> Option<Config> {
+        let server = self.server(raw.server);
+        let upstream = self.upstream(raw.upstream);
+        let credentials = self.credentials(raw.credentials);
+        let rate_limit = self.rate_limit(raw.rate_limit);
+        let clients = self.clients(raw.clients, &credentials);
+        let log = self.log(raw.log);
+        Some(Config {
+            server: server?,
+            upstream: upstream?,
+            credentials,
+            rate_limit,
+            clients,
+            log,
+        })
+    }
+
+    fn duration(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
+        let Some(text) = value else { return default };
+        match humantime::parse_duration(&text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.issue(key, "must be longer than zero");
+                default
+            }
+            Err(e) => {
+                self.issue(
+                    key,
+                    format!(
+                        "{text:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"5m\""
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn socket_addr(
+        &mut self,
+        key: &str,
+        value: Option<String>,
+        default: &str,
+    ) -> Option<SocketAddr> {
+        let text = value.unwrap_or_else(|| default.to_owned());
+        match text.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.issue(
+                    key,
+                    format!("{text:?} is not an address with a port, e.g. \"127.0.0.1:8080\" or \"[::]:8080\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, key: &str, value: Option<usize>, default: usize) -> usize {
+        match value {
+            Some(0) => {
+                self.issue(key, "must be at least 1");
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    }
+
+    fn server(&mut self, raw: raw::RawServer) -> Option<ServerConfig> {
+        let listen = self.socket_addr("server.listen", raw.listen, "127.0.0.1:8080");
+        let admin_listen =
+            self.socket_addr("server.admin_listen", raw.admin_listen, "127.0.0.1:9090");
+        if let (Some(a), Some(b)) = (listen, admin_listen) {
+            let same_ip = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+            if a.port() == b.port() && a.port() != 0 && same_ip {
+                self.issue(
+                    "server.admin_listen",
+                    format!("{b} overlaps server.listen {a}; give the admin listener its own port"),
+                );
+            }
+        }
+        let tls = raw.tls.map(|t| {
+            for (key, path) in [
+                ("server.tls.cert", Some(&t.cert)),
+                ("server.tls.key", Some(&t.key)),
+                ("server.tls.client_ca", t.client_ca.as_ref()),
+            ] {
+                if let Some(path) = path {
+                    self.readable_file(key, path);
+                }
+            }
+            TlsConfig {
+                cert: t.cert,
+                key: t.key,
+                client_ca: t.client_ca,
+            }
+        });
+        let max_header_bytes =
+            self.positive("server.max_header_bytes", raw.max_header_bytes, 32 * 1024);
+        if max_header_bytes < 8 * 1024 {
+            self.issue("server.max_header_bytes", "must be at least 8192 (8 KiB)");
+        }
+        Some(ServerConfig {
+            listen: listen?,
+            admin_listen: admin_listen?,
+            tls,
+            drain_timeout: self.duration(
+                "server.drain_timeout",
+                raw.drain_timeout,
+                Duration::from_secs(30),
+            ),
+            idle_timeout: self.duration(
+                "server.idle_timeout",
+                raw.idle_timeout,
+                Duration::from_secs(30),
+            ),
+            max_connections: self.positive("server.max_connections", raw.max_connections, 20_000),
+            max_header_bytes,
+            max_headers: self.positive("server.max_headers", raw.max_headers, 100),
+        })
+    }
+
+    fn readable_file(&mut self, key: &str, path: &Path) {
+        if let Err(e) = std::fs::File::open(path) {
+            self.issue(key, format!("cannot read {}: {}", path.display(), e.kind()));
+        }
+    }
+
+    fn upstream(&mut self, raw: raw::RawUpstream) -> Option<UpstreamConfig> {
+        let url = raw
+            .url
+            .unwrap_or_else(|| "https://api.awork.com".to_owned());
+        let origin = self.origin(&url);
+        if let Some(path) = &raw.ca_file {
+            self.readable_file("upstream.ca_file", path);
+        }
+        let (scheme, authority) = origin?;
+        Some(UpstreamConfig {
+            scheme,
+            authority,
+            connect_timeout: self.duration(
+                "upstream.connect_timeout",
+                raw.connect_timeout,
+                Duration::from_secs(5),
+            ),
+            request_timeout: self.duration(
+                "upstream.request_timeout",
+                raw.request_timeout,
+                Duration::from_secs(60),
+            ),
+            pool_idle_timeout: self.duration(
+                "upstream.pool_idle_timeout",
+                raw.pool_idle_timeout,
+                Duration::from_secs(90),
+            ),
+            ca_file: raw.ca_file,
+        })
+    }
+
+    fn origin(&mut self, url: &str) -> Option<(Scheme, Authority)> {
+        let parsed: Result<http::Uri, _> = url.parse();
+        let uri = match parsed {
+            Ok(uri) => uri,
+            Err(e) => {
+                self.issue("upstream.url", format!("{url:?} is not a URL: {e}"));
+                return None;
+            }
+        };
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            self.issue(
+                "upstream.url",
+                format!("{url:?} needs a scheme and a host, e.g. \"https://api.awork.com\""),
+            );
+            return None;
+        };
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            self.issue(
+                "upstream.url",
+                format!("scheme {scheme} is not http or https"),
+            );
+            return None;
+        }
+        if uri.path() != "/" || uri.query().is_some() {
+            self.issue(
+                "upstream.url",
+                format!("{url:?} must be an origin only (no path or query): request paths are forwarded unchanged"),
+            );
+            return None;
+        }
+        if authority.as_str().contains('@') {
+            self.issue(
+                "upstream.url",
+                "must not carry user info; use a credential instead",
+            );
+            return None;
+        }
+        Some((scheme, authority))
+    }
+
+    fn credentials(
+        &mut self,
+        raw: std::collections::BTreeMap<String, raw::RawCredential>,
+    ) -> Vec<CredentialConfig> {
+        let mut out = Vec::with_capacity(raw.len());
+        for (name, cred) in raw {
+            let key = format!("credentials.{name}");
+            if !valid_name(&name) {
+                self.issue(
+                    &key,
+                    "a credential name may only use letters, digits, '-' and '_'",
+                );
+            }
+            match cred {
+                raw::RawCredential::ApiKey(api) => {
+                    let source = self.secret(&format!("{key}.key"), api.key);
+                    out.push(CredentialConfig {
+                        name,
+                        kind: CredentialKind::ApiKey { key: source },
+                    });
+                }
+                raw::RawCredential::Oauth(_) | raw::RawCredential::OauthUser(_) => {
+                    self.issue(
+                        format!("{key}.type"),
+                        "OAuth credentials are not available in this version yet; use type = \"api_key\"",
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn secret(&mut self, key: &str, raw: raw::RawSecret) -> SecretSource {
+        let source = match raw {
+            raw::RawSecret::Env(name) => SecretSource::Env(name),
+            raw::RawSecret::File(path) => SecretSource::File(path),
+            raw::RawSecret::Value(v) => {
+                self.warn(
+                    key,
+                    "the secret is written inline in the config; prefer { env = \"NAME\" } or { file = \"PATH\" }",
+                );
+                SecretSource::Value(Secret::new(v))
+            }
+        };
+        if let Err(e) = source.read(self.env) {
+            self.issue(key, e.to_string());
+        }
+        source
+    }
+
+    fn rate_limit(&mut self, raw: Option<raw::RawRateLimit>) -> RateLimitConfig {
+        let default = RateLimitConfig::default();
+        let Some(raw) = raw else { return default };
+        let per_second = raw.per_second.unwrap_or(default.per_second);
+        let per_minute = raw.per_minute.unwrap_or(default.per_minute);
+        if per_second == 0 {
+            self.issue("rate_limit.per_second", "must be at least 1");
+        }
+        if per_minute == 0 {
+            self.issue("rate_limit.per_minute", "must be at least 1");
+        }
+        RateLimitConfig {
+            per_second,
+            per_minute,
+            max_wait: self.duration("rate_limit.max_wait", raw.max_wait, default.max_wait),
+        }
+    }
+
+    fn clients(
+        &mut self,
+        raw: Vec<raw::RawClient>,
+        credentials: &[CredentialConfig],
+    ) -> Vec<ClientConfig> {
+        let mut out: Vec<ClientConfig> = Vec::with_capacity(raw.len());
+        for (i, c) in raw.into_iter().enumerate() {
+            let key = format!("clients[{i}]");
+            if !valid_name(&c.name) {
+                self.issue(
+                    format!("{key}.name"),
+                    "a client name may only use letters, digits, '-' and '_'",
+                );
+            }
+            if out.iter().any(|o| o.name == c.name) {
+                self.issue(
+                    format!("{key}.name"),
+                    format!("client name {:?} is used twice", c.name),
+                );
+            }
+            let credential = match credentials.iter().position(|cr| cr.name == c.credential) {
+                Some(idx) => idx,
+                None => {
+                    let known: Vec<&str> = credentials.iter().map(|cr| cr.name.as_str()).collect();
+                    self.issue(
+                        format!("{key}.credential"),
+                        format!(
+                            "unknown credential {:?} (defined: {})",
+                            c.credential,
+                            known.join(", ")
+                        ),
+                    );
+                    0
+                }
+            };
+            let token_sha256 = c
+                .token_sha256
+                .as_deref()
+                .and_then(|hex| self.token_hash(&key, hex));
+            let networks = c
+                .networks
+                .iter()
+                .enumerate()
+                .filter_map(|(j, n)| self.network(&format!("{key}.networks[{j}]"), n))
+                .collect::<Vec<_>>();
+            let mut allow = Vec::new();
+            for (j, entry) in c.allow.iter().enumerate() {
+                match rules::parse(entry) {
+                    Ok(rules) => allow.extend(rules),
+                    Err(e) => self.issue(format!("{key}.allow[{j}]"), e),
+                }
+            }
+            if c.allow.is_empty() {
+                self.issue(
+                    format!("{key}.allow"),
+                    "no rules: this client could do nothing; add e.g. allow = [\"read-only\"]",
+                );
+            }
+            if c.per_minute == Some(0) {
+                self.issue(format!("{key}.per_minute"), "must be at least 1");
+            }
+            let client = ClientConfig {
+                name: c.name,
+                token_sha256,
+                networks,
+                credential,
+                allow,
+                per_minute: c.per_minute,
+            };
+            self.reachable(
+                &key,
+                &client,
+                &out,
+                c.token_sha256.is_some(),
+                !c.networks.is_empty(),
+            );
+            out.push(client);
+        }
+        out
+    }
+
+    /// A client that no caller can ever be identified as is a config mistake.
+    fn reachable(
+        &mut self,
+        key: &str,
+        client: &ClientConfig,
+        earlier: &[ClientConfig],
+        has_token: bool,
+        has_networks: bool,
+    ) {
+        if !has_token && !has_networks {
+            self.issue(key, "can never match: give it `token_sha256` or `networks`");
+            return;
+        }
+        if let Some(t) = client.token_sha256 {
+            if let Some(other) = earlier.iter().find(|o| o.token_sha256 == Some(t)) {
+                self.issue(
+                    format!("{key}.token_sha256"),
+                    format!("same token as client {:?}, which comes first", other.name),
+                );
+            }
+        }
+        let shadowed = !client.networks.is_empty()
+            && client.networks.iter().all(|n| {
+                earlier
+                    .iter()
+                    .any(|o| o.networks.iter().any(|on| on.contains(n)))
+            });
+        if shadowed && client.token_sha256.is_none() {
+            self.issue(
+                format!("{key}.networks"),
+                "can never match: every network is already claimed by an earlier client",
+            );
+        }
+    }
+
+    fn token_hash(&mut self, key: &str, text: &str) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        let lower = text.len() == 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if lower && hex::decode_to_slice(text, &mut out).is_ok() {
+            Some(out)
+        } else {
+            self.issue(
+                format!("{key}.token_sha256"),
+                "must be 64 lowercase hex characters: the sha256 of the token (`awork-gateway hash-token` makes one)",
+            );
+            None
+        }
+    }
+
+    fn network(&mut self, key: &str, text: &str) -> Option<IpNet> {
+        match text.parse::<IpNet>() {
+            Ok(net) => Some(net.trunc()),
+            Err(_) => match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(IpNet::from(ip)),
+                Err(_) => {
+                    self.issue(
+                        key,
+                        format!("{text:?} is not a CIDR like \"10.0.0.0/8\" or an IP address"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    fn log(&mut self, raw: raw::RawLog) -> LogConfig {
+        let format = match raw.format.as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.issue(
+                    "log.format",
+                    format!("{other:?} is not \"pretty\" or \"json\""),
+                );
+                LogFormat::Pretty
+            }
+        };
+        LogConfig { format }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+use std::collections::HashMap;
+
+use super::*;
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([("AWORK_API_KEY".to_owned(), "k-test".to_owned())])
+}
+
+fn parse(text: &str) -> Result<Loaded, ConfigError> {
+    Config::parse(text, "test.toml", &env())
+}
+
+fn first_issue(text: &str) -> String {
+    let err = parse(text).expect_err("config should be refused");
+    err.issues[0].to_string()
+}
+
+const BASE: &str = r#"
+[credentials.main]
+type = "api_key"
+key = { env = "AWORK_API_KEY" }
+"#;
+
+#[test]
+fn embedded_default_serves_loopback_with_the_env_key() {
+    let loaded = Config::embedded_default(&env()).expect("default is valid");
+    let c = &loaded.config;
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.upstream.origin(), "https://api.awork.com");
+    assert_eq!(c.rate_limit, RateLimitConfig::default());
+    assert_eq!(c.clients[0].networks.len(), 2);
+    assert!(loaded.warnings.is_empty());
+}
+
+#[test]
+fn embedded_default_without_the_env_var_names_it() {
+    let err = Config::embedded_default(&HashMap::new()).expect_err("no key");
+    assert_eq!(
+        err.issues[0].to_string(),
+        "credentials.main.key: environment variable AWORK_API_KEY is not set"
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_name() {
+    let msg = first_issue("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n");
+    assert!(msg.contains("unknown field `lisen`"), "{msg}");
+    let msg = first_issue(&format!(
+        "{BASE}\n[[clients]]\nname = \"a\"\ncredential = \"main\"\nallow = [\"read-only\"]\nnetwork = []\n"
+    ));
+    assert!(msg.contains("unknown field `network`"), "{msg}");
+    let msg = first_issue(
+        "[credentials.main]\ntype = \"api_key\"\nkey = { env = \"AWORK_API_KEY\" }\nkye = 1\n",
+    );
+    assert!(msg.contains("unknown field `kye`"), "{msg}");
+}
+
+#[test]
+fn unknown_credential_names_the_client_key() {
+    let msg = first_issue(&format!(
+        "{BASE}\n[[clients]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\ncredential = \"mian\"\nallow = [\"read-only\"]\n"
+    ));
+    assert_eq!(
+        msg,
+        "clients[0].credential: unknown credential \"mian\" (defined: main)"
+    );
+}
+
+#[test]
+fn bad_globs_and_cidrs_name_their_index() {
+    let err = parse(&format!(
+        "{BASE}\n[[clients]]\nname = \"a\"\nnetworks = [\"10.0.0.0/33\"]\ncredential = \"main\"\nallow = [\"GET /x\", \"GET x\"]\n"
+    ))
+    .expect_err("refused");
+    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.contains(&"clients[0].networks[0]"), "{keys:?}");
+    assert!(keys.contains(&"clients[0].allow[1]"), "{keys:?}");
+}
+
+#[test]
+fn unreadable_secret_file_is_refused() {
+    let msg = first_issue(
+        "[credentials.main]\ntype = \"api_key\"\nkey = { file = \"/nonexistent/awork-key\" }\n",
+    );
+    assert!(
+        msg.starts_with("credentials.main.key: cannot read secret file /nonexistent/awork-key"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn inline_secret_is_accepted_with_a_warning() {
+    let loaded = parse("[credentials.main]\ntype = \"api_key\"\nkey = { value = \"abc\" }\n")
+        .expect("valid");
+    assert_eq!(loaded.warnings[0].key, "credentials.main.key");
+    assert!(!format!("{:?}", loaded.config).contains("abc"));
+}
+
+#[test]
+fn clients_that_can_never_match_are_refused() {
+    let msg = first_issue(&format!(
+        "{BASE}\n[[clients]]\nname = \"a\"\ncredential = \"main\"\nallow = [\"read-only\"]\n"
+    ));
+    assert_eq!(
+        msg,
+        "clients[0]: can never match: give it `token_sha256` or `networks`"
+    );
+    let msg = first_issue(&format!(
+        "{BASE}\n[[clients]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\ncredential = \"main\"\nallow = [\"read-only\"]\n\
+         [[clients]]\nname = \"b\"\nnetworks = [\"10.1.0.0/16\"]\ncredential = \"main\"\nallow = [\"read-only\"]\n"
+    ));
+    assert!(
+        msg.starts_with("clients[1].networks: can never match"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn token_hash_must_be_lowercase_hex() {
+    let msg = first_issue(&format!(
+        "{BASE}\n[[clients]]\nname = \"a\"\ntoken_sha256 = \"9F86D08\"\ncredential = \"main\"\nallow = [\"read-only\"]\n"
+    ));
+    assert!(
+        msg.starts_with("clients[0].token_sha256: must be 64 lowercase hex"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn overlapping_listeners_are_refused() {
+    let msg = first_issue(&format!(
+        "{BASE}\n[server]\nlisten = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n"
+    ));
+    assert!(
+        msg.starts_with("server.admin_listen: 127.0.0.1:8080 overlaps"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn upstream_must_be_an_origin() {
+    let msg = first_issue(&format!(
+        "{BASE}\n[upstream]\nurl = \"https://api.awork.com/api/v1\"\n"
+    ));
+    assert!(msg.contains("must be an origin only"), "{msg}");
+}
+
+#[test]
+fn durations_are_human_strings() {
+    let loaded = parse(&format!(
+        "{BASE}\n[upstream]\nconnect_timeout = \"250ms\"\nrequest_timeout = \"2m\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        loaded.config.upstream.connect_timeout,
+        Duration::from_millis(250)
+    );
+    assert_eq!(
+        loaded.config.upstream.request_timeout,
+        Duration::from_secs(120)
+    );
+    let msg = first_issue(&format!(
+        "{BASE}\n[upstream]\nconnect_timeout = \"5 parsecs\"\n"
+    ));
+    assert!(
+        msg.starts_with("upstream.connect_timeout: \"5 parsecs\" is not a duration"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn oauth_types_say_they_are_not_available_yet() {
+    let msg = first_issue("[credentials.svc]\ntype = \"oauth\"\nclient_id = \"x\"\n");
+    assert!(
+        msg.starts_with("credentials.svc.type: OAuth credentials are not available"),
+        "{msg}"
+    );
+}

@@ -1,0 +1,207 @@
+//! One access-log event and one set of metrics per request, written when the response body
+//! is finished (or dropped), so duration and byte counts cover the whole exchange.
+//!
+//! The query string is not logged: awork filters carry names and other personal data.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, header};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::request_id::RequestId;
+use super::{ClientIdentity, GatewayResponse, UpstreamTiming};
+use crate::body::GatewayBody;
+use crate::metrics::Metrics;
+
+/// The client label of requests no client was identified for.
+pub const UNIDENTIFIED: &str = "unidentified";
+
+#[derive(Debug, Clone)]
+pub struct AccessLogLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl AccessLogLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> Service<Request<B>> for AccessLog<S>
+where
+    S: Service<Request<B>, Response = GatewayResponse, Error = Infallible>,
+{
+    type Response = Response<AccessLogBody>;
+    type Error = Infallible;
+    type Future = AccessLogFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let bytes_in = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let record = Record {
+            metrics: self.metrics.clone(),
+            start: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            request_id: req.extensions().get::<RequestId>().cloned(),
+            bytes_in,
+            client: None,
+            status: 0,
+            upstream_ms: None,
+            bytes_out: 0,
+            complete: false,
+        };
+        AccessLogFuture {
+            inner: self.inner.call(req),
+            record: Some(record),
+        }
+    }
+}
+
+pin_project! {
+    pub struct AccessLogFuture<F> {
+        #[pin]
+        inner: F,
+        record: Option<Record>,
+    }
+}
+
+impl<F> std::future::Future for AccessLogFuture<F>
+where
+    F: std::future::Future<Output = Result<GatewayResponse, Infallible>>,
+{
+    type Output = Result<Response<AccessLogBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let Some(mut record) = this.record.take() else {
+            return Poll::Pending;
+        };
+        record.status = response.status().as_u16();
+        record.complete = response.body().is_end_stream();
+        record.client = response
+            .extensions()
+            .get::<ClientIdentity>()
+            .map(|c| c.name.clone());
+        record.upstream_ms = response
+            .extensions()
+            .get::<UpstreamTiming>()
+            .map(|t| t.0.as_secs_f64() * 1000.0);
+        Poll::Ready(Ok(response.map(|inner| AccessLogBody { inner, record })))
+    }
+}
+
+pin_project! {
+    /// The response body, counting bytes; the log event is written when it is dropped.
+    pub struct AccessLogBody {
+        #[pin]
+        inner: GatewayBody,
+        record: Record,
+    }
+}
+
+impl Body for AccessLogBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.record.bytes_out += data.len() as u64;
+                }
+                // hyper stops polling once a body of known length is sent.
+                this.record.complete = this.inner.is_end_stream();
+            }
+            Poll::Ready(None) => this.record.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What is known of one request; emitted on drop.
+struct Record {
+    metrics: Arc<Metrics>,
+    start: Instant,
+    method: Method,
+    path: String,
+    request_id: Option<RequestId>,
+    bytes_in: Option<u64>,
+    client: Option<Arc<str>>,
+    status: u16,
+    upstream_ms: Option<f64>,
+    bytes_out: u64,
+    complete: bool,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if self.status == 0 {
+            // The caller went away before any response: nothing was answered.
+            return;
+        }
+        let elapsed = self.start.elapsed();
+        let client = self.client.as_deref().unwrap_or(UNIDENTIFIED);
+        self.metrics
+            .record_request(client, &self.method, self.status, elapsed);
+        tracing::info!(
+            target: "awork_gateway::access",
+            request_id = self.request_id.as_ref().map_or("-", RequestId::as_str),
+            client,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = self.upstream_ms,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            complete = self.complete,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! The request path, one tower layer per file, outside in:
+//! request id -> access log -> client identity -> policy -> credential -> upstream.
+//!
+//! Every layer answers its own failures as HTTP responses, so the stack's error type is
+//! `Infallible`. What a layer learns for the ones outside it travels in extensions.
+
+pub mod access_log;
+pub mod client_identity;
+pub mod credential;
+pub mod policy;
+pub mod request_id;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+
+use crate::body::{GatewayBody, RequestBody};
+
+pub type GatewayRequest = Request<RequestBody>;
+pub type GatewayResponse = Response<GatewayBody>;
+
+/// The TCP peer of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// Who the caller is, once `client_identity` decided.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    /// Index into `Config::clients`.
+    pub index: usize,
+    pub name: Arc<str>,
+}
+
+/// How long awork took to answer with headers; set on responses by the upstream service.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTiming(pub Duration);
+
+pin_project! {
+    /// The future of a layer that either answers at once or defers to its inner service.
+    #[project = DecisionProj]
+    pub enum Decision<F> {
+        Answer { response: Option<GatewayResponse> },
+        Inner { #[pin] future: F },
+    }
+}
+
+impl<F> Decision<F> {
+    pub fn answer(response: GatewayResponse) -> Self {
+        Self::Answer {
+            response: Some(response),
+        }
+    }
+}
+
+impl<F> Future for Decision<F>
+where
+    F: Future<Output = Result<GatewayResponse, std::convert::Infallible>>,
+{
+    type Output = Result<GatewayResponse, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DecisionProj::Answer { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            DecisionProj::Inner { future } => future.poll(cx),
+        }
+    }
+}
+
+/// The request id a layer puts in `traceId` of its answers.
+pub fn request_id_of<B>(req: &Request<B>) -> &str {
+    req.extensions()
+        .get::<request_id::RequestId>()
+        .map_or("-", request_id::RequestId::as_str)
+}

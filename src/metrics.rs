@@ -1,0 +1,209 @@
+//! Prometheus metrics, all named `awork_gateway_*`.
+//!
+//! Label values come from config (client and credential names) or from small fixed sets
+//! (method, status class, error kind), so the series count stays bounded whatever callers send.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use http::Method;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::error::UpstreamErrorKind;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub client: String,
+    pub method: &'static str,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    pub client: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub credential: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub credential: String,
+    pub result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// Every metric the gateway exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<ClientLabels>,
+    upstream_duration: Histogram,
+    upstream_errors: Family<KindLabels, Counter>,
+    credential_age: Family<CredentialLabels, Gauge<f64, AtomicU64>>,
+    credential_reloads: Family<ReloadLabels, Counter>,
+    credential_ready: Family<CredentialLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("awork_gateway");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "Requests answered, by client, method and status class",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<ClientLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request received to response body finished, by client",
+            request_duration.clone(),
+        );
+        let upstream_duration = latency_histogram();
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request to awork to its response headers",
+            upstream_duration.clone(),
+        );
+        let upstream_errors = Family::default();
+        registry.register(
+            "upstream_errors",
+            "Failed exchanges with awork, by kind",
+            upstream_errors.clone(),
+        );
+        let credential_age = Family::default();
+        registry.register(
+            "credential_age_seconds",
+            "Seconds since each credential's current secret was loaded",
+            credential_age.clone(),
+        );
+        let credential_reloads = Family::default();
+        registry.register(
+            "credential_reloads",
+            "Reloads of a credential's secret, by result (changed, unchanged, failed)",
+            credential_reloads.clone(),
+        );
+        let credential_ready = Family::default();
+        registry.register(
+            "credential_ready",
+            "1 when the credential has a usable secret, else 0",
+            credential_ready.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            credential_age,
+            credential_reloads,
+            credential_ready,
+        }
+    }
+
+    pub fn record_request(&self, client: &str, method: &Method, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                client: client.to_owned(),
+                method: method_label(method),
+                status_class: status_class(status),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&ClientLabels {
+                client: client.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_upstream(&self, elapsed: Duration) {
+        self.upstream_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn record_reload(&self, credential: &str, result: &'static str) {
+        self.credential_reloads
+            .get_or_create(&ReloadLabels {
+                credential: credential.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn set_credential_state(&self, credential: &str, age: Duration, ready: bool) {
+        let labels = CredentialLabels {
+            credential: credential.to_owned(),
+        };
+        self.credential_age
+            .get_or_create(&labels)
+            .set(age.as_secs_f64());
+        self.credential_ready
+            .get_or_create(&labels)
+            .set(i64::from(ready));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

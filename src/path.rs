@@ -1,0 +1,147 @@
+//! Request path normalisation, shared by the policy and the forwarder.
+//!
+//! The policy must judge the very path that awork will route, so both use the path this
+//! module returns: unreserved escapes decoded (`%2e` is `.`), dot segments resolved, empty
+//! segments merged. Encodings that different servers read differently (`%2f`, `%5c`, `\`,
+//! `%00`) are refused rather than guessed at.
+
+use std::borrow::Cow;
+
+/// Why a request path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the request target must be a path starting with '/'")]
+    NotOriginForm,
+    #[error("the path contains an encoded slash, backslash or NUL, which is ambiguous")]
+    AmbiguousEncoding,
+    #[error("the path contains a '%' that is not followed by two hex digits")]
+    BadEscape,
+}
+
+/// Returns the normalised form of `path` (borrowed when it is already normal).
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotOriginForm);
+    }
+    if path.contains('\\') {
+        return Err(PathError::AmbiguousEncoding);
+    }
+    if !path.contains('%') && !path.contains("//") && !path.contains("/.") {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(path)?;
+    let mut out: Vec<&str> = Vec::new();
+    let mut trailing_slash = decoded.ends_with('/');
+    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+        trailing_slash = false;
+        match segment {
+            "." => trailing_slash = true,
+            ".." => {
+                out.pop();
+                trailing_slash = true;
+            }
+            s => out.push(s),
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for segment in &out {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() || trailing_slash {
+        normal.push('/');
+    }
+    if normal == path {
+        Ok(Cow::Borrowed(path))
+    } else {
+        Ok(Cow::Owned(normal))
+    }
+}
+
+/// Decodes `%XX` escapes of unreserved characters and upper-cases the hex of the rest.
+fn decode_unreserved(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(char::from(bytes[i]));
+            i += 1;
+            continue;
+        }
+        let (hi, lo) = match (bytes.get(i + 1), bytes.get(i + 2)) {
+            (Some(&h), Some(&l)) => (hex_value(h)?, hex_value(l)?),
+            _ => return Err(PathError::BadEscape),
+        };
+        let byte = hi << 4 | lo;
+        match byte {
+            b'/' | b'\\' | 0 => return Err(PathError::AmbiguousEncoding),
+            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => out.push(char::from(b)),
+            b => {
+                out.push('%');
+                out.push_str(&format!("{b:02X}"));
+            }
+        }
+        i += 3;
+    }
+    Ok(out)
+}
+
+fn hex_value(b: u8) -> Result<u8, PathError> {
+    char::from(b)
+        .to_digit(16)
+        .map(|d| d as u8)
+        .ok_or(PathError::BadEscape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> Result<String, PathError> {
+        normalize(p).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn already_normal_paths_are_borrowed_unchanged() {
+        assert!(matches!(
+            normalize("/api/v1/me"),
+            Ok(Cow::Borrowed("/api/v1/me"))
+        ));
+        assert!(matches!(normalize("/"), Ok(Cow::Borrowed("/"))));
+    }
+
+    #[test]
+    fn dot_segments_resolve_also_when_encoded() {
+        assert_eq!(norm("/api/v1/../../admin").as_deref(), Ok("/admin"));
+        assert_eq!(norm("/api/v1/%2e%2e/%2E%2E/admin").as_deref(), Ok("/admin"));
+        assert_eq!(norm("/api/./v1/me").as_deref(), Ok("/api/v1/me"));
+        assert_eq!(norm("/../../..").as_deref(), Ok("/"));
+        assert_eq!(norm("/api/v1/projects/..").as_deref(), Ok("/api/v1/"));
+    }
+
+    #[test]
+    fn empty_segments_merge() {
+        assert_eq!(norm("//api///v1//me").as_deref(), Ok("/api/v1/me"));
+    }
+
+    #[test]
+    fn unreserved_escapes_decode_and_others_are_uppercased() {
+        assert_eq!(norm("/api/v1/%6De").as_deref(), Ok("/api/v1/me"));
+        assert_eq!(norm("/api/v1/a%c3%a9").as_deref(), Ok("/api/v1/a%C3%A9"));
+        assert_eq!(
+            norm("/api/v1/%252e%252e").as_deref(),
+            Ok("/api/v1/%252e%252e")
+        );
+    }
+
+    #[test]
+    fn ambiguous_encodings_are_refused() {
+        for p in ["/api%2fv1", "/api%2Fv1", "/api%5cv1", "/api\\v1", "/api%00"] {
+            assert_eq!(norm(p), Err(PathError::AmbiguousEncoding), "{p}");
+        }
+        assert_eq!(norm("/api/%zz"), Err(PathError::BadEscape));
+        assert_eq!(norm("/api/%4"), Err(PathError::BadEscape));
+        assert_eq!(norm("*"), Err(PathError::NotOriginForm));
+    }
+}

@@ -1,0 +1,198 @@
+//! Listeners and lifecycle: the main listener serves the gateway stack over HTTP/1.1 and
+//! HTTP/2 (h2c), the admin listener serves health, readiness, metrics and status.
+//!
+//! Shutdown stops accepting, lets in-flight requests finish within `drain_timeout`, and
+//! returns. A connection limit bounds memory: past it, new connections wait in the backlog.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+
+use crate::body::RequestBody;
+use crate::layers::PeerAddr;
+use crate::layers::access_log::AccessLogBody;
+use crate::{Gateway, Stack, admin, upstream};
+
+/// Why the gateway could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A serving gateway: its bound addresses and the means to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    shutdown: watch::Sender<bool>,
+    main: JoinHandle<()>,
+    admin: JoinHandle<()>,
+    watcher: JoinHandle<()>,
+}
+
+/// Binds both listeners and starts serving.
+pub async fn start(gateway: Arc<Gateway>) -> Result<Running, StartError> {
+    let server = &gateway.config.server;
+    let bind = |key: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { key, addr, source })
+    };
+    let listener = bind("server.listen", server.listen).await?;
+    let admin_listener = bind("server.admin_listen", server.admin_listen).await?;
+    let addr = local_addr(&listener, server.listen);
+    let admin_addr = local_addr(&admin_listener, server.admin_listen);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let main = tokio::spawn(serve_main(listener, gateway.clone(), shutdown_rx.clone()));
+    let admin = tokio::spawn(admin::serve(admin_listener, gateway.clone(), shutdown_rx));
+    let watcher = gateway.credentials.spawn_watcher();
+    tracing::info!(%addr, %admin_addr, upstream = %gateway.config.upstream.origin(), "awork-gateway serving");
+    Ok(Running {
+        addr,
+        admin_addr,
+        gateway,
+        shutdown,
+        main,
+        admin,
+        watcher,
+    })
+}
+
+fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(fallback)
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests (bounded by `drain_timeout`), and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.main.await;
+        let _ = self.admin.await;
+        self.watcher.abort();
+        tracing::info!("awork-gateway stopped");
+    }
+
+    /// Re-reads every credential's secret source (SIGHUP).
+    pub fn reload_secrets(&self) {
+        tracing::info!("reloading credential secrets");
+        self.gateway.credentials.reload_all();
+    }
+}
+
+/// The hyper connection builder with the configured limits.
+pub(crate) fn connection_builder(
+    server: &crate::config::ServerConfig,
+) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.idle_timeout)
+        .max_headers(server.max_headers)
+        .max_buf_size(server.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(server.idle_timeout)
+        .keep_alive_timeout(server.idle_timeout);
+    builder
+}
+
+async fn serve_main(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let server = &gateway.config.server;
+    let builder = connection_builder(server);
+    let graceful = GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(server.max_connections));
+    let stack = gateway.service();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.changed() => break,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = ConnectionService {
+            stack: stack.clone(),
+            peer,
+        };
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let drain = server.drain_timeout;
+    tracing::info!(
+        drain_timeout_ms = drain.as_millis() as u64,
+        "draining in-flight requests"
+    );
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout passed; closing the remaining connections");
+    }
+}
+
+/// Per connection: tags requests with the peer address, drops hop-by-hop headers, and
+/// hands them to a clone of the stack.
+#[derive(Debug, Clone)]
+struct ConnectionService {
+    stack: Stack,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+    type Response = Response<AccessLogBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        upstream::strip_hop_by_hop(req.headers_mut());
+        req.extensions_mut().insert(PeerAddr(self.peer));
+        Box::pin(self.stack.clone().oneshot(req.map(RequestBody::from)))
+    }
+}

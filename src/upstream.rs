@@ -1,0 +1,274 @@
+//! The pooled client to awork and the request rewrite: the caller's path and query go to
+//! the upstream origin unchanged, hop-by-hop and forwarding headers stay behind.
+//!
+//! HTTP/2 is used when awork offers it by ALPN; redirects are handed to the caller, never
+//! followed (a redirect must not carry the credential to another host).
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, Uri, Version, header};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tower::Service;
+
+use crate::body::{GatewayBody, RequestBody};
+use crate::config::UpstreamConfig;
+use crate::error::{GatewayError, UpstreamErrorKind};
+use crate::layers::request_id::RequestId;
+use crate::layers::{GatewayRequest, GatewayResponse, UpstreamTiming};
+use crate::metrics::Metrics;
+
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("upstream.ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Builds the pooled HTTP/1.1 + HTTP/2 client, trusting the web PKI plus `ca_file`.
+pub fn build_client(config: &UpstreamConfig) -> Result<HttpClient, SetupError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &config.ca_file {
+        let ca_error = |reason: String| SetupError::CaFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| ca_error(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ca_error(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_error("no PEM certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .build(https))
+}
+
+/// The innermost service: sends the request to awork.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: HttpClient,
+    scheme: Scheme,
+    authority: Authority,
+    request_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstream {
+    pub fn new(client: HttpClient, config: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            scheme: config.scheme.clone(),
+            authority: config.authority.clone(),
+            request_timeout: config.request_timeout,
+            metrics,
+        }
+    }
+}
+
+impl Service<GatewayRequest> for Upstream {
+    type Response = GatewayResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: GatewayRequest) -> Self::Future {
+        let request_id = req.extensions().get::<RequestId>().cloned();
+        let (mut parts, body) = req.into_parts();
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(self.scheme.clone());
+        uri.authority = Some(self.authority.clone());
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        let client = self.client.clone();
+        let metrics = self.metrics.clone();
+        let timeout = self.request_timeout;
+        Box::pin(async move {
+            let answer =
+                |e: GatewayError| e.to_response(request_id.as_ref().map_or("-", RequestId::as_str));
+            parts.uri = match Uri::from_parts(uri) {
+                Ok(uri) => uri,
+                Err(e) => return Ok(answer(GatewayError::BadRequest(e.to_string()))),
+            };
+            parts.version = Version::HTTP_11;
+            parts.headers.remove(header::HOST);
+            strip_forwarding(&mut parts.headers);
+            let start = Instant::now();
+            let result = tokio::time::timeout(
+                timeout,
+                client.request(http::Request::from_parts(parts, body)),
+            )
+            .await;
+            let elapsed = start.elapsed();
+            match result {
+                Ok(Ok(response)) => {
+                    metrics.record_upstream(elapsed);
+                    let (mut parts, body) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    parts.extensions.insert(UpstreamTiming(elapsed));
+                    Ok(GatewayResponse::from_parts(parts, GatewayBody::from(body)))
+                }
+                Ok(Err(e)) => {
+                    let kind = classify(&e);
+                    metrics.record_upstream_error(kind);
+                    let detail = error_chain(&e);
+                    tracing::warn!(request_id = request_id.as_ref().map_or("-", RequestId::as_str), kind = kind.as_str(), error = %detail, "upstream request failed");
+                    Ok(answer(GatewayError::UpstreamUnavailable { kind, detail }))
+                }
+                Err(_) => {
+                    metrics.record_upstream_error(UpstreamErrorKind::Timeout);
+                    tracing::warn!(
+                        request_id = request_id.as_ref().map_or("-", RequestId::as_str),
+                        timeout_ms = timeout.as_millis() as u64,
+                        "upstream did not answer in time"
+                    );
+                    Ok(answer(GatewayError::UpstreamTimeout { after: timeout }))
+                }
+            }
+        })
+    }
+}
+
+/// Headers that describe one hop (RFC 9110 7.6.1), plus those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Nothing about the internal network (client addresses, internal host names) goes to awork.
+fn strip_forwarding(headers: &mut HeaderMap) {
+    for name in [
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+        "x-real-ip",
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+    let mut kind = if e.is_connect() {
+        UpstreamErrorKind::Connect
+    } else {
+        UpstreamErrorKind::Other
+    };
+    while let Some(err) = source {
+        if err.is::<rustls::Error>() {
+            return UpstreamErrorKind::Tls;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return UpstreamErrorKind::Tls;
+            }
+            if !e.is_connect()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                )
+            {
+                kind = UpstreamErrorKind::Reset;
+            }
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_closed() {
+                kind = UpstreamErrorKind::Reset;
+            }
+        }
+        source = err.source();
+    }
+    kind
+}
+
+/// The error and its causes on one line, e.g. "client error (Connect): tcp connect error: Connection refused".
+fn error_chain(e: &dyn StdError) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let text = err.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = err.source();
+    }
+    out
+}
