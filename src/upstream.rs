@@ -220,42 +220,41 @@ fn strip_forwarding(headers: &mut HeaderMap) {
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
     let mut kind = if e.is_connect() {
         UpstreamErrorKind::Connect
     } else {
         UpstreamErrorKind::Other
     };
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = source {
-        if err.is::<rustls::Error>() {
+        if is_tls(err) {
             return UpstreamErrorKind::Tls;
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return UpstreamErrorKind::Tls;
-            }
-            if !e.is_connect()
-                && matches!(
-                    io.kind(),
-                    std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::BrokenPipe
-                        | std::io::ErrorKind::UnexpectedEof
-                )
-            {
-                kind = UpstreamErrorKind::Reset;
-            }
-        }
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_closed() {
-                kind = UpstreamErrorKind::Reset;
-            }
+        let reset = err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof
+            )
+        }) || err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_incomplete_message() || h.is_closed());
+        if reset && !e.is_connect() {
+            kind = UpstreamErrorKind::Reset;
         }
         source = err.source();
     }
     kind
+}
+
+/// A rustls error, also when wrapped in (nested) `io::Error`s, whose `source` skips it.
+fn is_tls(err: &(dyn StdError + 'static)) -> bool {
+    if err.is::<rustls::Error>() {
+        return true;
+    }
+    match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        Some(inner) => is_tls(inner),
+        None => false,
+    }
 }
 
 /// The error and its causes on one line, e.g. "client error (Connect): tcp connect error: Connection refused".

@@ -224,16 +224,14 @@ async fn answers_429_with_rate_limit_headers_past_per_second_quota() {
     .await;
     let c = client();
     let me = format!("{}/me", mock.api_url());
-    let mut answers = Vec::new();
-    for _ in 0..12 {
-        answers.push(get(&c, &me, Some(KEY)).await);
-    }
+    let calls = (0..12).map(|_| get(&c, &me, Some(KEY))).collect();
+    let answers = futures_join(calls).await;
     let ok: Vec<_> = answers.iter().filter(|a| a.0 == StatusCode::OK).collect();
     let limited: Vec<_> = answers
         .iter()
         .filter(|a| a.0 == StatusCode::TOO_MANY_REQUESTS)
         .collect();
-    // Twelve requests span at most two wall-clock seconds: at most 10 pass.
+    // Twelve concurrent requests span at most two wall-clock seconds: at most 10 pass.
     assert!(ok.len() <= 10 && !limited.is_empty(), "{} ok", ok.len());
     for (_, headers, _) in &ok {
         assert_eq!(header_u64(headers, "x-ratelimit-limit-second"), 5);
@@ -289,11 +287,10 @@ async fn unauthorized_requests_cost_no_quota_and_quota_can_change_at_runtime() {
     for _ in 0..3 {
         assert_eq!(get(&c, &me, Some("bad")).await.0, StatusCode::UNAUTHORIZED);
     }
+    // Were the 401s counted, the minute window (2) would be spent and this would be a 429.
     let (status, headers, _) = get(&c, &me, Some(KEY)).await;
-    if status == StatusCode::OK {
-        // Same minute as the 401s (not a fresh window): the 401s were free.
-        assert!(header_u64(&headers, "x-ratelimit-remaining-minute") == 1);
-    }
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header_u64(&headers, "x-ratelimit-remaining-minute"), 1);
     mock.set_rate_limit(RateLimit::UNLIMITED);
     for _ in 0..4 {
         let (status, headers, _) = get(&c, &me, Some(KEY)).await;
@@ -622,21 +619,17 @@ async fn slow_requests_count_as_concurrently_in_flight() {
     let c = client();
     let url = format!("{}/slow?ms=300", mock.api_url());
     let started = Instant::now();
-    let calls = (0..5).map(|_| get(&c, &url, Some(KEY)));
-    let mut handles = Vec::new();
-    for call in calls {
-        handles.push(call);
-    }
+    let calls = (0..5).map(|_| get(&c, &url, Some(KEY))).collect();
     let mut statuses = Vec::new();
-    for answer in futures_join(handles).await {
+    for answer in futures_join(calls).await {
         statuses.push(answer.0);
         assert_eq!(answer.2["sleptMs"], 300);
     }
     assert!(statuses.iter().all(|s| *s == StatusCode::OK));
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1400),
-        "{elapsed:?}"
+        elapsed >= Duration::from_millis(300),
+        "answered early: {elapsed:?}"
     );
     let stats = mock.stats();
     assert_eq!(stats.max_in_flight, 5);

@@ -74,7 +74,6 @@ impl MockBody {
             sent: 0,
             count,
             interval,
-            due: first,
             sleep: Box::pin(tokio::time::sleep_until(first)),
         }))
     }
@@ -165,7 +164,6 @@ struct Events {
     sent: u64,
     count: u64,
     interval: Duration,
-    due: Instant,
     sleep: Pin<Box<Sleep>>,
 }
 
@@ -179,8 +177,10 @@ impl Events {
             return Poll::Pending;
         }
         self.sent += 1;
-        self.due = deadline_after(self.due, self.interval);
-        self.sleep.as_mut().reset(self.due);
+        // Spaced from this send, not from a fixed schedule: a late event never bunches up.
+        self.sleep
+            .as_mut()
+            .reset(deadline_after(Instant::now(), self.interval));
         Poll::Ready(Some(Bytes::from(sse_event(self.sent))))
     }
 }

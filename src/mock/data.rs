@@ -218,7 +218,10 @@ fn stamp(index: u64, spread_days: u64) -> i64 {
 
 fn user_name(index: u64) -> (&'static str, &'static str) {
     let first = pick(&FIRST_NAMES, index);
-    let last = pick(&LAST_NAMES, index + index / FIRST_NAMES.len() as u64);
+    let last = pick(
+        &LAST_NAMES,
+        index.wrapping_add(index / FIRST_NAMES.len() as u64),
+    );
     (first, last)
 }
 
@@ -386,7 +389,8 @@ pub(crate) fn project(index: u64, projects: u64, users: u64) -> Value {
 /// Item `index` of `GET /timeentries`: entries walk forward through 2024 in order.
 pub(crate) fn time_entry(index: u64, projects: u64, users: u64) -> Value {
     let (projects, users) = (projects.max(1), users.max(1));
-    let day = i64::try_from(index / 8).unwrap_or(0);
+    // Eight entries a working day, cycling after a hundred years (no overflow on any index).
+    let day = i64::try_from(index / 8 % 36_500).unwrap_or(0);
     let start = EPOCH_2024 + day * 86_400 + 8 * 3600 + i64::try_from(index % 8).unwrap_or(0) * 3600;
     let duration = 900 + i64::try_from(mix(index) % 10).unwrap_or(0) * 300;
     let end = start + duration;

@@ -152,7 +152,6 @@ impl MockAworkBuilder {
 
 /// A running mock awork server; it stops when [`MockAwork::shutdown`] is awaited or the
 /// handle is dropped.
-#[derive(Debug)]
 pub struct MockAwork {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -217,6 +216,15 @@ impl MockAwork {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+}
+
+impl std::fmt::Debug for MockAwork {
+    /// Only the address: the shared state holds up to 10,000 logged requests.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockAwork")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 

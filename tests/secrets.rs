@@ -1,0 +1,569 @@
+//! No secret ever leaves the gateway, even at `RUST_LOG=trace`: not the awork key (before or
+//! after a rotation), not a client's token, not what a caller sent to authenticate. The real
+//! binary is driven through every outcome (200, 401, 403, upstream 401, 502) over HTTP/1.1 and
+//! h2c, in pretty and JSON log formats, and everything it printed or answered is searched for
+//! each secret, plain and base64-encoded.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use http::{Method, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use awork_gateway::mock::MockAwork;
+use support::{Answer, BinaryGateway, TestClient};
+
+/// Every secret of one run, fresh each time so that a hit cannot be a coincidence.
+struct Secrets {
+    api_key: String,
+    rotated_key: String,
+    powerbi_token: String,
+    agent_token: String,
+    /// What callers send that must be ignored: an old awork key, old Basic credentials, a
+    /// cookie, a proxy credential, a token that matches no client.
+    caller_old_bearer: String,
+    caller_old_basic_password: String,
+    caller_cookie: String,
+    caller_proxy_password: String,
+    wrong_token: String,
+}
+
+impl Secrets {
+    fn new() -> Self {
+        let r = || format!("{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
+        Self {
+            api_key: format!("awk-live-{}", r()),
+            rotated_key: format!("awk-rotated-{}", r()),
+            powerbi_token: format!("agw_powerbi_{}", r()),
+            agent_token: format!("agw_agent_{}", r()),
+            caller_old_bearer: format!("old-awork-key-{}", r()),
+            caller_old_basic_password: format!("old-pass-{}", r()),
+            caller_cookie: format!("sso-session-{}", r()),
+            caller_proxy_password: format!("proxy-pass-{}", r()),
+            wrong_token: format!("agw_nobody_{}", r()),
+        }
+    }
+
+    /// (name, text) of everything that must not appear, with the encodings it could take.
+    fn needles(&self) -> Vec<(String, String)> {
+        let plain = [
+            ("api key", &self.api_key),
+            ("rotated api key", &self.rotated_key),
+            ("powerbi token", &self.powerbi_token),
+            ("agent token", &self.agent_token),
+            ("caller's old bearer", &self.caller_old_bearer),
+            ("caller's old basic password", &self.caller_old_basic_password),
+            ("caller's cookie", &self.caller_cookie),
+            ("caller's proxy password", &self.caller_proxy_password),
+            ("wrong token", &self.wrong_token),
+        ];
+        let mut encoded: Vec<(String, String)> = Vec::new();
+        for (name, secret) in plain {
+            encoded.push((name.to_owned(), secret.clone()));
+        }
+        let composites = [
+            ("Bearer <api key>", format!("Bearer {}", self.api_key)),
+            ("Bearer <rotated key>", format!("Bearer {}", self.rotated_key)),
+            ("powerbi:<token>", basic_pair("powerbi", &self.powerbi_token)),
+            ("powerbi:<wrong token>", basic_pair("powerbi", &self.wrong_token)),
+            ("agent:<token>", basic_pair("agent", &self.agent_token)),
+            (
+                "olduser:<old password>",
+                basic_pair("olduser", &self.caller_old_basic_password),
+            ),
+            (
+                "proxyuser:<proxy password>",
+                basic_pair("proxyuser", &self.caller_proxy_password),
+            ),
+        ];
+        let mut all: Vec<(String, String)> = Vec::new();
+        for (name, text) in encoded
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .chain(composites.iter().map(|(n, t)| (*n, t.clone())))
+        {
+            // Unpadded forms are prefixes of the padded ones, so they find both.
+            all.push((
+                format!("base64({name})"),
+                STANDARD_NO_PAD.encode(text.as_bytes()),
+            ));
+            all.push((
+                format!("base64url({name})"),
+                URL_SAFE_NO_PAD.encode(text.as_bytes()),
+            ));
+        }
+        all.extend(encoded);
+        all
+    }
+}
+
+fn basic_pair(user: &str, password: &str) -> String {
+    format!("{user}:{password}")
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(basic_pair(user, password))
+    )
+}
+
+/// A client whose connections come from 127.0.0.2: not the loopback client's network.
+fn remote_client(h2c: bool) -> TestClient {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+    let mut builder = Client::builder(TokioExecutor::new());
+    if h2c {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
+/// Everything the callers received, in order.
+#[derive(Default)]
+struct Transcript {
+    text: String,
+}
+
+impl Transcript {
+    fn record(&mut self, label: &str, answer: &Answer) {
+        self.text += &format!("=== {label}: {}\n", answer.status);
+        for (name, value) in &answer.headers {
+            self.text += &format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes()));
+        }
+        self.text += &String::from_utf8_lossy(&answer.body);
+        self.text += "\n";
+    }
+}
+
+struct Call<'a> {
+    label: &'a str,
+    client: &'a TestClient,
+    method: Method,
+    path: &'a str,
+    headers: Vec<(&'static str, String)>,
+    body: &'a str,
+    expect: StatusCode,
+}
+
+async fn call(gateway: &BinaryGateway, transcript: &mut Transcript, c: Call<'_>) -> Answer {
+    let headers: Vec<(&str, &str)> = c.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let answer = support::send(c.client, c.method, &gateway.url(c.path), &headers, c.body).await;
+    transcript.record(c.label, &answer);
+    assert_eq!(
+        answer.status,
+        c.expect,
+        "{}: {}",
+        c.label,
+        String::from_utf8_lossy(&answer.body)
+    );
+    answer
+}
+
+async fn admin(gateway: &BinaryGateway, transcript: &mut Transcript, path: &str) -> Answer {
+    let answer = support::get(&gateway.admin_url(path), &[]).await;
+    transcript.record(&format!("admin {path}"), &answer);
+    answer
+}
+
+fn write_key(path: &Path, key: &str) {
+    // Written aside and renamed, so the gateway's file watcher never reads half a key.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{key}\n")).expect("write key");
+    std::fs::rename(&tmp, path).expect("rename key");
+}
+
+fn config(mock_url: &str, key_file: &Path, s: &Secrets, format: &str, port: u16, admin: u16) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+drain_timeout = "2s"
+
+[upstream]
+url = "{mock_url}"
+connect_timeout = "1s"
+request_timeout = "5s"
+
+[credentials.main]
+type = "api_key"
+key = {{ file = "{key_file}" }}
+
+[[clients]]
+name = "powerbi"
+token_sha256 = "{powerbi}"
+credential = "main"
+allow = ["read-only"]
+
+[[clients]]
+name = "agent"
+token_sha256 = "{agent}"
+credential = "main"
+allow = ["GET,POST /api/v1/**"]
+
+[[clients]]
+name = "local-tools"
+networks = ["127.0.0.1/32", "::1/128"]
+credential = "main"
+allow = ["* /api/v1/**"]
+
+[log]
+format = "{format}"
+"#,
+        key_file = key_file.display(),
+        powerbi = support::sha256_hex(&s.powerbi_token),
+        agent = support::sha256_hex(&s.agent_token),
+    )
+}
+
+/// One run of the binary at trace level in `format`: every scenario, then everything the
+/// gateway printed and answered, and what the mock received.
+struct Run {
+    output: String,
+    stderr: String,
+    transcript: String,
+    upstream_headers: Vec<(String, String)>,
+}
+
+async fn run(format: &str, s: &Secrets) -> Run {
+    let dir = support::temp_dir(&format!("secrets-{format}"));
+    let key_file = dir.join("awork-api-key");
+    write_key(&key_file, &s.api_key);
+    let mock = MockAwork::builder()
+        .api_key(s.api_key.as_str())
+        .no_rate_limit()
+        .start()
+        .await
+        .expect("mock awork starts");
+    let mock_url = mock.url();
+    let mut gateway = BinaryGateway::start(
+        &dir,
+        |port, admin| config(&mock_url, &key_file, s, format, port, admin),
+        &[("RUST_LOG", "trace")],
+    )
+    .await;
+    let mut t = Transcript::default();
+    let (h1, h2c) = (support::client(), support::h2c_client());
+    let (remote_h1, remote_h2c) = (remote_client(false), remote_client(true));
+    let bearer = |token: &str| vec![("authorization", format!("Bearer {token}"))];
+    let get = Method::GET;
+
+    // Token clients, Bearer and Basic, HTTP/1.1 and h2c.
+    for (label, client) in [("h1", &h1), ("h2c", &h2c)] {
+        call(&gateway, &mut t, Call {
+            label: &format!("powerbi bearer {label}"),
+            client,
+            method: get.clone(),
+            path: "/api/v1/me",
+            headers: bearer(&s.powerbi_token),
+            body: "",
+            expect: StatusCode::OK,
+        })
+        .await;
+        call(&gateway, &mut t, Call {
+            label: &format!("powerbi basic {label}"),
+            client,
+            method: get.clone(),
+            path: "/api/v1/users?pageSize=2",
+            headers: vec![("authorization", basic("powerbi", &s.powerbi_token))],
+            body: "",
+            expect: StatusCode::OK,
+        })
+        .await;
+        call(&gateway, &mut t, Call {
+            label: &format!("agent basic POST {label}"),
+            client,
+            method: Method::POST,
+            path: "/api/v1/echo/agent",
+            headers: vec![
+                ("authorization", basic("agent", &s.agent_token)),
+                ("content-type", "application/json".into()),
+            ],
+            body: r#"{"name":"from the agent"}"#,
+            expect: StatusCode::OK,
+        })
+        .await;
+        // A loopback caller still sending its old credentials, a cookie and a proxy
+        // credential: identified by network, all of it dropped.
+        let answer = call(&gateway, &mut t, Call {
+            label: &format!("loopback with old credentials {label}"),
+            client,
+            method: Method::POST,
+            path: "/api/v1/echo/loopback",
+            headers: vec![
+                ("authorization", format!("Bearer {}", s.caller_old_bearer)),
+                ("cookie", format!("sso={}; theme=dark", s.caller_cookie)),
+                (
+                    "proxy-authorization",
+                    basic("proxyuser", &s.caller_proxy_password),
+                ),
+            ],
+            body: "{}",
+            expect: StatusCode::OK,
+        })
+        .await;
+        let echoed = answer.json();
+        assert!(echoed["headers"].get("cookie").is_none(), "{echoed}");
+        assert!(echoed["headers"].get("proxy-authorization").is_none(), "{echoed}");
+        call(&gateway, &mut t, Call {
+            label: &format!("loopback with old basic {label}"),
+            client,
+            method: get.clone(),
+            path: "/api/v1/me",
+            headers: vec![("authorization", basic("olduser", &s.caller_old_basic_password))],
+            body: "",
+            expect: StatusCode::OK,
+        })
+        .await;
+        // 401: a client's name with a wrong token.
+        call(&gateway, &mut t, Call {
+            label: &format!("powerbi wrong token {label}"),
+            client,
+            method: get.clone(),
+            path: "/api/v1/me",
+            headers: vec![("authorization", basic("powerbi", &s.wrong_token))],
+            body: "",
+            expect: StatusCode::UNAUTHORIZED,
+        })
+        .await;
+        // 403: a read-only client writing.
+        call(&gateway, &mut t, Call {
+            label: &format!("powerbi forbidden POST {label}"),
+            client,
+            method: Method::POST,
+            path: "/api/v1/projects",
+            headers: bearer(&s.powerbi_token),
+            body: r#"{"name":"nope"}"#,
+            expect: StatusCode::FORBIDDEN,
+        })
+        .await;
+    }
+    // 401 from outside the loopback client's network: a token of nobody, and none at all.
+    for (label, client) in [("h1", &remote_h1), ("h2c", &remote_h2c)] {
+        call(&gateway, &mut t, Call {
+            label: &format!("remote wrong bearer {label}"),
+            client,
+            method: get.clone(),
+            path: "/api/v1/me",
+            headers: bearer(&s.wrong_token),
+            body: "",
+            expect: StatusCode::UNAUTHORIZED,
+        })
+        .await;
+        call(&gateway, &mut t, Call {
+            label: &format!("remote old awork key {label}"),
+            client,
+            method: get.clone(),
+            path: "/api/v1/me",
+            headers: bearer(&s.caller_old_bearer),
+            body: "",
+            expect: StatusCode::UNAUTHORIZED,
+        })
+        .await;
+        call(&gateway, &mut t, Call {
+            label: &format!("remote powerbi bearer {label}"),
+            client,
+            method: get.clone(),
+            path: "/api/v1/projects?pageSize=1",
+            headers: bearer(&s.powerbi_token),
+            body: "",
+            expect: StatusCode::OK,
+        })
+        .await;
+    }
+    // awork answers 401 itself: once as a plain answer, once because the key was revoked
+    // (the gateway re-reads the unchanged key file and passes the 401 on).
+    call(&gateway, &mut t, Call {
+        label: "upstream answers 401",
+        client: &h1,
+        method: get.clone(),
+        path: "/api/v1/status/401",
+        headers: bearer(&s.powerbi_token),
+        body: "",
+        expect: StatusCode::UNAUTHORIZED,
+    })
+    .await;
+    assert!(mock.revoke_token(&s.api_key), "the key was valid");
+    call(&gateway, &mut t, Call {
+        label: "key revoked at awork",
+        client: &h1,
+        method: get.clone(),
+        path: "/api/v1/me",
+        headers: bearer(&s.powerbi_token),
+        body: "",
+        expect: StatusCode::UNAUTHORIZED,
+    })
+    .await;
+    // Rotation: the new key is in the file; awork's 401 for the old one (or the file
+    // watcher, whichever comes first) brings it in.
+    mock.add_token(s.rotated_key.as_str(), None);
+    write_key(&key_file, &s.rotated_key);
+    call(&gateway, &mut t, Call {
+        label: "after rotation",
+        client: &h1,
+        method: get.clone(),
+        path: "/api/v1/me",
+        headers: bearer(&s.powerbi_token),
+        body: "",
+        expect: StatusCode::OK,
+    })
+    .await;
+    for path in ["/healthz", "/readyz", "/metrics", "/status"] {
+        let answer = admin(&gateway, &mut t, path).await;
+        assert_eq!(answer.status, StatusCode::OK, "admin {path}");
+    }
+    let upstream_headers: Vec<(String, String)> = mock
+        .requests()
+        .into_iter()
+        .flat_map(|r| r.headers)
+        .collect();
+    // 502: awork is gone.
+    mock.shutdown().await;
+    call(&gateway, &mut t, Call {
+        label: "upstream down",
+        client: &h1,
+        method: get.clone(),
+        path: "/api/v1/me",
+        headers: bearer(&s.powerbi_token),
+        body: "",
+        expect: StatusCode::BAD_GATEWAY,
+    })
+    .await;
+    for path in ["/readyz", "/metrics", "/status"] {
+        admin(&gateway, &mut t, path).await;
+    }
+
+    let status = gateway
+        .terminate(Duration::from_secs(10))
+        .expect("the gateway stops within 10 s of SIGTERM");
+    assert!(status.success(), "gateway exit status {status}");
+    // `check` on the same config, at trace level too.
+    let config_path = gateway.dir.join("gateway.toml");
+    let check = support::run_binary(
+        &["check", "--config", config_path.to_str().expect("utf-8 path")],
+        &[("RUST_LOG", "trace")],
+        Duration::from_secs(30),
+    );
+    assert!(check.status.success(), "check: {check:?}");
+
+    let stderr = gateway.stderr();
+    let output = format!(
+        "{}\n{stderr}\n{}\n{}",
+        gateway.stdout(),
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    Run {
+        output,
+        stderr,
+        transcript: t.text,
+        upstream_headers,
+    }
+}
+
+/// Where `needle` occurs in `haystack` (ASCII case ignored), with some context, or `None`.
+fn find(haystack: &str, needle: &str) -> Option<String> {
+    let at = haystack
+        .to_ascii_lowercase()
+        .find(&needle.to_ascii_lowercase())?;
+    let bytes = haystack.as_bytes();
+    let context = &bytes[at.saturating_sub(200)..(at + needle.len() + 200).min(bytes.len())];
+    Some(String::from_utf8_lossy(context).into_owned())
+}
+
+/// The text without ANSI colour sequences (`ESC [ ... letter`), which split a line's
+/// `key=value` pairs in the pretty format.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn assert_access_log(format: &str, stderr: &str) {
+    let stderr = &strip_ansi(stderr);
+    let access: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("awork_gateway::access"))
+        .collect();
+    assert!(
+        access.len() >= 20,
+        "{format}: expected an access log line per request, found {}:\n{stderr}",
+        access.len()
+    );
+    for status in [200, 401, 403, 502] {
+        let field = match format {
+            "json" => format!("\"status\":{status}"),
+            _ => format!("status={status}"),
+        };
+        assert!(
+            access.iter().any(|l| l.contains(&field)),
+            "{format}: no access log line with {field}"
+        );
+    }
+    let trace = match format {
+        "json" => "\"level\":\"TRACE\"",
+        _ => "TRACE",
+    };
+    assert!(
+        stderr.contains(trace),
+        "{format}: RUST_LOG=trace printed no trace event, so the test saw less than it should"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_level_run_leaks_no_secret() {
+    let s = Secrets::new();
+    let needles = s.needles();
+    let mut leaks = Vec::new();
+    for format in ["pretty", "json"] {
+        let run = run(format, &s).await;
+        assert_access_log(format, &run.stderr);
+        eprintln!(
+            "{format}: searched {} bytes of gateway output and {} bytes of answers for {} needles",
+            run.output.len(),
+            run.transcript.len(),
+            needles.len()
+        );
+        let plain_output = strip_ansi(&run.output);
+        for (what, haystack) in [
+            ("gateway output", &run.output),
+            ("gateway output without colours", &plain_output),
+            ("answers", &run.transcript),
+        ] {
+            for (name, needle) in &needles {
+                if let Some(context) = find(haystack, needle) {
+                    leaks.push(format!("{format} run, {what}: {name} in ...{context}..."));
+                }
+            }
+        }
+        // What went to awork: only the gateway's own key, none of the callers' secrets.
+        for (name, value) in &run.upstream_headers {
+            for (needle_name, needle) in &needles {
+                let own_key = needle_name.contains("api key") || needle_name.contains("Bearer <");
+                if !own_key && value.contains(needle.as_str()) {
+                    leaks.push(format!("{format} run, sent to awork: {needle_name} in header {name}"));
+                }
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+}

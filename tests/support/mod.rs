@@ -1,0 +1,342 @@
+//! Shared test helpers: a gateway in front of a mock awork over real sockets, a small HTTP
+//! client, and the real binary as a child process.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use awork_gateway::config::Config;
+use awork_gateway::mock::MockAwork;
+use awork_gateway::server::{self, Running};
+use awork_gateway::Gateway;
+
+pub const API_KEY: &str = "awork-key-7f3a9c2e5b1d";
+pub const POWERBI_TOKEN: &str = "agw_powerbi_token_93b1e0";
+
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// A config with an inline key, a read-only token client `powerbi` and a loopback client
+/// `local-tools` that may do anything under /api/v1. `extra` is appended verbatim.
+pub fn config_text(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+drain_timeout = "5s"
+
+[upstream]
+url = "{upstream}"
+connect_timeout = "1s"
+request_timeout = "2s"
+
+[credentials.main]
+type = "api_key"
+key = {{ value = "{API_KEY}" }}
+
+[[clients]]
+name = "powerbi"
+token_sha256 = "{token_hash}"
+credential = "main"
+allow = ["read-only"]
+
+[[clients]]
+name = "local-tools"
+networks = ["127.0.0.0/8", "::1/128"]
+credential = "main"
+allow = ["* /api/v1/**"]
+{extra}
+"#,
+        token_hash = sha256_hex(POWERBI_TOKEN),
+    )
+}
+
+pub async fn mock() -> MockAwork {
+    MockAwork::builder()
+        .api_key(API_KEY)
+        .no_rate_limit()
+        .start()
+        .await
+        .expect("mock awork starts")
+}
+
+/// Starts a gateway in this process from config text.
+pub async fn gateway(text: &str) -> Running {
+    let loaded = Config::parse(text, "test", &HashMap::<String, String>::new()).expect("valid test config");
+    let gateway = Gateway::new(loaded.config, Arc::new(HashMap::<String, String>::new())).expect("gateway builds");
+    server::start(Arc::new(gateway)).await.expect("gateway starts")
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> TestClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// Sends one request and reads the whole answer.
+pub async fn send(client: &TestClient, method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    let mut req = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("answer within 10 s")
+        .expect("request succeeds");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
+    send(&client(), Method::GET, url, headers, "").await
+}
+
+pub fn url(running: &Running, path: &str) -> String {
+    format!("http://{}{}", running.addr, path)
+}
+
+pub fn admin_url(running: &Running, path: &str) -> String {
+    format!("http://{}{}", running.admin_addr, path)
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agw-test-{name}-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Reserves a free loopback port (bound then released) for a child process to use.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The real binary, started with `args`, stderr and stdout to files in `dir`.
+pub fn spawn_binary(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let stdout = std::fs::File::create(dir.join("stdout.log")).expect("stdout file");
+    let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_awork-gateway"));
+    cmd.args(args).stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr)).env_remove("AWORK_GATEWAY_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("binary starts")
+}
+
+/// Waits until `url` answers 200, or panics after 15 s.
+pub async fn wait_ready(url: &str) {
+    let client = client();
+    for _ in 0..300 {
+        if let Ok(Ok(response)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.request(Request::get(url).body(Full::new(Bytes::new())).expect("request")),
+        )
+        .await
+        {
+            if response.status() == StatusCode::OK {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not become ready");
+}
+
+/// Peak resident memory (VmHWM) of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Sends SIGTERM (or another signal) to a child.
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+// ---- Added for tests/streaming.rs, tests/secrets.rs and tests/cli.rs ----
+
+/// `config_text` with fixed listen ports instead of port 0, for a gateway run as a child process.
+pub fn config_text_on_ports(upstream: &str, extra: &str, listen: u16, admin_listen: u16) -> String {
+    let text = config_text(upstream, extra)
+        .replacen("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{listen}\""), 1)
+        .replacen(
+            "\nadmin_listen = \"127.0.0.1:0\"",
+            &format!("\nadmin_listen = \"127.0.0.1:{admin_listen}\""),
+            1,
+        );
+    assert!(!text.contains(":0\""), "both listen ports replaced");
+    text
+}
+
+/// Waits up to `within` for a child to exit; `None` if it is still running then.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The real binary serving a config file from a temp dir; killed (by its pid) when dropped.
+pub struct BinaryGateway {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
+}
+
+impl BinaryGateway {
+    /// Picks two free ports, writes `make_config(listen_port, admin_port)` to
+    /// `dir/gateway.toml`, runs `awork-gateway --config dir/gateway.toml` with `env` and
+    /// waits until `/readyz` answers 200 (panicking with the child's stderr if it exits or
+    /// is not ready within 20 s).
+    pub async fn start(dir: &Path, make_config: impl Fn(u16, u16) -> String, env: &[(&str, &str)]) -> Self {
+        let (port, admin_port) = (free_port(), free_port());
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, make_config(port, admin_port)).expect("write gateway config");
+        let config = config.to_str().expect("utf-8 temp path").to_owned();
+        let child = spawn_binary(dir, &["--config", &config], env);
+        let mut gateway = Self {
+            child,
+            dir: dir.to_owned(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            admin_addr: std::net::SocketAddr::from(([127, 0, 0, 1], admin_port)),
+        };
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = client();
+        let url = self.admin_url("/readyz");
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                panic!("awork-gateway exited with {status} before it was ready; stderr:\n{}", self.stderr());
+            }
+            let request = Request::get(&url).body(Full::new(Bytes::new())).expect("request");
+            if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_millis(500), client.request(request)).await {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("awork-gateway was not ready within 20 s; stderr:\n{}", self.stderr());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr, path)
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the exit status (`None`: still running).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        signal(&self.child, "TERM");
+        wait_exit(&mut self.child, within)
+    }
+}
+
+impl Drop for BinaryGateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs the real binary to its end (killed, then a panic, after `within`), with `env` set
+/// and neither `AWORK_GATEWAY_CONFIG` nor `AWORK_API_KEY` inherited from the test process.
+pub fn run_binary(args: &[&str], env: &[(&str, &str)], within: Duration) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_awork-gateway"));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("AWORK_GATEWAY_CONFIG")
+        .env_remove("AWORK_API_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("binary starts");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(output) => output.expect("binary output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("awork-gateway {args:?} did not finish within {within:?}");
+        }
+    }
+}
