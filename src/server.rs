@@ -1,5 +1,6 @@
 //! Listeners and lifecycle: the main listener serves the gateway stack over HTTP/1.1 and
-//! HTTP/2 (h2c), the admin listener serves health, readiness, metrics and status.
+//! HTTP/2 (h2c, or TLS with ALPN and optionally client certificates), the admin listener
+//! serves health, readiness, metrics and status.
 //!
 //! Shutdown stops accepting, lets in-flight requests finish within `drain_timeout`, and
 //! returns. A connection limit bounds memory: past it, new connections wait in the backlog.
@@ -9,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -16,11 +18,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 use crate::body::RequestBody;
+use crate::config::TlsConfig;
 use crate::layers::PeerAddr;
 use crate::layers::access_log::AccessLogBody;
 use crate::{Gateway, Stack, admin, upstream};
@@ -34,6 +41,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("server.tls: {0}")]
+    Tls(String),
 }
 
 /// A serving gateway: its bound addresses and the means to stop it.
@@ -51,6 +60,7 @@ pub struct Running {
 /// Binds both listeners and starts serving.
 pub async fn start(gateway: Arc<Gateway>) -> Result<Running, StartError> {
     let server = &gateway.config.server;
+    let tls = server.tls.as_ref().map(tls_acceptor).transpose()?;
     let bind = |key: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -61,7 +71,7 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, StartError> {
     let addr = local_addr(&listener, server.listen);
     let admin_addr = local_addr(&admin_listener, server.admin_listen);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let main = tokio::spawn(serve_main(listener, gateway.clone(), shutdown_rx.clone()));
+    let main = tokio::spawn(serve_main(listener, tls, gateway.clone(), shutdown_rx.clone()));
     let admin = tokio::spawn(admin::serve(admin_listener, gateway.clone(), shutdown_rx));
     let watcher = gateway.credentials.spawn_watcher();
     tracing::info!(%addr, %admin_addr, upstream = %gateway.config.upstream.origin(), "awork-gateway serving");
@@ -119,11 +129,12 @@ pub(crate) fn connection_builder(
 
 async fn serve_main(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     gateway: Arc<Gateway>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let server = &gateway.config.server;
-    let builder = connection_builder(server);
+    let builder = Arc::new(connection_builder(server));
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(server.max_connections));
     let stack = gateway.service();
@@ -142,7 +153,7 @@ async fn serve_main(
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -152,29 +163,83 @@ async fn serve_main(
             stack: stack.clone(),
             peer,
         };
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        match &tls {
+            None => {
+                let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                tokio::spawn(finish(connection, peer, permit));
             }
-            drop(permit);
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let handshake_timeout = server.idle_timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let connection =
+                                watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                            finish(connection, peer, permit).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     let drain = server.drain_timeout;
-    tracing::info!(
-        drain_timeout_ms = drain.as_millis() as u64,
-        "draining in-flight requests"
-    );
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    tracing::info!(drain_timeout_ms = drain.as_millis() as u64, "draining in-flight requests");
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout passed; closing the remaining connections");
     }
+}
+
+/// Runs one connection to its end, then frees its slot.
+async fn finish<F, E>(connection: F, peer: SocketAddr, permit: OwnedSemaphorePermit)
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    drop(permit);
+}
+
+/// The TLS server config: certificate chain and key, ALPN h2 and http/1.1, and with
+/// `client_ca` a required client certificate signed by it.
+fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
+    let fail = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        StartError::Tls(format!("{what} {}: {e}", path.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .map_err(|e| fail("cannot read cert", &tls.cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail("bad PEM in cert", &tls.cert, &e))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| fail("cannot read key", &tls.key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| fail("cannot read client_ca", ca, &e))? {
+                let cert = cert.map_err(|e| fail("bad PEM in client_ca", ca, &e))?;
+                roots.add(cert).map_err(|e| fail("bad certificate in client_ca", ca, &e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| fail("unusable client_ca", ca, &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError::Tls(format!("cert and key do not form a usable pair: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Per connection: tags requests with the peer address, drops hop-by-hop headers, and

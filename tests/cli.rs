@@ -58,11 +58,18 @@ fn check_accepts_a_valid_config_and_prints_a_summary_without_secrets() {
     );
     let output = check(&path);
     let (out, err) = (stdout(&output), stderr(&output));
-    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{out}\nstderr:\n{err}"
+    );
     assert!(out.contains("config OK"), "{out}");
     assert!(out.contains("upstream http://127.0.0.1:9"), "{out}");
     assert!(
-        out.contains(&format!("credential main (api_key, from file {}", key_file.display())),
+        out.contains(&format!(
+            "credential main (api_key, from file {}",
+            key_file.display()
+        )),
         "the summary names the credential and its source:\n{out}"
     );
     assert!(
@@ -73,9 +80,15 @@ fn check_accepts_a_valid_config_and_prints_a_summary_without_secrets() {
         out.contains("client local-tools (networks 127.0.0.0/8 ::1/128) -> credential main"),
         "{out}"
     );
-    assert!(!out.contains("warning"), "a file secret is no reason to warn:\n{out}");
+    assert!(
+        !out.contains("warning"),
+        "a file secret is no reason to warn:\n{out}"
+    );
     for secret in [support::API_KEY, support::POWERBI_TOKEN] {
-        assert!(!out.contains(secret) && !err.contains(secret), "a secret was printed:\n{out}\n{err}");
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "a secret was printed:\n{out}\n{err}"
+        );
     }
 }
 
@@ -113,7 +126,8 @@ allow = ["* /api/v1/**"]
 #[test]
 fn check_names_the_key_at_fault_and_exits_2() {
     let dir = support::temp_dir("cli-check-bad");
-    let client = |fields: &str| format!("[[clients]]\nname = \"c\"\ncredential = \"main\"\n{fields}\n");
+    let client =
+        |fields: &str| format!("[[clients]]\nname = \"c\"\ncredential = \"main\"\n{fields}\n");
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "unknown key in [server]",
@@ -166,7 +180,11 @@ fn check_names_the_key_at_fault_and_exits_2() {
         ),
         (
             "a client with neither token nor networks",
-            config_with_clients("", "", &format!("{LOOPBACK_CLIENT}\n{}", client("allow = [\"read-only\"]"))),
+            config_with_clients(
+                "",
+                "",
+                &format!("{LOOPBACK_CLIENT}\n{}", client("allow = [\"read-only\"]")),
+            ),
             "clients[1]: ",
         ),
         (
@@ -183,8 +201,10 @@ fn check_names_the_key_at_fault_and_exits_2() {
         ),
         (
             "overlapping listeners",
-            config_with_clients("", "", LOOPBACK_CLIENT)
-                .replace("admin_listen = \"127.0.0.1:19090\"", "admin_listen = \"127.0.0.1:18080\""),
+            config_with_clients("", "", LOOPBACK_CLIENT).replace(
+                "admin_listen = \"127.0.0.1:19090\"",
+                "admin_listen = \"127.0.0.1:18080\"",
+            ),
             "server.admin_listen: ",
         ),
     ];
@@ -209,15 +229,25 @@ fn check_names_the_key_at_fault_and_exits_2() {
 #[test]
 fn check_warns_about_inline_secrets() {
     let dir = support::temp_dir("cli-check-inline");
-    let path = write_config(&dir, "gateway.toml", &support::config_text("http://127.0.0.1:9", ""));
+    let path = write_config(
+        &dir,
+        "gateway.toml",
+        &support::config_text("http://127.0.0.1:9", ""),
+    );
     let output = check(&path);
     let (out, err) = (stdout(&output), stderr(&output));
-    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{out}\nstderr:\n{err}"
+    );
     let warning = out
         .lines()
         .chain(err.lines())
         .find(|l| l.contains("warning") && l.contains("credentials.main.key"))
-        .unwrap_or_else(|| panic!("no warning naming credentials.main.key:\nstdout:\n{out}\nstderr:\n{err}"));
+        .unwrap_or_else(|| {
+            panic!("no warning naming credentials.main.key:\nstdout:\n{out}\nstderr:\n{err}")
+        });
     assert!(warning.contains("inline"), "{warning}");
     assert!(
         !out.contains(support::API_KEY) && !err.contains(support::API_KEY),
@@ -242,12 +272,22 @@ fn hash_token_prints_a_token_and_its_sha256() {
         assert_eq!(output.status.code(), Some(0), "{out}\n{}", stderr(&output));
         let token = field(&out, "token:").to_owned();
         let hash = field(&out, "token_sha256:");
-        assert!(token.len() >= 32, "a token of {} characters is too short", token.len());
         assert!(
-            token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            token.len() >= 32,
+            "a token of {} characters is too short",
+            token.len()
+        );
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
             "the token must be header- and shell-safe: {token:?}"
         );
-        assert_eq!(hash, support::sha256_hex(&token), "token_sha256 is the sha256 of the token");
+        assert_eq!(
+            hash,
+            support::sha256_hex(&token),
+            "token_sha256 is the sha256 of the token"
+        );
         assert!(
             out.contains(&format!("token_sha256 = \"{hash}\"")),
             "the config snippet carries the same hash:\n{out}"
@@ -269,7 +309,10 @@ fn embedded_default_without_api_key_says_how_to_fix_it() {
             "awork-gateway {args:?}: stdout:\n{}\nstderr:\n{err}",
             stdout(&output)
         );
-        assert!(err.contains("AWORK_API_KEY"), "awork-gateway {args:?} must name AWORK_API_KEY:\n{err}");
+        assert!(
+            err.contains("AWORK_API_KEY"),
+            "awork-gateway {args:?} must name AWORK_API_KEY:\n{err}"
+        );
     }
 }
 
@@ -278,31 +321,65 @@ fn embedded_default_serves_with_the_env_key() {
     let key = "x-embedded-default-test-key";
     let output = support::run_binary(&["check"], &[("AWORK_API_KEY", key)], RUN_DEADLINE);
     let (out, err) = (stdout(&output), stderr(&output));
-    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{out}\nstderr:\n{err}"
+    );
     assert!(out.contains("(embedded default)"), "{out}");
     assert!(out.contains("from env AWORK_API_KEY"), "{out}");
     assert!(out.contains("listen 127.0.0.1:8080"), "{out}");
-    assert!(!out.contains(key) && !err.contains(key), "the key was printed");
+    assert!(
+        !out.contains(key) && !err.contains(key),
+        "the key was printed"
+    );
 }
 
 #[test]
 fn config_file_from_env_var_is_used() {
     let dir = support::temp_dir("cli-env-config");
-    let path = write_config(&dir, "from-env.toml", &support::config_text("http://127.0.0.1:9", ""));
+    let path = write_config(
+        &dir,
+        "from-env.toml",
+        &support::config_text("http://127.0.0.1:9", ""),
+    );
     let path_text = path.to_str().expect("utf-8 path");
     // No AWORK_API_KEY: the embedded default would fail, so success means the file was used.
-    let output = support::run_binary(&["check"], &[("AWORK_GATEWAY_CONFIG", path_text)], RUN_DEADLINE);
+    let output = support::run_binary(
+        &["check"],
+        &[("AWORK_GATEWAY_CONFIG", path_text)],
+        RUN_DEADLINE,
+    );
     let (out, err) = (stdout(&output), stderr(&output));
-    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{out}\nstderr:\n{err}"
+    );
     assert!(out.contains(&format!("config OK: {path_text}")), "{out}");
     assert!(out.contains("upstream http://127.0.0.1:9"), "{out}");
 
-    let broken = write_config(&dir, "broken.toml", &config_with_clients("", "", "[[clients]]\nname = \"c\"\ncredential = \"nope\"\nnetworks = [\"10.0.0.0/8\"]\nallow = [\"read-only\"]\n"));
+    let broken = write_config(
+        &dir,
+        "broken.toml",
+        &config_with_clients(
+            "",
+            "",
+            "[[clients]]\nname = \"c\"\ncredential = \"nope\"\nnetworks = [\"10.0.0.0/8\"]\nallow = [\"read-only\"]\n",
+        ),
+    );
     let broken_text = broken.to_str().expect("utf-8 path");
-    let output = support::run_binary(&["check"], &[("AWORK_GATEWAY_CONFIG", broken_text)], RUN_DEADLINE);
+    let output = support::run_binary(
+        &["check"],
+        &[("AWORK_GATEWAY_CONFIG", broken_text)],
+        RUN_DEADLINE,
+    );
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{err}");
-    assert!(err.contains(broken_text) && err.contains("clients[0].credential"), "{err}");
+    assert!(
+        err.contains(broken_text) && err.contains("clients[0].credential"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,9 +462,21 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let status = tokio::task::block_in_place(|| {
         support::wait_exit(&mut gateway.child, DRAIN_TIMEOUT + Duration::from_secs(1))
     })
-    .unwrap_or_else(|| panic!("the gateway did not exit within the drain timeout; stderr:\n{}", gateway.stderr()));
+    .unwrap_or_else(|| {
+        panic!(
+            "the gateway did not exit within the drain timeout; stderr:\n{}",
+            gateway.stderr()
+        )
+    });
     let took = signalled.elapsed();
     eprintln!("SIGTERM with {still_draining} requests in flight: exited {status} after {took:?}");
-    assert!(status.success(), "exit status {status}; stderr:\n{}", gateway.stderr());
-    assert!(took < DRAIN_TIMEOUT, "exit took {took:?}, longer than the drain timeout");
+    assert!(
+        status.success(),
+        "exit status {status}; stderr:\n{}",
+        gateway.stderr()
+    );
+    assert!(
+        took < DRAIN_TIMEOUT,
+        "exit took {took:?}, longer than the drain timeout"
+    );
 }

@@ -37,7 +37,13 @@ struct Secrets {
 
 impl Secrets {
     fn new() -> Self {
-        let r = || format!("{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
+        let r = || {
+            format!(
+                "{:016x}{:08x}",
+                rand::random::<u64>(),
+                rand::random::<u32>()
+            )
+        };
         Self {
             api_key: format!("awk-live-{}", r()),
             rotated_key: format!("awk-rotated-{}", r()),
@@ -59,7 +65,10 @@ impl Secrets {
             ("powerbi token", &self.powerbi_token),
             ("agent token", &self.agent_token),
             ("caller's old bearer", &self.caller_old_bearer),
-            ("caller's old basic password", &self.caller_old_basic_password),
+            (
+                "caller's old basic password",
+                &self.caller_old_basic_password,
+            ),
             ("caller's cookie", &self.caller_cookie),
             ("caller's proxy password", &self.caller_proxy_password),
             ("wrong token", &self.wrong_token),
@@ -70,9 +79,18 @@ impl Secrets {
         }
         let composites = [
             ("Bearer <api key>", format!("Bearer {}", self.api_key)),
-            ("Bearer <rotated key>", format!("Bearer {}", self.rotated_key)),
-            ("powerbi:<token>", basic_pair("powerbi", &self.powerbi_token)),
-            ("powerbi:<wrong token>", basic_pair("powerbi", &self.wrong_token)),
+            (
+                "Bearer <rotated key>",
+                format!("Bearer {}", self.rotated_key),
+            ),
+            (
+                "powerbi:<token>",
+                basic_pair("powerbi", &self.powerbi_token),
+            ),
+            (
+                "powerbi:<wrong token>",
+                basic_pair("powerbi", &self.wrong_token),
+            ),
             ("agent:<token>", basic_pair("agent", &self.agent_token)),
             (
                 "olduser:<old password>",
@@ -180,7 +198,14 @@ fn write_key(path: &Path, key: &str) {
     std::fs::rename(&tmp, path).expect("rename key");
 }
 
-fn config(mock_url: &str, key_file: &Path, s: &Secrets, format: &str, port: u16, admin: u16) -> String {
+fn config(
+    mock_url: &str,
+    key_file: &Path,
+    s: &Secrets,
+    format: &str,
+    port: u16,
+    admin: u16,
+) -> String {
     format!(
         r#"
 [server]
@@ -258,163 +283,221 @@ async fn run(format: &str, s: &Secrets) -> Run {
 
     // Token clients, Bearer and Basic, HTTP/1.1 and h2c.
     for (label, client) in [("h1", &h1), ("h2c", &h2c)] {
-        call(&gateway, &mut t, Call {
-            label: &format!("powerbi bearer {label}"),
-            client,
-            method: get.clone(),
-            path: "/api/v1/me",
-            headers: bearer(&s.powerbi_token),
-            body: "",
-            expect: StatusCode::OK,
-        })
+        call(
+            &gateway,
+            &mut t,
+            Call {
+                label: &format!("powerbi bearer {label}"),
+                client,
+                method: get.clone(),
+                path: "/api/v1/me",
+                headers: bearer(&s.powerbi_token),
+                body: "",
+                expect: StatusCode::OK,
+            },
+        )
         .await;
-        call(&gateway, &mut t, Call {
-            label: &format!("powerbi basic {label}"),
-            client,
-            method: get.clone(),
-            path: "/api/v1/users?pageSize=2",
-            headers: vec![("authorization", basic("powerbi", &s.powerbi_token))],
-            body: "",
-            expect: StatusCode::OK,
-        })
+        call(
+            &gateway,
+            &mut t,
+            Call {
+                label: &format!("powerbi basic {label}"),
+                client,
+                method: get.clone(),
+                path: "/api/v1/users?pageSize=2",
+                headers: vec![("authorization", basic("powerbi", &s.powerbi_token))],
+                body: "",
+                expect: StatusCode::OK,
+            },
+        )
         .await;
-        call(&gateway, &mut t, Call {
-            label: &format!("agent basic POST {label}"),
-            client,
-            method: Method::POST,
-            path: "/api/v1/echo/agent",
-            headers: vec![
-                ("authorization", basic("agent", &s.agent_token)),
-                ("content-type", "application/json".into()),
-            ],
-            body: r#"{"name":"from the agent"}"#,
-            expect: StatusCode::OK,
-        })
+        call(
+            &gateway,
+            &mut t,
+            Call {
+                label: &format!("agent basic POST {label}"),
+                client,
+                method: Method::POST,
+                path: "/api/v1/echo/agent",
+                headers: vec![
+                    ("authorization", basic("agent", &s.agent_token)),
+                    ("content-type", "application/json".into()),
+                ],
+                body: r#"{"name":"from the agent"}"#,
+                expect: StatusCode::OK,
+            },
+        )
         .await;
         // A loopback caller still sending its old credentials, a cookie and a proxy
         // credential: identified by network, all of it dropped.
-        let answer = call(&gateway, &mut t, Call {
-            label: &format!("loopback with old credentials {label}"),
-            client,
-            method: Method::POST,
-            path: "/api/v1/echo/loopback",
-            headers: vec![
-                ("authorization", format!("Bearer {}", s.caller_old_bearer)),
-                ("cookie", format!("sso={}; theme=dark", s.caller_cookie)),
-                (
-                    "proxy-authorization",
-                    basic("proxyuser", &s.caller_proxy_password),
-                ),
-            ],
-            body: "{}",
-            expect: StatusCode::OK,
-        })
+        let answer = call(
+            &gateway,
+            &mut t,
+            Call {
+                label: &format!("loopback with old credentials {label}"),
+                client,
+                method: Method::POST,
+                path: "/api/v1/echo/loopback",
+                headers: vec![
+                    ("authorization", format!("Bearer {}", s.caller_old_bearer)),
+                    ("cookie", format!("sso={}; theme=dark", s.caller_cookie)),
+                    (
+                        "proxy-authorization",
+                        basic("proxyuser", &s.caller_proxy_password),
+                    ),
+                ],
+                body: "{}",
+                expect: StatusCode::OK,
+            },
+        )
         .await;
         let echoed = answer.json();
         assert!(echoed["headers"].get("cookie").is_none(), "{echoed}");
-        assert!(echoed["headers"].get("proxy-authorization").is_none(), "{echoed}");
-        call(&gateway, &mut t, Call {
-            label: &format!("loopback with old basic {label}"),
-            client,
-            method: get.clone(),
-            path: "/api/v1/me",
-            headers: vec![("authorization", basic("olduser", &s.caller_old_basic_password))],
-            body: "",
-            expect: StatusCode::OK,
-        })
+        assert!(
+            echoed["headers"].get("proxy-authorization").is_none(),
+            "{echoed}"
+        );
+        call(
+            &gateway,
+            &mut t,
+            Call {
+                label: &format!("loopback with old basic {label}"),
+                client,
+                method: get.clone(),
+                path: "/api/v1/me",
+                headers: vec![(
+                    "authorization",
+                    basic("olduser", &s.caller_old_basic_password),
+                )],
+                body: "",
+                expect: StatusCode::OK,
+            },
+        )
         .await;
         // 401: a client's name with a wrong token.
-        call(&gateway, &mut t, Call {
-            label: &format!("powerbi wrong token {label}"),
-            client,
-            method: get.clone(),
-            path: "/api/v1/me",
-            headers: vec![("authorization", basic("powerbi", &s.wrong_token))],
-            body: "",
-            expect: StatusCode::UNAUTHORIZED,
-        })
+        call(
+            &gateway,
+            &mut t,
+            Call {
+                label: &format!("powerbi wrong token {label}"),
+                client,
+                method: get.clone(),
+                path: "/api/v1/me",
+                headers: vec![("authorization", basic("powerbi", &s.wrong_token))],
+                body: "",
+                expect: StatusCode::UNAUTHORIZED,
+            },
+        )
         .await;
         // 403: a read-only client writing.
-        call(&gateway, &mut t, Call {
-            label: &format!("powerbi forbidden POST {label}"),
-            client,
-            method: Method::POST,
-            path: "/api/v1/projects",
-            headers: bearer(&s.powerbi_token),
-            body: r#"{"name":"nope"}"#,
-            expect: StatusCode::FORBIDDEN,
-        })
+        call(
+            &gateway,
+            &mut t,
+            Call {
+                label: &format!("powerbi forbidden POST {label}"),
+                client,
+                method: Method::POST,
+                path: "/api/v1/projects",
+                headers: bearer(&s.powerbi_token),
+                body: r#"{"name":"nope"}"#,
+                expect: StatusCode::FORBIDDEN,
+            },
+        )
         .await;
     }
     // 401 from outside the loopback client's network: a token of nobody, and none at all.
     for (label, client) in [("h1", &remote_h1), ("h2c", &remote_h2c)] {
-        call(&gateway, &mut t, Call {
-            label: &format!("remote wrong bearer {label}"),
-            client,
-            method: get.clone(),
-            path: "/api/v1/me",
-            headers: bearer(&s.wrong_token),
-            body: "",
-            expect: StatusCode::UNAUTHORIZED,
-        })
+        call(
+            &gateway,
+            &mut t,
+            Call {
+                label: &format!("remote wrong bearer {label}"),
+                client,
+                method: get.clone(),
+                path: "/api/v1/me",
+                headers: bearer(&s.wrong_token),
+                body: "",
+                expect: StatusCode::UNAUTHORIZED,
+            },
+        )
         .await;
-        call(&gateway, &mut t, Call {
-            label: &format!("remote old awork key {label}"),
-            client,
-            method: get.clone(),
-            path: "/api/v1/me",
-            headers: bearer(&s.caller_old_bearer),
-            body: "",
-            expect: StatusCode::UNAUTHORIZED,
-        })
+        call(
+            &gateway,
+            &mut t,
+            Call {
+                label: &format!("remote old awork key {label}"),
+                client,
+                method: get.clone(),
+                path: "/api/v1/me",
+                headers: bearer(&s.caller_old_bearer),
+                body: "",
+                expect: StatusCode::UNAUTHORIZED,
+            },
+        )
         .await;
-        call(&gateway, &mut t, Call {
-            label: &format!("remote powerbi bearer {label}"),
-            client,
-            method: get.clone(),
-            path: "/api/v1/projects?pageSize=1",
-            headers: bearer(&s.powerbi_token),
-            body: "",
-            expect: StatusCode::OK,
-        })
+        call(
+            &gateway,
+            &mut t,
+            Call {
+                label: &format!("remote powerbi bearer {label}"),
+                client,
+                method: get.clone(),
+                path: "/api/v1/projects?pageSize=1",
+                headers: bearer(&s.powerbi_token),
+                body: "",
+                expect: StatusCode::OK,
+            },
+        )
         .await;
     }
     // awork answers 401 itself: once as a plain answer, once because the key was revoked
     // (the gateway re-reads the unchanged key file and passes the 401 on).
-    call(&gateway, &mut t, Call {
-        label: "upstream answers 401",
-        client: &h1,
-        method: get.clone(),
-        path: "/api/v1/status/401",
-        headers: bearer(&s.powerbi_token),
-        body: "",
-        expect: StatusCode::UNAUTHORIZED,
-    })
+    call(
+        &gateway,
+        &mut t,
+        Call {
+            label: "upstream answers 401",
+            client: &h1,
+            method: get.clone(),
+            path: "/api/v1/status/401",
+            headers: bearer(&s.powerbi_token),
+            body: "",
+            expect: StatusCode::UNAUTHORIZED,
+        },
+    )
     .await;
     assert!(mock.revoke_token(&s.api_key), "the key was valid");
-    call(&gateway, &mut t, Call {
-        label: "key revoked at awork",
-        client: &h1,
-        method: get.clone(),
-        path: "/api/v1/me",
-        headers: bearer(&s.powerbi_token),
-        body: "",
-        expect: StatusCode::UNAUTHORIZED,
-    })
+    call(
+        &gateway,
+        &mut t,
+        Call {
+            label: "key revoked at awork",
+            client: &h1,
+            method: get.clone(),
+            path: "/api/v1/me",
+            headers: bearer(&s.powerbi_token),
+            body: "",
+            expect: StatusCode::UNAUTHORIZED,
+        },
+    )
     .await;
     // Rotation: the new key is in the file; awork's 401 for the old one (or the file
     // watcher, whichever comes first) brings it in.
     mock.add_token(s.rotated_key.as_str(), None);
     write_key(&key_file, &s.rotated_key);
-    call(&gateway, &mut t, Call {
-        label: "after rotation",
-        client: &h1,
-        method: get.clone(),
-        path: "/api/v1/me",
-        headers: bearer(&s.powerbi_token),
-        body: "",
-        expect: StatusCode::OK,
-    })
+    call(
+        &gateway,
+        &mut t,
+        Call {
+            label: "after rotation",
+            client: &h1,
+            method: get.clone(),
+            path: "/api/v1/me",
+            headers: bearer(&s.powerbi_token),
+            body: "",
+            expect: StatusCode::OK,
+        },
+    )
     .await;
     for path in ["/healthz", "/readyz", "/metrics", "/status"] {
         let answer = admin(&gateway, &mut t, path).await;
@@ -427,15 +510,19 @@ async fn run(format: &str, s: &Secrets) -> Run {
         .collect();
     // 502: awork is gone.
     mock.shutdown().await;
-    call(&gateway, &mut t, Call {
-        label: "upstream down",
-        client: &h1,
-        method: get.clone(),
-        path: "/api/v1/me",
-        headers: bearer(&s.powerbi_token),
-        body: "",
-        expect: StatusCode::BAD_GATEWAY,
-    })
+    call(
+        &gateway,
+        &mut t,
+        Call {
+            label: "upstream down",
+            client: &h1,
+            method: get.clone(),
+            path: "/api/v1/me",
+            headers: bearer(&s.powerbi_token),
+            body: "",
+            expect: StatusCode::BAD_GATEWAY,
+        },
+    )
     .await;
     for path in ["/readyz", "/metrics", "/status"] {
         admin(&gateway, &mut t, path).await;
@@ -448,7 +535,11 @@ async fn run(format: &str, s: &Secrets) -> Run {
     // `check` on the same config, at trace level too.
     let config_path = gateway.dir.join("gateway.toml");
     let check = support::run_binary(
-        &["check", "--config", config_path.to_str().expect("utf-8 path")],
+        &[
+            "check",
+            "--config",
+            config_path.to_str().expect("utf-8 path"),
+        ],
         &[("RUST_LOG", "trace")],
         Duration::from_secs(30),
     );
@@ -560,7 +651,9 @@ async fn trace_level_run_leaks_no_secret() {
             for (needle_name, needle) in &needles {
                 let own_key = needle_name.contains("api key") || needle_name.contains("Bearer <");
                 if !own_key && value.contains(needle.as_str()) {
-                    leaks.push(format!("{format} run, sent to awork: {needle_name} in header {name}"));
+                    leaks.push(format!(
+                        "{format} run, sent to awork: {needle_name} in header {name}"
+                    ));
                 }
             }
         }

@@ -28,9 +28,17 @@ const TRANSFER_DEADLINE: Duration = Duration::from_secs(300);
 /// Upper bound for the wait on any single frame.
 const FRAME_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The 1 GiB transfers and the latency measurements take turns: on a small machine a
+/// transfer running beside them would skew both the MB/s figures and the event latencies.
+static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The real binary in front of `mock_url`, on fixed loopback ports, with the test config's
 /// `request_timeout` replaced by `request_timeout` when one is given.
-async fn binary_gateway(name: &str, mock_url: &str, request_timeout: Option<&str>) -> BinaryGateway {
+async fn binary_gateway(
+    name: &str,
+    mock_url: &str,
+    request_timeout: Option<&str>,
+) -> BinaryGateway {
     let dir = support::temp_dir(name);
     BinaryGateway::start(
         &dir,
@@ -57,6 +65,7 @@ fn mib_per_second(bytes: u64, elapsed: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_download_streams_with_flat_gateway_memory() {
+    let _turn = MEASURING.lock().await;
     let mock = support::mock().await;
     let gateway = binary_gateway("download", &mock.url(), None).await;
     let baseline_kib = support::peak_rss_kib(gateway.pid());
@@ -140,7 +149,8 @@ impl Body for GeneratedUpload {
         if this.remaining == 0 {
             return Poll::Ready(None);
         }
-        let len = usize::try_from(this.remaining).map_or(this.chunk.len(), |r| r.min(this.chunk.len()));
+        let len =
+            usize::try_from(this.remaining).map_or(this.chunk.len(), |r| r.min(this.chunk.len()));
         this.remaining -= len as u64;
         Poll::Ready(Some(Ok(Frame::data(this.chunk.slice(..len)))))
     }
@@ -156,6 +166,7 @@ impl Body for GeneratedUpload {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_upload_streams_with_flat_gateway_memory() {
+    let _turn = MEASURING.lock().await;
     let mock = support::mock().await;
     // The test config's 2 s `request_timeout` would cut a 1 GiB upload that takes longer
     // (see `slow_upload_is_not_cut_by_the_upstream_request_timeout`); memory is the point
@@ -201,7 +212,10 @@ async fn one_gib_upload_streams_with_flat_gateway_memory() {
         String::from_utf8_lossy(&body)
     );
     let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON answer");
-    assert_eq!(answer["size"], GIB, "the mock counted exactly 1 GiB: {answer}");
+    assert_eq!(
+        answer["size"], GIB,
+        "the mock counted exactly 1 GiB: {answer}"
+    );
     let seen = mock.requests();
     let upload = seen
         .iter()
@@ -281,7 +295,10 @@ async fn assert_events_stream(client: &TestClient, url: &str) {
     tokio::time::timeout(Duration::from_secs(10), read)
         .await
         .expect("the event stream ends within 10 s");
-    assert!(pending.trim().is_empty(), "trailing partial event: {pending:?}");
+    assert!(
+        pending.trim().is_empty(),
+        "trailing partial event: {pending:?}"
+    );
 
     for a in &arrivals {
         eprintln!(
@@ -291,7 +308,11 @@ async fn assert_events_stream(client: &TestClient, url: &str) {
         );
     }
     let seqs: Vec<u64> = arrivals.iter().map(|a| a.seq).collect();
-    assert_eq!(seqs, (1..=EVENTS).collect::<Vec<_>>(), "every event, in order");
+    assert_eq!(
+        seqs,
+        (1..=EVENTS).collect::<Vec<_>>(),
+        "every event, in order"
+    );
     for a in &arrivals {
         let latency = a.arrived_at_micros - a.sent_at_micros;
         assert!(
@@ -311,6 +332,7 @@ async fn assert_events_stream(client: &TestClient, url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_sse_event_reaches_the_caller_within_100ms_of_being_sent() {
+    let _turn = MEASURING.lock().await;
     let mock = support::mock().await;
     let gateway = support::gateway(&support::config_text(&mock.url(), "")).await;
     assert_events_stream(&support::client(), &support::url(&gateway, "/api/v1/mcp")).await;
@@ -319,9 +341,14 @@ async fn first_sse_event_reaches_the_caller_within_100ms_of_being_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_caller_gets_streamed_sse_too() {
+    let _turn = MEASURING.lock().await;
     let mock = support::mock().await;
     let gateway = support::gateway(&support::config_text(&mock.url(), "")).await;
-    assert_events_stream(&support::h2c_client(), &support::url(&gateway, "/api/v1/mcp")).await;
+    assert_events_stream(
+        &support::h2c_client(),
+        &support::url(&gateway, "/api/v1/mcp"),
+    )
+    .await;
     gateway.shutdown().await;
 }
 
