@@ -33,10 +33,7 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             RequestBodyProj::Incoming { body } => body.poll_frame(cx),
             RequestBodyProj::Empty => Poll::Ready(None),
@@ -73,9 +70,7 @@ pin_project! {
 impl GatewayBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
-        Self::Full {
-            data: (!data.is_empty()).then_some(data),
-        }
+        Self::Full { data: (!data.is_empty()).then_some(data) }
     }
 
     pub fn empty() -> Self {
@@ -93,10 +88,7 @@ impl Body for GatewayBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             GatewayBodyProj::Upstream { body } => body.poll_frame(cx),
             GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
@@ -113,9 +105,7 @@ impl Body for GatewayBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Upstream { body } => body.size_hint(),
-            Self::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

@@ -18,11 +18,7 @@ use crate::{Gateway, logging};
 pub const EXIT_CONFIG: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "awork-gateway",
-    version,
-    about = "Authenticating gateway for the awork API"
-)]
+#[command(name = "awork-gateway", version, about = "Authenticating gateway for the awork API")]
 pub struct Cli {
     /// Config file (TOML); without it the embedded default serves.
     #[arg(long, short, global = true, env = "AWORK_GATEWAY_CONFIG")]
@@ -57,18 +53,12 @@ pub fn main() -> ExitCode {
         Command::Check => check(cli.config),
         Command::HashToken => hash_token(),
         Command::Serve => with_runtime(serve(cli.config)),
-        Command::Demo {
-            listen,
-            admin_listen,
-        } => with_runtime(demo(listen, admin_listen)),
+        Command::Demo { listen, admin_listen } => with_runtime(demo(listen, admin_listen)),
     }
 }
 
 fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(fut),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -100,18 +90,11 @@ fn check(path: Option<PathBuf>) -> ExitCode {
 pub fn summary(loaded: &Loaded) -> String {
     let c = &loaded.config;
     let mut out = format!("config OK: {}\n", loaded.source_name);
-    out += &format!(
-        "  listen {}  admin {}\n",
-        c.server.listen, c.server.admin_listen
-    );
+    out += &format!("  listen {}  admin {}\n", c.server.listen, c.server.admin_listen);
     out += &format!("  upstream {}\n", c.upstream.origin());
     for cred in &c.credentials {
         let crate::config::CredentialKind::ApiKey { key } = &cred.kind;
-        out += &format!(
-            "  credential {} ({}, from {key})\n",
-            cred.name,
-            cred.kind.type_name()
-        );
+        out += &format!("  credential {} ({}, from {key})\n", cred.name, cred.kind.type_name());
     }
     for client in &c.clients {
         let mut how = Vec::new();
@@ -122,10 +105,7 @@ pub fn summary(loaded: &Loaded) -> String {
             let nets: Vec<String> = client.networks.iter().map(ToString::to_string).collect();
             how.push(format!("networks {}", nets.join(" ")));
         }
-        let credential = c
-            .credentials
-            .get(client.credential)
-            .map_or("?", |cr| cr.name.as_str());
+        let credential = c.credentials.get(client.credential).map_or("?", |cr| cr.name.as_str());
         out += &format!(
             "  client {} ({}) -> credential {credential}, {} rule(s)\n",
             client.name,
@@ -144,10 +124,7 @@ pub fn summary(loaded: &Loaded) -> String {
 }
 
 fn hash_token() -> ExitCode {
-    let token = format!(
-        "agw_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
-    );
+    let token = format!("agw_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
     let hash = hex::encode(Sha256::digest(token.as_bytes()));
     println!("token:        {token}");
     println!("token_sha256: {hash}");
@@ -196,11 +173,9 @@ async fn start(config: Config) -> Result<Running, ExitCode> {
 /// Serves until SIGTERM or SIGINT; SIGHUP re-reads the secrets.
 async fn run_until_signalled(running: Running) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
         tracing::error!("cannot install signal handlers; stopping");
         running.shutdown().await;
         return;
@@ -219,11 +194,7 @@ async fn run_until_signalled(running: Running) {
 async fn demo(listen: std::net::SocketAddr, admin_listen: std::net::SocketAddr) -> ExitCode {
     logging::init(crate::config::LogFormat::Pretty);
     let demo_key = format!("demo-key-{:016x}", rand::random::<u64>());
-    let mock = match crate::mock::MockAwork::builder()
-        .api_key(demo_key.clone())
-        .start()
-        .await
-    {
+    let mock = match crate::mock::MockAwork::builder().api_key(demo_key.clone()).start().await {
         Ok(mock) => mock,
         Err(e) => {
             eprintln!("error: cannot start the mock awork: {e}");

@@ -37,11 +37,7 @@ pub enum GatewayError {
     #[error("{0}")]
     Unauthenticated(String),
     #[error("client {client:?} may not {method} {path}")]
-    Forbidden {
-        client: String,
-        method: String,
-        path: String,
-    },
+    Forbidden { client: String, method: String, path: String },
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("the workspace quota is used up; retry after {} s", retry_after.as_secs().max(1))]
@@ -49,10 +45,7 @@ pub enum GatewayError {
     #[error("credential {credential:?} has no usable secret: {reason}")]
     CredentialUnavailable { credential: String, reason: String },
     #[error("the awork API could not be reached ({}): {detail}", kind.as_str())]
-    UpstreamUnavailable {
-        kind: UpstreamErrorKind,
-        detail: String,
-    },
+    UpstreamUnavailable { kind: UpstreamErrorKind, detail: String },
     #[error("the awork API did not answer within {} ms", after.as_millis())]
     UpstreamTimeout { after: Duration },
 }
@@ -94,23 +87,14 @@ impl GatewayError {
         let mut response = Response::new(GatewayBody::full(body.to_string()));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
             Self::Unauthenticated(_) => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"awork-gateway\""),
-                );
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"awork-gateway\""));
             }
             Self::RateLimited { retry_after } => {
-                headers.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(retry_after.as_secs().max(1)),
-                );
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
             }
             _ => {}
         }
@@ -132,27 +116,16 @@ mod tests {
         };
         let response = err.to_response("req-1");
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(json["code"], "gateway-forbidden");
         assert_eq!(json["traceId"], "req-1");
-        assert_eq!(
-            json["description"],
-            "client \"powerbi\" may not POST /api/v1/projects"
-        );
+        assert_eq!(json["description"], "client \"powerbi\" may not POST /api/v1/projects");
     }
 
     #[test]
     fn rate_limited_sets_retry_after_in_whole_seconds() {
-        let response = GatewayError::RateLimited {
-            retry_after: Duration::from_millis(200),
-        }
-        .to_response("r");
+        let response = GatewayError::RateLimited { retry_after: Duration::from_millis(200) }.to_response("r");
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -37,9 +37,8 @@ use metrics::Metrics;
 use upstream::{HttpClient, Upstream};
 
 /// The request path as one service, outside in.
-pub type Stack = SetSensitiveRequestHeaders<
-    SetRequestId<AccessLog<IdentifyClient<Policy<AttachCredential<Upstream>>>>>,
->;
+pub type Stack =
+    SetSensitiveRequestHeaders<SetRequestId<AccessLog<IdentifyClient<Policy<AttachCredential<Upstream>>>>>>;
 
 /// Everything that outlives a single request.
 #[derive(Debug)]
@@ -59,14 +58,7 @@ impl Gateway {
         let client = upstream::build_client(&config.upstream)?;
         let credentials = Credentials::load(&config, env, metrics.clone());
         let identities = Arc::new(Identities::new(&config));
-        Ok(Self {
-            config: Arc::new(config),
-            credentials,
-            metrics,
-            client,
-            identities,
-            started: Instant::now(),
-        })
+        Ok(Self { config: Arc::new(config), credentials, metrics, client, identities, started: Instant::now() })
     }
 
     /// The request path as a tower service; cheap to clone.
@@ -82,11 +74,7 @@ impl Gateway {
             .layer(ClientIdentityLayer::new(self.identities.clone()))
             .layer(PolicyLayer::new(self.config.clone()))
             .layer(CredentialLayer::new(&self.config, &self.credentials))
-            .service(Upstream::new(
-                self.client.clone(),
-                &self.config.upstream,
-                self.metrics.clone(),
-            ))
+            .service(Upstream::new(self.client.clone(), &self.config.upstream, self.metrics.clone()))
     }
 
     pub fn uptime(&self) -> std::time::Duration {

@@ -74,13 +74,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("awork_gateway");
         let requests = Family::default();
-        registry.register(
-            "requests",
-            "Requests answered, by client, method and status class",
-            requests.clone(),
-        );
-        let request_duration: HistogramFamily<ClientLabels> =
-            Family::new_with_constructor(latency_histogram);
+        registry.register("requests", "Requests answered, by client, method and status class", requests.clone());
+        let request_duration: HistogramFamily<ClientLabels> = Family::new_with_constructor(latency_histogram);
         registry.register(
             "request_duration_seconds",
             "Time from request received to response body finished, by client",
@@ -93,11 +88,7 @@ impl Metrics {
             upstream_duration.clone(),
         );
         let upstream_errors = Family::default();
-        registry.register(
-            "upstream_errors",
-            "Failed exchanges with awork, by kind",
-            upstream_errors.clone(),
-        );
+        registry.register("upstream_errors", "Failed exchanges with awork, by kind", upstream_errors.clone());
         let credential_age = Family::default();
         registry.register(
             "credential_age_seconds",
@@ -136,11 +127,7 @@ impl Metrics {
                 status_class: status_class(status),
             })
             .inc();
-        self.request_duration
-            .get_or_create(&ClientLabels {
-                client: client.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
+        self.request_duration.get_or_create(&ClientLabels { client: client.to_owned() }).observe(elapsed.as_secs_f64());
     }
 
     pub fn record_upstream(&self, elapsed: Duration) {
@@ -148,32 +135,17 @@ impl Metrics {
     }
 
     pub fn record_upstream_error(&self, kind: UpstreamErrorKind) {
-        self.upstream_errors
-            .get_or_create(&KindLabels {
-                kind: kind.as_str(),
-            })
-            .inc();
+        self.upstream_errors.get_or_create(&KindLabels { kind: kind.as_str() }).inc();
     }
 
     pub fn record_reload(&self, credential: &str, result: &'static str) {
-        self.credential_reloads
-            .get_or_create(&ReloadLabels {
-                credential: credential.to_owned(),
-                result,
-            })
-            .inc();
+        self.credential_reloads.get_or_create(&ReloadLabels { credential: credential.to_owned(), result }).inc();
     }
 
     pub fn set_credential_state(&self, credential: &str, age: Duration, ready: bool) {
-        let labels = CredentialLabels {
-            credential: credential.to_owned(),
-        };
-        self.credential_age
-            .get_or_create(&labels)
-            .set(age.as_secs_f64());
-        self.credential_ready
-            .get_or_create(&labels)
-            .set(i64::from(ready));
+        let labels = CredentialLabels { credential: credential.to_owned() };
+        self.credential_age.get_or_create(&labels).set(age.as_secs_f64());
+        self.credential_ready.get_or_create(&labels).set(i64::from(ready));
     }
 
     /// The Prometheus text exposition.

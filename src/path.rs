@@ -51,11 +51,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if normal.is_empty() || trailing_slash {
         normal.push('/');
     }
-    if normal == path {
-        Ok(Cow::Borrowed(path))
-    } else {
-        Ok(Cow::Owned(normal))
-    }
+    if normal == path { Ok(Cow::Borrowed(path)) } else { Ok(Cow::Owned(normal)) }
 }
 
 /// Decodes `%XX` escapes of unreserved characters and upper-cases the hex of the rest.
@@ -88,10 +84,7 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
 }
 
 fn hex_value(b: u8) -> Result<u8, PathError> {
-    char::from(b)
-        .to_digit(16)
-        .map(|d| d as u8)
-        .ok_or(PathError::BadEscape)
+    char::from(b).to_digit(16).map(|d| d as u8).ok_or(PathError::BadEscape)
 }
 
 #[cfg(test)]
@@ -104,10 +97,7 @@ mod tests {
 
     #[test]
     fn already_normal_paths_are_borrowed_unchanged() {
-        assert!(matches!(
-            normalize("/api/v1/me"),
-            Ok(Cow::Borrowed("/api/v1/me"))
-        ));
+        assert!(matches!(normalize("/api/v1/me"), Ok(Cow::Borrowed("/api/v1/me"))));
         assert!(matches!(normalize("/"), Ok(Cow::Borrowed("/"))));
     }
 
@@ -129,10 +119,7 @@ mod tests {
     fn unreserved_escapes_decode_and_others_are_uppercased() {
         assert_eq!(norm("/api/v1/%6De").as_deref(), Ok("/api/v1/me"));
         assert_eq!(norm("/api/v1/a%c3%a9").as_deref(), Ok("/api/v1/a%C3%A9"));
-        assert_eq!(
-            norm("/api/v1/%252e%252e").as_deref(),
-            Ok("/api/v1/%252e%252e")
-        );
+        assert_eq!(norm("/api/v1/%252e%252e").as_deref(), Ok("/api/v1/%252e%252e"));
     }
 
     #[test]

@@ -39,10 +39,7 @@ fn parse_rule(entry: &str) -> Result<Rule, String> {
             presets.join(", ")
         ));
     };
-    Ok(Rule {
-        methods: parse_methods(methods)?,
-        glob: parse_glob(glob.trim())?,
-    })
+    Ok(Rule { methods: parse_methods(methods)?, glob: parse_glob(glob.trim())? })
 }
 
 fn parse_methods(methods: &str) -> Result<Option<Vec<Method>>, String> {
@@ -64,9 +61,7 @@ fn parse_glob(glob: &str) -> Result<Vec<Segment>, String> {
         return Err(format!("path glob {glob:?} must start with '/'"));
     }
     if let Some(c) = glob.chars().find(|c| "?#[]{}\\ ".contains(*c)) {
-        return Err(format!(
-            "path glob {glob:?} contains {c:?}; only '*' and '**' are wildcards"
-        ));
+        return Err(format!("path glob {glob:?} contains {c:?}; only '*' and '**' are wildcards"));
     }
     let segments: Vec<&str> = glob[1..].split('/').collect();
     let last = segments.len() - 1;
@@ -78,9 +73,7 @@ fn parse_glob(glob: &str) -> Result<Vec<Segment>, String> {
             "" => Err(format!("path glob {glob:?} has an empty segment ('//')")),
             "." | ".." => Err(format!("path glob {glob:?} has a dot segment")),
             "**" => Ok(Segment::AnyDepth),
-            s if s.contains("**") => Err(format!(
-                "path glob {glob:?}: '**' must be a whole segment, as in /api/**"
-            )),
+            s if s.contains("**") => Err(format!("path glob {glob:?}: '**' must be a whole segment, as in /api/**")),
             s => Ok(Segment::Pattern(s.to_ascii_lowercase())),
         })
         .collect()
@@ -100,13 +93,9 @@ impl Rule {
 fn match_segments(glob: &[Segment], path: &[&str]) -> bool {
     match glob.split_first() {
         None => path.is_empty(),
-        Some((Segment::AnyDepth, rest)) => {
-            (0..=path.len()).any(|i| match_segments(rest, &path[i..]))
-        }
+        Some((Segment::AnyDepth, rest)) => (0..=path.len()).any(|i| match_segments(rest, &path[i..])),
         Some((Segment::Pattern(p), rest)) => match path.split_first() {
-            Some((segment, path_rest)) => {
-                wildcard_match(p, segment) && match_segments(rest, path_rest)
-            }
+            Some((segment, path_rest)) => wildcard_match(p, segment) && match_segments(rest, path_rest),
             None => false,
         },
     }
@@ -135,8 +124,7 @@ fn wildcard_match(pattern: &str, text: &str) -> bool {
 }
 
 fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
-    text.len() >= prefix.len()
-        && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    text.len() >= prefix.len() && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 fn find_ignore_case(text: &str, needle: &str) -> Option<usize> {
@@ -149,50 +137,23 @@ mod tests {
     use super::*;
 
     fn allows(rule: &str, method: Method, path: &str) -> bool {
-        parse(rule)
-            .expect("rule")
-            .iter()
-            .any(|r| r.allows(&method, path))
+        parse(rule).expect("rule").iter().any(|r| r.allows(&method, path))
     }
 
     #[test]
     fn double_star_matches_any_depth_including_none() {
         assert!(allows("GET /api/v1/**", Method::GET, "/api/v1"));
-        assert!(allows(
-            "GET /api/v1/**",
-            Method::GET,
-            "/api/v1/projects/1/tasks"
-        ));
+        assert!(allows("GET /api/v1/**", Method::GET, "/api/v1/projects/1/tasks"));
         assert!(!allows("GET /api/v1/**", Method::GET, "/api/v2/x"));
-        assert!(allows(
-            "* /api/**/files",
-            Method::PUT,
-            "/api/v1/tasks/7/files"
-        ));
+        assert!(allows("* /api/**/files", Method::PUT, "/api/v1/tasks/7/files"));
     }
 
     #[test]
     fn single_star_is_exactly_one_segment() {
-        assert!(allows(
-            "GET /api/v1/projects/*",
-            Method::GET,
-            "/api/v1/projects/42"
-        ));
-        assert!(!allows(
-            "GET /api/v1/projects/*",
-            Method::GET,
-            "/api/v1/projects/42/tasks"
-        ));
-        assert!(!allows(
-            "GET /api/v1/projects/*",
-            Method::GET,
-            "/api/v1/projects"
-        ));
-        assert!(allows(
-            "GET /api/v1/time*",
-            Method::GET,
-            "/api/v1/timeentries"
-        ));
+        assert!(allows("GET /api/v1/projects/*", Method::GET, "/api/v1/projects/42"));
+        assert!(!allows("GET /api/v1/projects/*", Method::GET, "/api/v1/projects/42/tasks"));
+        assert!(!allows("GET /api/v1/projects/*", Method::GET, "/api/v1/projects"));
+        assert!(allows("GET /api/v1/time*", Method::GET, "/api/v1/timeentries"));
         assert!(!allows("GET /api/v1/time*", Method::GET, "/api/v1/users"));
     }
 
@@ -206,11 +167,7 @@ mod tests {
 
     #[test]
     fn paths_match_case_insensitively_as_awork_routes_them() {
-        assert!(allows(
-            "GET /api/v1/Projects",
-            Method::GET,
-            "/API/v1/projects"
-        ));
+        assert!(allows("GET /api/v1/Projects", Method::GET, "/API/v1/projects"));
     }
 
     #[test]

@@ -17,13 +17,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio_rustls::TlsAcceptor;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::body::RequestBody;
@@ -36,11 +36,7 @@ use crate::{Gateway, Stack, admin, upstream};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({key}): {source}")]
-    Bind {
-        key: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { key: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("server.tls: {0}")]
     Tls(String),
 }
@@ -62,9 +58,7 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, StartError> {
     let server = &gateway.config.server;
     let tls = server.tls.as_ref().map(tls_acceptor).transpose()?;
     let bind = |key: &'static str, addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { key, addr, source })
+        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })
     };
     let listener = bind("server.listen", server.listen).await?;
     let admin_listener = bind("server.admin_listen", server.admin_listen).await?;
@@ -75,15 +69,7 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, StartError> {
     let admin = tokio::spawn(admin::serve(admin_listener, gateway.clone(), shutdown_rx));
     let watcher = gateway.credentials.spawn_watcher();
     tracing::info!(%addr, %admin_addr, upstream = %gateway.config.upstream.origin(), "awork-gateway serving");
-    Ok(Running {
-        addr,
-        admin_addr,
-        gateway,
-        shutdown,
-        main,
-        admin,
-        watcher,
-    })
+    Ok(Running { addr, admin_addr, gateway, shutdown, main, admin, watcher })
 }
 
 fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
@@ -108,9 +94,7 @@ impl Running {
 }
 
 /// The hyper connection builder with the configured limits.
-pub(crate) fn connection_builder(
-    server: &crate::config::ServerConfig,
-) -> auto::Builder<TokioExecutor> {
+pub(crate) fn connection_builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -159,10 +143,7 @@ async fn serve_main(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = ConnectionService {
-            stack: stack.clone(),
-            peer,
-        };
+        let service = ConnectionService { stack: stack.clone(), peer };
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         match &tls {
             None => {

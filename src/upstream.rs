@@ -42,14 +42,9 @@ pub enum SetupError {
 
 /// Builds the pooled HTTP/1.1 + HTTP/2 client, trusting the web PKI plus `ca_file`.
 pub fn build_client(config: &UpstreamConfig) -> Result<HttpClient, SetupError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = &config.ca_file {
-        let ca_error = |reason: String| SetupError::CaFile {
-            path: path.display().to_string(),
-            reason,
-        };
+        let ca_error = |reason: String| SetupError::CaFile { path: path.display().to_string(), reason };
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| ca_error(e.to_string()))?
             .collect::<Result<Vec<_>, _>>()
@@ -61,12 +56,10 @@ pub fn build_client(config: &UpstreamConfig) -> Result<HttpClient, SetupError> {
             roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -122,19 +115,13 @@ impl Service<GatewayRequest> for Upstream {
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());
         uri.authority = Some(self.authority.clone());
-        uri.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
+        uri.path_and_query =
+            Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
         let client = self.client.clone();
         let metrics = self.metrics.clone();
         let timeout = self.request_timeout;
         Box::pin(async move {
-            let answer =
-                |e: GatewayError| e.to_response(request_id.as_ref().map_or("-", RequestId::as_str));
+            let answer = |e: GatewayError| e.to_response(request_id.as_ref().map_or("-", RequestId::as_str));
             parts.uri = match Uri::from_parts(uri) {
                 Ok(uri) => uri,
                 Err(e) => return Ok(answer(GatewayError::BadRequest(e.to_string()))),
@@ -143,11 +130,7 @@ impl Service<GatewayRequest> for Upstream {
             parts.headers.remove(header::HOST);
             strip_forwarding(&mut parts.headers);
             let start = Instant::now();
-            let result = tokio::time::timeout(
-                timeout,
-                client.request(http::Request::from_parts(parts, body)),
-            )
-            .await;
+            let result = tokio::time::timeout(timeout, client.request(http::Request::from_parts(parts, body))).await;
             let elapsed = start.elapsed();
             match result {
                 Ok(Ok(response)) => {
@@ -207,37 +190,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Nothing about the internal network (client addresses, internal host names) goes to awork.
 fn strip_forwarding(headers: &mut HeaderMap) {
-    for name in [
-        "forwarded",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-        "x-forwarded-port",
-        "x-real-ip",
-    ] {
+    for name in
+        ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip"]
+    {
         headers.remove(name);
     }
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
-    let mut kind = if e.is_connect() {
-        UpstreamErrorKind::Connect
-    } else {
-        UpstreamErrorKind::Other
-    };
+    let mut kind = if e.is_connect() { UpstreamErrorKind::Connect } else { UpstreamErrorKind::Other };
     let mut source: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = source {
         if is_tls(err) {
             return UpstreamErrorKind::Tls;
         }
-        let reset = err.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof
-            )
-        }) || err
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(|h| h.is_incomplete_message() || h.is_closed());
+        let reset =
+            err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                )
+            }) || err.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_incomplete_message() || h.is_closed());
         if reset && !e.is_connect() {
             kind = UpstreamErrorKind::Reset;
         }

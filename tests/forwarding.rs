@@ -71,7 +71,9 @@ async fn hop_by_hop_forwarding_and_caller_secrets_stay_behind() {
     .await;
     assert_eq!(answer.status, 200);
     let seen = &mock.requests()[0];
-    for gone in ["x-hop-secret", "keep-alive", "proxy-authorization", "cookie", "x-forwarded-for", "forwarded", "x-real-ip"] {
+    for gone in
+        ["x-hop-secret", "keep-alive", "proxy-authorization", "cookie", "x-forwarded-for", "forwarded", "x-real-ip"]
+    {
         assert_eq!(seen.header(gone), None, "{gone} reached awork");
     }
     assert_eq!(seen.header("x-custom"), Some("kept"));

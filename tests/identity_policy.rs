@@ -59,7 +59,8 @@ async fn wrong_basic_token_is_refused_even_from_a_trusted_network() {
 async fn read_only_client_post_is_403_json_and_awork_never_sees_it() {
     let (mock, gw) = token_only().await;
     let bearer = format!("Bearer {POWERBI_TOKEN}");
-    let answer = send(&client(), Method::POST, &url(&gw, "/api/v1/projects"), &[("authorization", &bearer)], "{}").await;
+    let answer =
+        send(&client(), Method::POST, &url(&gw, "/api/v1/projects"), &[("authorization", &bearer)], "{}").await;
     assert_eq!(answer.status, 403);
     let body = answer.json();
     assert_eq!(body["code"], "gateway-forbidden");
@@ -126,10 +127,7 @@ async fn absolute_form_for_the_gateway_itself_is_served() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = mock().await;
     let gw = gateway(&config_text(&mock.url(), "")).await;
-    let raw = format!(
-        "GET http://{0}/api/v1/me HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n",
-        gw.addr
-    );
+    let raw = format!("GET http://{0}/api/v1/me HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n", gw.addr);
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
     stream.write_all(raw.as_bytes()).await.expect("write");
     let mut answer = Vec::new();

@@ -75,12 +75,7 @@ fn saw_key(mock: &awork_gateway::mock::MockAwork, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_key_file_is_used_within_2s_and_no_request_fails() {
-    let mock = awork_gateway::mock::MockAwork::builder()
-        .api_key(OLD_KEY)
-        .no_rate_limit()
-        .start()
-        .await
-        .expect("mock");
+    let mock = awork_gateway::mock::MockAwork::builder().api_key(OLD_KEY).no_rate_limit().start().await.expect("mock");
     let dir = temp_dir("rotate");
     let gw = file_keyed_gateway(&dir, &mock).await;
     let load = Load::start(url(&gw, "/api/v1/me"), 4);
@@ -109,12 +104,7 @@ async fn rotated_key_file_is_used_within_2s_and_no_request_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_401_rereads_the_key_at_once_and_replays_the_request() {
-    let mock = awork_gateway::mock::MockAwork::builder()
-        .api_key(OLD_KEY)
-        .no_rate_limit()
-        .start()
-        .await
-        .expect("mock");
+    let mock = awork_gateway::mock::MockAwork::builder().api_key(OLD_KEY).no_rate_limit().start().await.expect("mock");
     let dir = temp_dir("rotate401");
     let gw = file_keyed_gateway(&dir, &mock).await;
     let load = Load::start(url(&gw, "/api/v1/me"), 4);
@@ -145,12 +135,7 @@ async fn awork_401_with_an_unchanged_key_is_passed_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_key_file_turns_readyz_503_and_the_last_key_keeps_serving() {
-    let mock = awork_gateway::mock::MockAwork::builder()
-        .api_key(OLD_KEY)
-        .no_rate_limit()
-        .start()
-        .await
-        .expect("mock");
+    let mock = awork_gateway::mock::MockAwork::builder().api_key(OLD_KEY).no_rate_limit().start().await.expect("mock");
     let dir = temp_dir("unreadable");
     let gw = file_keyed_gateway(&dir, &mock).await;
     assert_eq!(get(&admin_url(&gw, "/readyz"), &[]).await.status, 200);
@@ -180,12 +165,7 @@ async fn unreadable_key_file_turns_readyz_503_and_the_last_key_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credential_age_gauge_restarts_when_the_key_changes() {
-    let mock = awork_gateway::mock::MockAwork::builder()
-        .api_key(OLD_KEY)
-        .no_rate_limit()
-        .start()
-        .await
-        .expect("mock");
+    let mock = awork_gateway::mock::MockAwork::builder().api_key(OLD_KEY).no_rate_limit().start().await.expect("mock");
     let dir = temp_dir("age");
     let gw = file_keyed_gateway(&dir, &mock).await;
     let age = |text: &str| -> f64 {

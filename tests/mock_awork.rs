@@ -29,9 +29,7 @@ fn client() -> TestClient {
 }
 
 fn h2_client() -> TestClient {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
 }
 
 fn empty() -> TestBody {
@@ -75,27 +73,14 @@ async fn read_all(resp: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) {
     (parts.status, parts.headers, bytes)
 }
 
-async fn call(
-    client: &TestClient,
-    method: Method,
-    url: &str,
-    token: Option<&str>,
-) -> (StatusCode, HeaderMap, Value) {
+async fn call(client: &TestClient, method: Method, url: &str, token: Option<&str>) -> (StatusCode, HeaderMap, Value) {
     let resp = send(client, method, url, token, empty()).await;
     let (status, headers, bytes) = read_all(resp).await;
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("JSON body")
-    };
+    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
     (status, headers, value)
 }
 
-async fn get(
-    client: &TestClient,
-    url: &str,
-    token: Option<&str>,
-) -> (StatusCode, HeaderMap, Value) {
+async fn get(client: &TestClient, url: &str, token: Option<&str>) -> (StatusCode, HeaderMap, Value) {
     call(client, Method::GET, url, token).await
 }
 
@@ -104,10 +89,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> u64 {
-    header(headers, name)
-        .unwrap_or_else(|| panic!("header {name} missing"))
-        .parse()
-        .expect("numeric header")
+    header(headers, name).unwrap_or_else(|| panic!("header {name} missing")).parse().expect("numeric header")
 }
 
 fn assert_awork_error(body: &Value, code: &str) {
@@ -139,11 +121,7 @@ struct StreamedBody {
 
 impl StreamedBody {
     fn new(size: u64, chunk: usize) -> Self {
-        Self {
-            remaining: size,
-            chunk,
-            block: Bytes::from(vec![7u8; chunk]),
-        }
+        Self { remaining: size, chunk, block: Bytes::from(vec![7u8; chunk]) }
     }
 }
 
@@ -151,10 +129,7 @@ impl Body for StreamedBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
@@ -176,15 +151,10 @@ async fn rejects_missing_or_unknown_bearer_with_awork_401_body() {
     for token in [None, Some("nope")] {
         let (status, headers, body) = get(&c, &me, token).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert!(
-            header(&headers, "content-type").is_some_and(|t| t.starts_with("application/json"))
-        );
+        assert!(header(&headers, "content-type").is_some_and(|t| t.starts_with("application/json")));
         assert_awork_error(&body, "unauthorized");
     }
-    let basic_auth = Request::get(&me)
-        .header("authorization", format!("Basic {KEY}"))
-        .body(empty())
-        .expect("request");
+    let basic_auth = Request::get(&me).header("authorization", format!("Basic {KEY}")).body(empty()).expect("request");
     let resp = c.request(basic_auth).await.expect("response");
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let (status, _, _) = get(&c, &me, Some(KEY)).await;
@@ -201,10 +171,7 @@ async fn me_answers_the_user_behind_each_token() {
     let me = format!("{}/me", mock.api_url());
     let (_, _, ada) = get(&c, &me, Some(KEY)).await;
     let (_, _, grace) = get(&c, &me, Some("tok-b")).await;
-    assert_eq!(
-        (ada["firstName"].as_str(), ada["lastName"].as_str()),
-        (Some("Ada"), Some("Lovelace"))
-    );
+    assert_eq!((ada["firstName"].as_str(), ada["lastName"].as_str()), (Some("Ada"), Some("Lovelace")));
     assert_eq!(grace["firstName"], "Grace");
     assert_eq!(grace["lastName"], "Hopper");
     assert_eq!(grace["email"], "grace.hopper@example.com");
@@ -215,22 +182,13 @@ async fn me_answers_the_user_behind_each_token() {
 
 #[tokio::test]
 async fn answers_429_with_rate_limit_headers_past_per_second_quota() {
-    let mock = start(
-        MockAwork::builder()
-            .api_key(KEY)
-            .rate_limit(5, 0)
-            .retry_after(true),
-    )
-    .await;
+    let mock = start(MockAwork::builder().api_key(KEY).rate_limit(5, 0).retry_after(true)).await;
     let c = client();
     let me = format!("{}/me", mock.api_url());
     let calls = (0..12).map(|_| get(&c, &me, Some(KEY))).collect();
     let answers = futures_join(calls).await;
     let ok: Vec<_> = answers.iter().filter(|a| a.0 == StatusCode::OK).collect();
-    let limited: Vec<_> = answers
-        .iter()
-        .filter(|a| a.0 == StatusCode::TOO_MANY_REQUESTS)
-        .collect();
+    let limited: Vec<_> = answers.iter().filter(|a| a.0 == StatusCode::TOO_MANY_REQUESTS).collect();
     // Twelve concurrent requests span at most two wall-clock seconds: at most 10 pass.
     assert!(ok.len() <= 10 && !limited.is_empty(), "{} ok", ok.len());
     for (_, headers, _) in &ok {
@@ -273,10 +231,7 @@ async fn per_minute_quota_rejection_points_at_the_minute_reset() {
     assert_eq!(header_u64(&headers, "ratelimit-remaining"), 0);
     assert_eq!(header_u64(&headers, "x-ratelimit-remaining-minute"), 0);
     assert!((1..=60).contains(&header_u64(&headers, "ratelimit-reset")));
-    assert!(
-        header(&headers, "retry-after").is_none(),
-        "Retry-After is opt-in"
-    );
+    assert!(header(&headers, "retry-after").is_none(), "Retry-After is opt-in");
 }
 
 #[tokio::test]
@@ -316,10 +271,7 @@ async fn pages_carry_aw_headers_and_short_last_page() {
         assert_eq!(header_u64(&headers, "aw-totalitems"), 120);
         for user in items {
             assert!(user["firstName"].is_string() && user["lastName"].is_string());
-            assert!(
-                ids.insert(user["id"].as_str().expect("id").to_owned()),
-                "duplicate id"
-            );
+            assert!(ids.insert(user["id"].as_str().expect("id").to_owned()), "duplicate id");
         }
     }
     assert_eq!(ids.len(), 120);
@@ -334,24 +286,13 @@ async fn projects_nest_a_company_and_time_entries_reference_users_and_projects()
     let mock = start(basic()).await;
     let c = client();
     let api = mock.api_url();
-    let (_, headers, projects) = get(
-        &c,
-        &format!("{api}/projects?pageSize=1000&page=3"),
-        Some(KEY),
-    )
-    .await;
+    let (_, headers, projects) = get(&c, &format!("{api}/projects?pageSize=1000&page=3"), Some(KEY)).await;
     assert_eq!(header_u64(&headers, "aw-totalitems"), 2500);
     assert_eq!(header_u64(&headers, "aw-items"), 500);
     let project = &projects[0];
     assert!(is_guid(project["id"].as_str().expect("id")));
-    assert!(is_guid(
-        project["company"]["id"].as_str().expect("company id")
-    ));
-    assert!(
-        project["company"]["name"]
-            .as_str()
-            .is_some_and(|n| !n.is_empty())
-    );
+    assert!(is_guid(project["company"]["id"].as_str().expect("company id")));
+    assert!(project["company"]["name"].as_str().is_some_and(|n| !n.is_empty()));
     assert_eq!(project["companyId"], project["company"]["id"]);
     let (_, headers, entries) = get(&c, &format!("{api}/timeentries?page=100"), Some(KEY)).await;
     assert_eq!(header_u64(&headers, "aw-totalitems"), 5000);
@@ -367,14 +308,7 @@ async fn bad_paging_parameters_are_validation_failed() {
     let mock = start(basic()).await;
     let c = client();
     let users = format!("{}/users", mock.api_url());
-    for query in [
-        "pageSize=1001",
-        "pageSize=0",
-        "page=0",
-        "page=abc",
-        "page=%zz",
-        "pageSize=-5",
-    ] {
+    for query in ["pageSize=1001", "pageSize=0", "page=0", "page=abc", "page=%zz", "pageSize=-5"] {
         let (status, _, body) = get(&c, &format!("{users}?{query}"), Some(KEY)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
         assert_awork_error(&body, "validation-failed");
@@ -392,10 +326,7 @@ async fn download_streams_exact_size() {
     let url = format!("{}/files/abc/download?size={size}", mock.api_url());
     let resp = send(&c, Method::GET, &url, Some(KEY), empty()).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(
-        header(resp.headers(), "content-type"),
-        Some("application/octet-stream")
-    );
+    assert_eq!(header(resp.headers(), "content-type"), Some("application/octet-stream"));
     assert_eq!(header_u64(resp.headers(), "content-length"), size);
     let mut body = resp.into_body();
     let mut offset = 0u64;
@@ -405,19 +336,13 @@ async fn download_streams_exact_size() {
             continue;
         };
         for (i, byte) in data.iter().enumerate() {
-            assert_eq!(
-                *byte,
-                download_byte(offset + i as u64),
-                "byte {}",
-                offset + i as u64
-            );
+            assert_eq!(*byte, download_byte(offset + i as u64), "byte {}", offset + i as u64);
         }
         offset += data.len() as u64;
     }
     assert_eq!(offset, size);
     let task_url = format!("{}/tasks/t1/files/f1/download", mock.api_url());
-    let (status, headers, bytes) =
-        read_all(send(&c, Method::GET, &task_url, Some(KEY), empty()).await).await;
+    let (status, headers, bytes) = read_all(send(&c, Method::GET, &task_url, Some(KEY), empty()).await).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(header_u64(&headers, "content-length"), 1 << 20);
     assert_eq!(bytes.len(), 1 << 20);
@@ -445,10 +370,7 @@ async fn multi_gigabyte_download_starts_at_once_in_64k_frames() {
             received += data.len();
         }
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "8 GiB were not prepared up front"
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "8 GiB were not prepared up front");
     drop(body);
     let deadline = Instant::now() + Duration::from_secs(5);
     while mock.stats().in_flight > 0 && Instant::now() < deadline {
@@ -490,16 +412,9 @@ async fn sse_events_arrive_spaced_not_buffered() {
     for (c, method) in [(client(), Method::GET), (h2_client(), Method::POST)] {
         let url = format!("{}/mcp?events=4&interval_ms=150", mock.api_url());
         let asked = Instant::now();
-        let body = if method == Method::POST {
-            full(r#"{"jsonrpc":"2.0"}"#)
-        } else {
-            empty()
-        };
+        let body = if method == Method::POST { full(r#"{"jsonrpc":"2.0"}"#) } else { empty() };
         let resp = send(&c, method, &url, Some(KEY), body).await;
-        assert_eq!(
-            header(resp.headers(), "content-type"),
-            Some("text/event-stream")
-        );
+        assert_eq!(header(resp.headers(), "content-type"), Some("text/event-stream"));
         assert_eq!(header(resp.headers(), "cache-control"), Some("no-cache"));
         let mut body = resp.into_body();
         let mut arrivals = Vec::new();
@@ -512,30 +427,17 @@ async fn sse_events_arrive_spaced_not_buffered() {
             let text = std::str::from_utf8(data).expect("utf8");
             let seq = arrivals.len() + 1;
             let prefix = format!("id: {seq}\nevent: message\ndata: ");
-            assert!(
-                text.starts_with(&prefix) && text.ends_with("\n\n"),
-                "one event per frame: {text:?}"
-            );
-            let payload: Value =
-                serde_json::from_str(text[prefix.len()..].trim()).expect("json data");
+            assert!(text.starts_with(&prefix) && text.ends_with("\n\n"), "one event per frame: {text:?}");
+            let payload: Value = serde_json::from_str(text[prefix.len()..].trim()).expect("json data");
             assert_eq!(payload["seq"], seq);
             let sent = payload["sentAtMicros"].as_u64().expect("sentAtMicros");
-            assert!(
-                at.1.saturating_sub(sent) < 100_000,
-                "event {seq} arrived late: buffered"
-            );
+            assert!(at.1.saturating_sub(sent) < 100_000, "event {seq} arrived late: buffered");
             arrivals.push(at.0);
         }
         assert_eq!(arrivals.len(), 4);
-        assert!(
-            arrivals[0] >= Duration::from_millis(140),
-            "first event waits one interval"
-        );
+        assert!(arrivals[0] >= Duration::from_millis(140), "first event waits one interval");
         for pair in arrivals.windows(2) {
-            assert!(
-                pair[1] - pair[0] >= Duration::from_millis(100),
-                "spaced: {arrivals:?}"
-            );
+            assert!(pair[1] - pair[0] >= Duration::from_millis(100), "spaced: {arrivals:?}");
         }
     }
     assert!(mock.requests()[1].body_bytes > 0, "POST body consumed");
@@ -564,19 +466,13 @@ async fn echo_reports_raw_path_and_query() {
     assert_eq!(echo["headers"]["authorization"], "<redacted>");
     assert_eq!(echo["headers"]["x-custom"], "one, two");
     assert_eq!(echo["bodyBytes"], 5);
-    assert_eq!(
-        echo["bodySha256"],
-        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-    );
+    assert_eq!(echo["bodySha256"], "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
     assert_eq!(mock.requests()[0].path_and_query, raw);
     // Writes to unrouted paths echo too; reads of them are awork 404s.
     let put = format!("{}/tasks/t-9?x=1", mock.api_url());
     let (status, _, echo) = call(&c, Method::PUT, &put, Some(KEY)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        (echo["method"].as_str(), echo["path"].as_str()),
-        (Some("PUT"), Some("/api/v1/tasks/t-9"))
-    );
+    assert_eq!((echo["method"].as_str(), echo["path"].as_str()), (Some("PUT"), Some("/api/v1/tasks/t-9")));
     let (status, _, body) = get(&c, &put, Some(KEY)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_awork_error(&body, "not-found");
@@ -593,17 +489,11 @@ async fn seen_log_records_every_request_but_control_ones() {
     get(&c, &format!("{}/_mock/stats", mock.url()), None).await;
     get(&c, &format!("{}/users?page=2", mock.api_url()), Some(KEY)).await;
     let seen = mock.requests();
-    let summary: Vec<(&str, &str, u16)> = seen
-        .iter()
-        .map(|s| (s.method.as_str(), s.path_and_query.as_str(), s.status))
-        .collect();
+    let summary: Vec<(&str, &str, u16)> =
+        seen.iter().map(|s| (s.method.as_str(), s.path_and_query.as_str(), s.status)).collect();
     assert_eq!(
         summary,
-        vec![
-            ("GET", "/api/v1/me", 401),
-            ("GET", "/nowhere?a=b", 404),
-            ("GET", "/api/v1/users?page=2", 200),
-        ]
+        vec![("GET", "/api/v1/me", 401), ("GET", "/nowhere?a=b", 404), ("GET", "/api/v1/users?page=2", 200),]
     );
     assert_eq!(seen[2].header("authorization"), Some("Bearer k-123"));
     assert_eq!(seen[0].version, "HTTP/1.1");
@@ -627,10 +517,7 @@ async fn slow_requests_count_as_concurrently_in_flight() {
     }
     assert!(statuses.iter().all(|s| *s == StatusCode::OK));
     let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(300),
-        "answered early: {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(300), "answered early: {elapsed:?}");
     let stats = mock.stats();
     assert_eq!(stats.max_in_flight, 5);
     assert_eq!(stats.in_flight, 0);
@@ -650,11 +537,7 @@ async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
                 }
             }
         }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
+        if pending { Poll::Pending } else { Poll::Ready(()) }
     })
     .await;
     outputs.into_iter().map(|o| o.expect("done")).collect()
@@ -670,10 +553,7 @@ async fn redirect_and_status_helpers_answer_as_asked() {
     let (status, headers, _) = get(&c, &url, Some(KEY)).await;
     assert_eq!(status, StatusCode::FOUND);
     assert_eq!(header(&headers, "location"), Some(target));
-    assert_eq!(
-        get(&c, &format!("{api}/redirect"), Some(KEY)).await.0,
-        StatusCode::BAD_REQUEST
-    );
+    assert_eq!(get(&c, &format!("{api}/redirect"), Some(KEY)).await.0, StatusCode::BAD_REQUEST);
     let (status, _, body) = get(&c, &format!("{api}/status/503"), Some(KEY)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_awork_error(&body, "service-unavailable");
@@ -683,10 +563,7 @@ async fn redirect_and_status_helpers_answer_as_asked() {
     let (status, _, body) = get(&c, &format!("{api}/status/204"), Some(KEY)).await;
     assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
     for bad in ["99", "600", "abc"] {
-        assert_eq!(
-            get(&c, &format!("{api}/status/{bad}"), Some(KEY)).await.0,
-            StatusCode::BAD_REQUEST
-        );
+        assert_eq!(get(&c, &format!("{api}/status/{bad}"), Some(KEY)).await.0, StatusCode::BAD_REQUEST);
     }
 }
 
@@ -714,14 +591,7 @@ async fn control_surface_rotates_tokens() {
     assert_eq!(seen[1]["pathAndQuery"], "/api/v1/me");
     let bad = send(&c, Method::POST, &tokens, None, full("{not json")).await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-    let reset = send(
-        &c,
-        Method::POST,
-        &format!("{}/_mock/reset", mock.url()),
-        None,
-        empty(),
-    )
-    .await;
+    let reset = send(&c, Method::POST, &format!("{}/_mock/reset", mock.url()), None, empty()).await;
     assert_eq!(reset.status(), StatusCode::OK);
     assert!(mock.requests().is_empty());
     assert_eq!(mock.stats().requests_total, 0);
@@ -737,10 +607,7 @@ async fn rust_handle_rotates_tokens_and_resets() {
     assert!(!mock.revoke_token(KEY));
     assert_eq!(get(&c, &me, Some(KEY)).await.0, StatusCode::UNAUTHORIZED);
     let (status, _, user) = get(&c, &me, Some("k-456")).await;
-    assert_eq!(
-        (status, user["firstName"].as_str()),
-        (StatusCode::OK, Some("Ada"))
-    );
+    assert_eq!((status, user["firstName"].as_str()), (StatusCode::OK, Some("Ada")));
     assert_eq!(mock.stats().requests_total, 2);
     mock.reset();
     assert_eq!(mock.stats().requests_total, 0);
@@ -751,14 +618,7 @@ async fn rust_handle_rotates_tokens_and_resets() {
 async fn serves_h2c_with_prior_knowledge() {
     let mock = start(basic()).await;
     let c = h2_client();
-    let resp = send(
-        &c,
-        Method::GET,
-        &format!("{}/me", mock.api_url()),
-        Some(KEY),
-        empty(),
-    )
-    .await;
+    let resp = send(&c, Method::GET, &format!("{}/me", mock.api_url()), Some(KEY), empty()).await;
     assert_eq!(resp.version(), Version::HTTP_2);
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(mock.requests()[0].version, "HTTP/2.0");
@@ -795,25 +655,17 @@ async fn binary_prints_its_url_first_and_takes_keys_from_the_environment() {
     let stdout = child.0.stdout.take().expect("stdout");
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .map(|_| line)
+        std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
     });
     let line = tokio::time::timeout(Duration::from_secs(20), line)
         .await
         .expect("first line in time")
         .expect("join")
         .expect("read");
-    let url = line
-        .trim()
-        .strip_prefix("mock awork listening on ")
-        .expect("first line names the URL");
+    let url = line.trim().strip_prefix("mock awork listening on ").expect("first line names the URL");
     let c = client();
     let me = format!("{url}/api/v1/me");
     assert_eq!(get(&c, &me, Some("env-b")).await.0, StatusCode::OK);
     assert_eq!(get(&c, &me, Some("env-a")).await.0, StatusCode::OK);
-    assert_eq!(
-        get(&c, &me, Some("mock-api-key")).await.0,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(get(&c, &me, Some("mock-api-key")).await.0, StatusCode::UNAUTHORIZED);
 }

@@ -21,11 +21,7 @@ fn fixture(name: &str) -> PathBuf {
 
 /// A gateway with a TLS listener in front of the mock; `client_ca` turns on mTLS.
 async fn tls_gateway(mock: &awork_gateway::mock::MockAwork, client_ca: bool) -> awork_gateway::server::Running {
-    let ca_line = if client_ca {
-        format!(", client_ca = \"{}\"", fixture("ca.pem").display())
-    } else {
-        String::new()
-    };
+    let ca_line = if client_ca { format!(", client_ca = \"{}\"", fixture("ca.pem").display()) } else { String::new() };
     let tls = format!(
         "tls = {{ cert = \"{}\", key = \"{}\"{ca_line} }}\n[upstream]",
         fixture("server.pem").display(),
@@ -35,7 +31,9 @@ async fn tls_gateway(mock: &awork_gateway::mock::MockAwork, client_ca: bool) -> 
 }
 
 /// A rustls client trusting the test CA, optionally presenting the test client certificate.
-fn tls_client(client_cert: bool) -> Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>> {
+fn tls_client(
+    client_cert: bool,
+) -> Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(fixture("ca.pem")).expect("ca")).expect("add ca");
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -78,9 +76,7 @@ async fn client_ca_requires_a_client_certificate() {
     let mock = mock().await;
     let gw = tls_gateway(&mock, true).await;
     let uri = format!("https://localhost:{}/api/v1/me", gw.addr.port());
-    let without = tls_client(false)
-        .request(Request::get(&uri).body(Full::new(Bytes::new())).expect("request"))
-        .await;
+    let without = tls_client(false).request(Request::get(&uri).body(Full::new(Bytes::new())).expect("request")).await;
     assert!(without.is_err(), "a caller without a client certificate got through");
     let with = tls_client(true)
         .request(Request::get(&uri).body(Full::new(Bytes::new())).expect("request"))
@@ -128,8 +124,9 @@ async fn unusable_tls_files_stop_the_start_with_the_key_named() {
     );
     let loaded = awork_gateway::config::Config::parse(&text, "t", &std::collections::HashMap::<String, String>::new())
         .expect("paths exist, so the config is valid");
-    let gateway = awork_gateway::Gateway::new(loaded.config, Arc::new(std::collections::HashMap::<String, String>::new()))
-        .expect("gateway");
+    let gateway =
+        awork_gateway::Gateway::new(loaded.config, Arc::new(std::collections::HashMap::<String, String>::new()))
+            .expect("gateway");
     let err = awork_gateway::server::start(Arc::new(gateway)).await.expect_err("bad key file");
     assert!(err.to_string().starts_with("server.tls: cannot read key"), "{err}");
 }

@@ -17,11 +17,7 @@ use tokio::sync::watch;
 use crate::Gateway;
 use crate::body::GatewayBody;
 
-pub(crate) async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     let builder = crate::server::connection_builder(&gateway.config.server);
     let graceful = GracefulShutdown::new();
     loop {
@@ -41,11 +37,7 @@ pub(crate) async fn serve(
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(route(&gateway, &req)) }
         });
-        let connection = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
-        );
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -77,17 +69,12 @@ fn readyz(gateway: &Gateway) -> Response<GatewayBody> {
     let not_ready: Vec<_> = statuses
         .iter()
         .filter(|s| !s.ready)
-        .map(
-            |s| json!({"credential": s.name, "reason": s.error.as_deref().unwrap_or("not loaded")}),
-        )
+        .map(|s| json!({"credential": s.name, "reason": s.error.as_deref().unwrap_or("not loaded")}))
         .collect();
     if not_ready.is_empty() {
         json_response(StatusCode::OK, &json!({"status": "ready"}))
     } else {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "not ready", "credentials": not_ready}),
-        )
+        json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "not ready", "credentials": not_ready}))
     }
 }
 
@@ -134,9 +121,6 @@ fn status(gateway: &Gateway) -> Response<GatewayBody> {
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<GatewayBody> {
     let mut response = Response::new(GatewayBody::full(body.to_string()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     response
 }

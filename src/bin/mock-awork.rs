@@ -78,12 +78,8 @@ async fn stop_signal() {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let mut keys: Vec<String> = args
-        .api_keys
-        .into_iter()
-        .map(|k| k.trim().to_owned())
-        .filter(|k| !k.is_empty())
-        .collect();
+    let mut keys: Vec<String> =
+        args.api_keys.into_iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect();
     let use_default_key = keys.is_empty() && args.user_tokens.is_empty();
     if use_default_key {
         keys.push(DEFAULT_KEY.to_owned());
@@ -105,10 +101,7 @@ async fn main() -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "mock awork listening on {}", mock.url())?;
     if use_default_key {
-        writeln!(
-            out,
-            "no --api-key given: accepting the API key {DEFAULT_KEY}"
-        )?;
+        writeln!(out, "no --api-key given: accepting the API key {DEFAULT_KEY}")?;
     }
     out.flush()?;
     drop(out);

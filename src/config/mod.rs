@@ -97,11 +97,7 @@ pub struct RateLimitConfig {
 impl Default for RateLimitConfig {
     /// awork's Basic plan.
     fn default() -> Self {
-        Self {
-            per_second: 50,
-            per_minute: 1000,
-            max_wait: Duration::from_secs(30),
-        }
+        Self { per_second: 50, per_minute: 1000, max_wait: Duration::from_secs(30) }
     }
 }
 
@@ -186,10 +182,7 @@ impl Config {
         let source_name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source_name: source_name.clone(),
-            issues: vec![ConfigIssue {
-                key: "(file)".into(),
-                message: format!("cannot read the config file: {e}"),
-            }],
+            issues: vec![ConfigIssue { key: "(file)".into(), message: format!("cannot read the config file: {e}") }],
         })?;
         Self::parse(&text, &source_name, env)
     }
@@ -211,15 +204,10 @@ impl Config {
         let mut v = Validator::new(env);
         let config = v.config(raw);
         match config {
-            Some(config) if v.issues.is_empty() => Ok(Loaded {
-                config,
-                warnings: v.warnings,
-                source_name: source_name.to_owned(),
-            }),
-            _ => Err(ConfigError {
-                source_name: source_name.to_owned(),
-                issues: v.issues,
-            }),
+            Some(config) if v.issues.is_empty() => {
+                Ok(Loaded { config, warnings: v.warnings, source_name: source_name.to_owned() })
+            }
+            _ => Err(ConfigError { source_name: source_name.to_owned(), issues: v.issues }),
         }
     }
 }
@@ -233,25 +221,15 @@ struct Validator<'a> {
 
 impl<'a> Validator<'a> {
     fn new(env: &'a dyn Env) -> Self {
-        Self {
-            env,
-            issues: Vec::new(),
-            warnings: Vec::new(),
-        }
+        Self { env, issues: Vec::new(), warnings: Vec::new() }
     }
 
     fn issue(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.issues.push(ConfigIssue {
-            key: key.into(),
-            message: message.into(),
-        });
+        self.issues.push(ConfigIssue { key: key.into(), message: message.into() });
     }
 
     fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.warnings.push(ConfigIssue {
-            key: key.into(),
-            message: message.into(),
-        });
+        self.warnings.push(ConfigIssue { key: key.into(), message: message.into() });
     }
 
     fn config(&mut self, raw: raw::RawConfig) -> Option<Config> {
@@ -261,14 +239,7 @@ impl<'a> Validator<'a> {
         let rate_limit = self.rate_limit(raw.rate_limit);
         let clients = self.clients(raw.clients, &credentials);
         let log = self.log(raw.log);
-        Some(Config {
-            server: server?,
-            upstream: upstream?,
-            credentials,
-            rate_limit,
-            clients,
-            log,
-        })
+        Some(Config { server: server?, upstream: upstream?, credentials, rate_limit, clients, log })
     }
 
     fn duration(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
@@ -280,23 +251,13 @@ impl<'a> Validator<'a> {
                 default
             }
             Err(e) => {
-                self.issue(
-                    key,
-                    format!(
-                        "{text:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"5m\""
-                    ),
-                );
+                self.issue(key, format!("{text:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"5m\""));
                 default
             }
         }
     }
 
-    fn socket_addr(
-        &mut self,
-        key: &str,
-        value: Option<String>,
-        default: &str,
-    ) -> Option<SocketAddr> {
+    fn socket_addr(&mut self, key: &str, value: Option<String>, default: &str) -> Option<SocketAddr> {
         let text = value.unwrap_or_else(|| default.to_owned());
         match text.parse() {
             Ok(addr) => Some(addr),
@@ -323,8 +284,7 @@ impl<'a> Validator<'a> {
 
     fn server(&mut self, raw: raw::RawServer) -> Option<ServerConfig> {
         let listen = self.socket_addr("server.listen", raw.listen, "127.0.0.1:8080");
-        let admin_listen =
-            self.socket_addr("server.admin_listen", raw.admin_listen, "127.0.0.1:9090");
+        let admin_listen = self.socket_addr("server.admin_listen", raw.admin_listen, "127.0.0.1:9090");
         if let (Some(a), Some(b)) = (listen, admin_listen) {
             let same_ip = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
             if a.port() == b.port() && a.port() != 0 && same_ip {
@@ -344,14 +304,9 @@ impl<'a> Validator<'a> {
                     self.readable_file(key, path);
                 }
             }
-            TlsConfig {
-                cert: t.cert,
-                key: t.key,
-                client_ca: t.client_ca,
-            }
+            TlsConfig { cert: t.cert, key: t.key, client_ca: t.client_ca }
         });
-        let max_header_bytes =
-            self.positive("server.max_header_bytes", raw.max_header_bytes, 32 * 1024);
+        let max_header_bytes = self.positive("server.max_header_bytes", raw.max_header_bytes, 32 * 1024);
         if max_header_bytes < 8 * 1024 {
             self.issue("server.max_header_bytes", "must be at least 8192 (8 KiB)");
         }
@@ -359,16 +314,8 @@ impl<'a> Validator<'a> {
             listen: listen?,
             admin_listen: admin_listen?,
             tls,
-            drain_timeout: self.duration(
-                "server.drain_timeout",
-                raw.drain_timeout,
-                Duration::from_secs(30),
-            ),
-            idle_timeout: self.duration(
-                "server.idle_timeout",
-                raw.idle_timeout,
-                Duration::from_secs(30),
-            ),
+            drain_timeout: self.duration("server.drain_timeout", raw.drain_timeout, Duration::from_secs(30)),
+            idle_timeout: self.duration("server.idle_timeout", raw.idle_timeout, Duration::from_secs(30)),
             max_connections: self.positive("server.max_connections", raw.max_connections, 20_000),
             max_header_bytes,
             max_headers: self.positive("server.max_headers", raw.max_headers, 100),
@@ -382,9 +329,7 @@ impl<'a> Validator<'a> {
     }
 
     fn upstream(&mut self, raw: raw::RawUpstream) -> Option<UpstreamConfig> {
-        let url = raw
-            .url
-            .unwrap_or_else(|| "https://api.awork.com".to_owned());
+        let url = raw.url.unwrap_or_else(|| "https://api.awork.com".to_owned());
         let origin = self.origin(&url);
         if let Some(path) = &raw.ca_file {
             self.readable_file("upstream.ca_file", path);
@@ -393,16 +338,8 @@ impl<'a> Validator<'a> {
         Some(UpstreamConfig {
             scheme,
             authority,
-            connect_timeout: self.duration(
-                "upstream.connect_timeout",
-                raw.connect_timeout,
-                Duration::from_secs(5),
-            ),
-            request_timeout: self.duration(
-                "upstream.request_timeout",
-                raw.request_timeout,
-                Duration::from_secs(60),
-            ),
+            connect_timeout: self.duration("upstream.connect_timeout", raw.connect_timeout, Duration::from_secs(5)),
+            request_timeout: self.duration("upstream.request_timeout", raw.request_timeout, Duration::from_secs(60)),
             pool_idle_timeout: self.duration(
                 "upstream.pool_idle_timeout",
                 raw.pool_idle_timeout,
@@ -421,19 +358,12 @@ impl<'a> Validator<'a> {
                 return None;
             }
         };
-        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
-        else {
-            self.issue(
-                "upstream.url",
-                format!("{url:?} needs a scheme and a host, e.g. \"https://api.awork.com\""),
-            );
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+            self.issue("upstream.url", format!("{url:?} needs a scheme and a host, e.g. \"https://api.awork.com\""));
             return None;
         };
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            self.issue(
-                "upstream.url",
-                format!("scheme {scheme} is not http or https"),
-            );
+            self.issue("upstream.url", format!("scheme {scheme} is not http or https"));
             return None;
         }
         if uri.path() != "/" || uri.query().is_some() {
@@ -444,35 +374,23 @@ impl<'a> Validator<'a> {
             return None;
         }
         if authority.as_str().contains('@') {
-            self.issue(
-                "upstream.url",
-                "must not carry user info; use a credential instead",
-            );
+            self.issue("upstream.url", "must not carry user info; use a credential instead");
             return None;
         }
         Some((scheme, authority))
     }
 
-    fn credentials(
-        &mut self,
-        raw: std::collections::BTreeMap<String, raw::RawCredential>,
-    ) -> Vec<CredentialConfig> {
+    fn credentials(&mut self, raw: std::collections::BTreeMap<String, raw::RawCredential>) -> Vec<CredentialConfig> {
         let mut out = Vec::with_capacity(raw.len());
         for (name, cred) in raw {
             let key = format!("credentials.{name}");
             if !valid_name(&name) {
-                self.issue(
-                    &key,
-                    "a credential name may only use letters, digits, '-' and '_'",
-                );
+                self.issue(&key, "a credential name may only use letters, digits, '-' and '_'");
             }
             match cred {
                 raw::RawCredential::ApiKey(api) => {
                     let source = self.secret(&format!("{key}.key"), api.key);
-                    out.push(CredentialConfig {
-                        name,
-                        kind: CredentialKind::ApiKey { key: source },
-                    });
+                    out.push(CredentialConfig { name, kind: CredentialKind::ApiKey { key: source } });
                 }
                 raw::RawCredential::Oauth(_) | raw::RawCredential::OauthUser(_) => {
                     self.issue(
@@ -521,25 +439,15 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn clients(
-        &mut self,
-        raw: Vec<raw::RawClient>,
-        credentials: &[CredentialConfig],
-    ) -> Vec<ClientConfig> {
+    fn clients(&mut self, raw: Vec<raw::RawClient>, credentials: &[CredentialConfig]) -> Vec<ClientConfig> {
         let mut out: Vec<ClientConfig> = Vec::with_capacity(raw.len());
         for (i, c) in raw.into_iter().enumerate() {
             let key = format!("clients[{i}]");
             if !valid_name(&c.name) {
-                self.issue(
-                    format!("{key}.name"),
-                    "a client name may only use letters, digits, '-' and '_'",
-                );
+                self.issue(format!("{key}.name"), "a client name may only use letters, digits, '-' and '_'");
             }
             if out.iter().any(|o| o.name == c.name) {
-                self.issue(
-                    format!("{key}.name"),
-                    format!("client name {:?} is used twice", c.name),
-                );
+                self.issue(format!("{key}.name"), format!("client name {:?} is used twice", c.name));
             }
             let credential = match credentials.iter().position(|cr| cr.name == c.credential) {
                 Some(idx) => idx,
@@ -547,19 +455,12 @@ impl<'a> Validator<'a> {
                     let known: Vec<&str> = credentials.iter().map(|cr| cr.name.as_str()).collect();
                     self.issue(
                         format!("{key}.credential"),
-                        format!(
-                            "unknown credential {:?} (defined: {})",
-                            c.credential,
-                            known.join(", ")
-                        ),
+                        format!("unknown credential {:?} (defined: {})", c.credential, known.join(", ")),
                     );
                     0
                 }
             };
-            let token_sha256 = c
-                .token_sha256
-                .as_deref()
-                .and_then(|hex| self.token_hash(&key, hex));
+            let token_sha256 = c.token_sha256.as_deref().and_then(|hex| self.token_hash(&key, hex));
             let networks = c
                 .networks
                 .iter()
@@ -582,21 +483,9 @@ impl<'a> Validator<'a> {
             if c.per_minute == Some(0) {
                 self.issue(format!("{key}.per_minute"), "must be at least 1");
             }
-            let client = ClientConfig {
-                name: c.name,
-                token_sha256,
-                networks,
-                credential,
-                allow,
-                per_minute: c.per_minute,
-            };
-            self.reachable(
-                &key,
-                &client,
-                &out,
-                c.token_sha256.is_some(),
-                !c.networks.is_empty(),
-            );
+            let client =
+                ClientConfig { name: c.name, token_sha256, networks, credential, allow, per_minute: c.per_minute };
+            self.reachable(&key, &client, &out, c.token_sha256.is_some(), !c.networks.is_empty());
             out.push(client);
         }
         out
@@ -624,11 +513,7 @@ impl<'a> Validator<'a> {
             }
         }
         let shadowed = !client.networks.is_empty()
-            && client.networks.iter().all(|n| {
-                earlier
-                    .iter()
-                    .any(|o| o.networks.iter().any(|on| on.contains(n)))
-            });
+            && client.networks.iter().all(|n| earlier.iter().any(|o| o.networks.iter().any(|on| on.contains(n))));
         if shadowed && client.token_sha256.is_none() {
             self.issue(
                 format!("{key}.networks"),
@@ -639,10 +524,7 @@ impl<'a> Validator<'a> {
 
     fn token_hash(&mut self, key: &str, text: &str) -> Option<[u8; 32]> {
         let mut out = [0u8; 32];
-        let lower = text.len() == 64
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let lower = text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if lower && hex::decode_to_slice(text, &mut out).is_ok() {
             Some(out)
         } else {
@@ -660,10 +542,7 @@ impl<'a> Validator<'a> {
             Err(_) => match text.parse::<std::net::IpAddr>() {
                 Ok(ip) => Some(IpNet::from(ip)),
                 Err(_) => {
-                    self.issue(
-                        key,
-                        format!("{text:?} is not a CIDR like \"10.0.0.0/8\" or an IP address"),
-                    );
+                    self.issue(key, format!("{text:?} is not a CIDR like \"10.0.0.0/8\" or an IP address"));
                     None
                 }
             },
@@ -675,10 +554,7 @@ impl<'a> Validator<'a> {
             None | Some("pretty") => LogFormat::Pretty,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                self.issue(
-                    "log.format",
-                    format!("{other:?} is not \"pretty\" or \"json\""),
-                );
+                self.issue("log.format", format!("{other:?} is not \"pretty\" or \"json\""));
                 LogFormat::Pretty
             }
         };
@@ -687,10 +563,7 @@ impl<'a> Validator<'a> {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

@@ -97,15 +97,11 @@ impl SecretSource {
     /// white space) is trimmed: editors and `echo` add one.
     pub fn read(&self, env: &dyn Env) -> Result<Secret, SecretError> {
         let raw = match self {
-            Self::Env(name) => env
-                .var(name)
-                .ok_or_else(|| SecretError::EnvMissing(name.clone()))?,
-            Self::File(path) => {
-                std::fs::read_to_string(path).map_err(|e| SecretError::FileUnreadable {
-                    path: path.display().to_string(),
-                    reason: e.kind().to_string(),
-                })?
-            }
+            Self::Env(name) => env.var(name).ok_or_else(|| SecretError::EnvMissing(name.clone()))?,
+            Self::File(path) => std::fs::read_to_string(path).map_err(|e| SecretError::FileUnreadable {
+                path: path.display().to_string(),
+                reason: e.kind().to_string(),
+            })?,
             Self::Value(secret) => secret.expose().to_owned(),
         };
         let trimmed = raw.trim();
@@ -138,17 +134,13 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("key");
         std::fs::write(&path, "abc123\n").expect("write");
-        let got = SecretSource::File(path)
-            .read(&HashMap::new())
-            .expect("read");
+        let got = SecretSource::File(path).read(&HashMap::new()).expect("read");
         assert_eq!(got.expose(), "abc123");
     }
 
     #[test]
     fn missing_env_names_the_variable() {
-        let err = SecretSource::Env("NOPE".into())
-            .read(&HashMap::new())
-            .expect_err("missing");
+        let err = SecretSource::Env("NOPE".into()).read(&HashMap::new()).expect_err("missing");
         assert_eq!(err.to_string(), "environment variable NOPE is not set");
     }
 }

@@ -36,10 +36,7 @@ fn embedded_default_serves_loopback_with_the_env_key() {
 #[test]
 fn embedded_default_without_the_env_var_names_it() {
     let err = Config::embedded_default(&HashMap::new()).expect_err("no key");
-    assert_eq!(
-        err.issues[0].to_string(),
-        "credentials.main.key: environment variable AWORK_API_KEY is not set"
-    );
+    assert_eq!(err.issues[0].to_string(), "credentials.main.key: environment variable AWORK_API_KEY is not set");
 }
 
 #[test]
@@ -50,9 +47,7 @@ fn unknown_keys_are_refused_with_their_name() {
         "{BASE}\n[[clients]]\nname = \"a\"\ncredential = \"main\"\nallow = [\"read-only\"]\nnetwork = []\n"
     ));
     assert!(msg.contains("unknown field `network`"), "{msg}");
-    let msg = first_issue(
-        "[credentials.main]\ntype = \"api_key\"\nkey = { env = \"AWORK_API_KEY\" }\nkye = 1\n",
-    );
+    let msg = first_issue("[credentials.main]\ntype = \"api_key\"\nkey = { env = \"AWORK_API_KEY\" }\nkye = 1\n");
     assert!(msg.contains("unknown field `kye`"), "{msg}");
 }
 
@@ -61,10 +56,7 @@ fn unknown_credential_names_the_client_key() {
     let msg = first_issue(&format!(
         "{BASE}\n[[clients]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\ncredential = \"mian\"\nallow = [\"read-only\"]\n"
     ));
-    assert_eq!(
-        msg,
-        "clients[0].credential: unknown credential \"mian\" (defined: main)"
-    );
+    assert_eq!(msg, "clients[0].credential: unknown credential \"mian\" (defined: main)");
 }
 
 #[test]
@@ -80,40 +72,27 @@ fn bad_globs_and_cidrs_name_their_index() {
 
 #[test]
 fn unreadable_secret_file_is_refused() {
-    let msg = first_issue(
-        "[credentials.main]\ntype = \"api_key\"\nkey = { file = \"/nonexistent/awork-key\" }\n",
-    );
-    assert!(
-        msg.starts_with("credentials.main.key: cannot read secret file /nonexistent/awork-key"),
-        "{msg}"
-    );
+    let msg = first_issue("[credentials.main]\ntype = \"api_key\"\nkey = { file = \"/nonexistent/awork-key\" }\n");
+    assert!(msg.starts_with("credentials.main.key: cannot read secret file /nonexistent/awork-key"), "{msg}");
 }
 
 #[test]
 fn inline_secret_is_accepted_with_a_warning() {
-    let loaded = parse("[credentials.main]\ntype = \"api_key\"\nkey = { value = \"abc\" }\n")
-        .expect("valid");
+    let loaded = parse("[credentials.main]\ntype = \"api_key\"\nkey = { value = \"abc\" }\n").expect("valid");
     assert_eq!(loaded.warnings[0].key, "credentials.main.key");
     assert!(!format!("{:?}", loaded.config).contains("abc"));
 }
 
 #[test]
 fn clients_that_can_never_match_are_refused() {
-    let msg = first_issue(&format!(
-        "{BASE}\n[[clients]]\nname = \"a\"\ncredential = \"main\"\nallow = [\"read-only\"]\n"
-    ));
-    assert_eq!(
-        msg,
-        "clients[0]: can never match: give it `token_sha256` or `networks`"
-    );
+    let msg =
+        first_issue(&format!("{BASE}\n[[clients]]\nname = \"a\"\ncredential = \"main\"\nallow = [\"read-only\"]\n"));
+    assert_eq!(msg, "clients[0]: can never match: give it `token_sha256` or `networks`");
     let msg = first_issue(&format!(
         "{BASE}\n[[clients]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\ncredential = \"main\"\nallow = [\"read-only\"]\n\
          [[clients]]\nname = \"b\"\nnetworks = [\"10.1.0.0/16\"]\ncredential = \"main\"\nallow = [\"read-only\"]\n"
     ));
-    assert!(
-        msg.starts_with("clients[1].networks: can never match"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("clients[1].networks: can never match"), "{msg}");
 }
 
 #[test]
@@ -121,59 +100,41 @@ fn token_hash_must_be_lowercase_hex() {
     let msg = first_issue(&format!(
         "{BASE}\n[[clients]]\nname = \"a\"\ntoken_sha256 = \"9F86D08\"\ncredential = \"main\"\nallow = [\"read-only\"]\n"
     ));
-    assert!(
-        msg.starts_with("clients[0].token_sha256: must be 64 lowercase hex"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("clients[0].token_sha256: must be 64 lowercase hex"), "{msg}");
 }
 
 #[test]
 fn overlapping_listeners_are_refused() {
-    let msg = first_issue(&format!(
-        "{BASE}\n[server]\nlisten = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n"
-    ));
-    assert!(
-        msg.starts_with("server.admin_listen: 127.0.0.1:8080 overlaps"),
-        "{msg}"
-    );
+    let msg = first_issue(&format!("{BASE}\n[server]\nlisten = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n"));
+    assert!(msg.starts_with("server.admin_listen: 127.0.0.1:8080 overlaps"), "{msg}");
 }
 
 #[test]
 fn upstream_must_be_an_origin() {
-    let msg = first_issue(&format!(
-        "{BASE}\n[upstream]\nurl = \"https://api.awork.com/api/v1\"\n"
-    ));
+    let msg = first_issue(&format!("{BASE}\n[upstream]\nurl = \"https://api.awork.com/api/v1\"\n"));
     assert!(msg.contains("must be an origin only"), "{msg}");
 }
 
 #[test]
 fn durations_are_human_strings() {
-    let loaded = parse(&format!(
-        "{BASE}\n[upstream]\nconnect_timeout = \"250ms\"\nrequest_timeout = \"2m\"\n"
-    ))
-    .expect("valid");
-    assert_eq!(
-        loaded.config.upstream.connect_timeout,
-        Duration::from_millis(250)
-    );
-    assert_eq!(
-        loaded.config.upstream.request_timeout,
-        Duration::from_secs(120)
-    );
-    let msg = first_issue(&format!(
-        "{BASE}\n[upstream]\nconnect_timeout = \"5 parsecs\"\n"
-    ));
-    assert!(
-        msg.starts_with("upstream.connect_timeout: \"5 parsecs\" is not a duration"),
-        "{msg}"
-    );
+    let loaded =
+        parse(&format!("{BASE}\n[upstream]\nconnect_timeout = \"250ms\"\nrequest_timeout = \"2m\"\n")).expect("valid");
+    assert_eq!(loaded.config.upstream.connect_timeout, Duration::from_millis(250));
+    assert_eq!(loaded.config.upstream.request_timeout, Duration::from_secs(120));
+    let msg = first_issue(&format!("{BASE}\n[upstream]\nconnect_timeout = \"5 parsecs\"\n"));
+    assert!(msg.starts_with("upstream.connect_timeout: \"5 parsecs\" is not a duration"), "{msg}");
 }
 
 #[test]
 fn oauth_types_say_they_are_not_available_yet() {
     let msg = first_issue("[credentials.svc]\ntype = \"oauth\"\nclient_id = \"x\"\n");
-    assert!(
-        msg.starts_with("credentials.svc.type: OAuth credentials are not available"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("credentials.svc.type: OAuth credentials are not available"), "{msg}");
+}
+
+#[test]
+fn the_commented_example_config_is_valid() {
+    let loaded = Config::parse(include_str!("../../config/gateway.example.toml"), "example", &env())
+        .expect("config/gateway.example.toml must stay valid");
+    assert_eq!(loaded.config.clients.len(), 3);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }

@@ -46,12 +46,7 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
-    pub fn load(
-        name: &str,
-        source: SecretSource,
-        env: Arc<dyn Env>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn load(name: &str, source: SecretSource, env: Arc<dyn Env>, metrics: Arc<Metrics>) -> Self {
         let key = Self {
             name: name.to_owned(),
             source,
@@ -96,11 +91,7 @@ impl ApiKey {
                         self.state.store(Arc::new(KeyState {
                             header: Some(header),
                             generation: current.generation + u64::from(changed),
-                            loaded_at: if changed {
-                                Instant::now()
-                            } else {
-                                current.loaded_at
-                            },
+                            loaded_at: if changed { Instant::now() } else { current.loaded_at },
                             error: None,
                         }));
                         if changed {
@@ -112,10 +103,7 @@ impl ApiKey {
                         }
                     }
                 }
-                Err(_) => self.fail(
-                    &current,
-                    "the secret cannot be sent in an HTTP header".to_owned(),
-                ),
+                Err(_) => self.fail(&current, "the secret cannot be sent in an HTTP header".to_owned()),
             },
             Err(e) => self.fail(&current, e.to_string()),
         };

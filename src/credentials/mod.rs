@@ -41,12 +41,9 @@ impl Credentials {
             .credentials
             .iter()
             .map(|c| match &c.kind {
-                CredentialKind::ApiKey { key } => Arc::new(ApiKey::load(
-                    &c.name,
-                    key.clone(),
-                    env.clone(),
-                    metrics.clone(),
-                )),
+                CredentialKind::ApiKey { key } => {
+                    Arc::new(ApiKey::load(&c.name, key.clone(), env.clone(), metrics.clone()))
+                }
             })
             .collect();
         Self { api_keys }
@@ -66,12 +63,7 @@ impl Credentials {
 
     /// Watches `{ file }` secrets until the returned task is aborted.
     pub fn spawn_watcher(&self) -> tokio::task::JoinHandle<()> {
-        let watched: Vec<Arc<ApiKey>> = self
-            .api_keys
-            .iter()
-            .filter(|k| k.is_file())
-            .cloned()
-            .collect();
+        let watched: Vec<Arc<ApiKey>> = self.api_keys.iter().filter(|k| k.is_file()).cloned().collect();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SECRET_POLL_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

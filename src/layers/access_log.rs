@@ -38,10 +38,7 @@ impl<S> Layer<S> for AccessLogLayer {
     type Service = AccessLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessLog {
-            inner,
-            metrics: self.metrics.clone(),
-        }
+        AccessLog { inner, metrics: self.metrics.clone() }
     }
 }
 
@@ -64,10 +61,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let bytes_in = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let bytes_in = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
         let record = Record {
             metrics: self.metrics.clone(),
             start: Instant::now(),
@@ -81,10 +75,7 @@ where
             bytes_out: 0,
             complete: false,
         };
-        AccessLogFuture {
-            inner: self.inner.call(req),
-            record: Some(record),
-        }
+        AccessLogFuture { inner: self.inner.call(req), record: Some(record) }
     }
 }
 
@@ -110,14 +101,8 @@ where
         };
         record.status = response.status().as_u16();
         record.complete = response.body().is_end_stream();
-        record.client = response
-            .extensions()
-            .get::<ClientIdentity>()
-            .map(|c| c.name.clone());
-        record.upstream_ms = response
-            .extensions()
-            .get::<UpstreamTiming>()
-            .map(|t| t.0.as_secs_f64() * 1000.0);
+        record.client = response.extensions().get::<ClientIdentity>().map(|c| c.name.clone());
+        record.upstream_ms = response.extensions().get::<UpstreamTiming>().map(|t| t.0.as_secs_f64() * 1000.0);
         Poll::Ready(Ok(response.map(|inner| AccessLogBody { inner, record })))
     }
 }
@@ -135,10 +120,7 @@ impl Body for AccessLogBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
@@ -187,8 +169,7 @@ impl Drop for Record {
         }
         let elapsed = self.start.elapsed();
         let client = self.client.as_deref().unwrap_or(UNIDENTIFIED);
-        self.metrics
-            .record_request(client, &self.method, self.status, elapsed);
+        self.metrics.record_request(client, &self.method, self.status, elapsed);
         tracing::info!(
             target: "awork_gateway::access",
             request_id = self.request_id.as_ref().map_or("-", RequestId::as_str),

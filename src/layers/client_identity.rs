@@ -40,10 +40,7 @@ impl Identities {
             .iter()
             .enumerate()
             .map(|(index, c)| Client {
-                identity: ClientIdentity {
-                    index,
-                    name: Arc::from(c.name.as_str()),
-                },
+                identity: ClientIdentity { index, name: Arc::from(c.name.as_str()) },
                 token_sha256: c.token_sha256,
                 networks: c.networks.clone(),
             })
@@ -52,11 +49,7 @@ impl Identities {
     }
 
     /// Decides who sent a request with these headers from this peer.
-    pub fn identify(
-        &self,
-        headers: &HeaderMap,
-        peer: Option<IpAddr>,
-    ) -> Result<&ClientIdentity, GatewayError> {
+    pub fn identify(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<&ClientIdentity, GatewayError> {
         let presented = match headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) {
             Some(value) => {
                 if let Some(token) = strip_scheme(value, b"bearer ") {
@@ -68,9 +61,7 @@ impl Identities {
                     match self.by_basic(encoded) {
                         BasicMatch::Client(client) => return Ok(&client.identity),
                         BasicMatch::WrongToken(name) => {
-                            return Err(GatewayError::Unauthenticated(format!(
-                                "wrong token for client {name:?}"
-                            )));
+                            return Err(GatewayError::Unauthenticated(format!("wrong token for client {name:?}")));
                         }
                         BasicMatch::NoSuchClient => true,
                     }
@@ -81,11 +72,7 @@ impl Identities {
             None => false,
         };
         if let Some(ip) = peer.map(|ip| ip.to_canonical()) {
-            if let Some(client) = self
-                .clients
-                .iter()
-                .find(|c| c.networks.iter().any(|n| n.contains(&ip)))
-            {
+            if let Some(client) = self.clients.iter().find(|c| c.networks.iter().any(|n| n.contains(&ip))) {
                 return Ok(&client.identity);
             }
         }
@@ -119,10 +106,7 @@ impl Identities {
             return BasicMatch::NoSuchClient;
         };
         let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
-        let Some(client) = self
-            .clients
-            .iter()
-            .find(|c| c.token_sha256.is_some() && c.identity.name.as_bytes() == user)
+        let Some(client) = self.clients.iter().find(|c| c.token_sha256.is_some() && c.identity.name.as_bytes() == user)
         else {
             return BasicMatch::NoSuchClient;
         };
@@ -163,10 +147,7 @@ impl<S> Layer<S> for ClientIdentityLayer {
     type Service = IdentifyClient<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        IdentifyClient {
-            inner,
-            identities: self.identities.clone(),
-        }
+        IdentifyClient { inner, identities: self.identities.clone() }
     }
 }
 
@@ -194,19 +175,11 @@ where
             Ok(identity) => {
                 let identity = identity.clone();
                 req.extensions_mut().insert(identity.clone());
-                MarkClient {
-                    inner: Decision::Inner {
-                        future: self.inner.call(req),
-                    },
-                    identity: Some(identity),
-                }
+                MarkClient { inner: Decision::Inner { future: self.inner.call(req) }, identity: Some(identity) }
             }
             Err(e) => {
                 tracing::debug!(request_id = request_id_of(&req), peer = ?peer, reason = %e, "caller not identified");
-                MarkClient {
-                    inner: Decision::answer(e.to_response(request_id_of(&req))),
-                    identity: None,
-                }
+                MarkClient { inner: Decision::answer(e.to_response(request_id_of(&req))), identity: None }
             }
         }
     }
@@ -272,10 +245,7 @@ mod tests {
     }
 
     fn basic(user: &str, pass: &str) -> String {
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-        )
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
     }
 
     const REMOTE: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3)));
@@ -284,57 +254,26 @@ mod tests {
     #[test]
     fn bearer_or_basic_token_identifies_its_client_from_anywhere() {
         let ids = identities();
-        assert_eq!(
-            &*ids
-                .identify(&headers("Bearer tok-powerbi"), REMOTE)
-                .expect("bearer")
-                .name,
-            "powerbi"
-        );
-        assert_eq!(
-            &*ids
-                .identify(&headers("bearer  tok-powerbi "), REMOTE)
-                .expect("case")
-                .name,
-            "powerbi"
-        );
-        let via_basic = ids
-            .identify(&headers(&basic("powerbi", "tok-powerbi")), REMOTE)
-            .expect("basic");
+        assert_eq!(&*ids.identify(&headers("Bearer tok-powerbi"), REMOTE).expect("bearer").name, "powerbi");
+        assert_eq!(&*ids.identify(&headers("bearer  tok-powerbi "), REMOTE).expect("case").name, "powerbi");
+        let via_basic = ids.identify(&headers(&basic("powerbi", "tok-powerbi")), REMOTE).expect("basic");
         assert_eq!(&*via_basic.name, "powerbi");
     }
 
     #[test]
     fn basic_with_a_client_name_and_wrong_token_is_refused_even_on_a_trusted_network() {
         let ids = identities();
-        let err = ids
-            .identify(&headers(&basic("powerbi", "nope")), LOOPBACK)
-            .expect_err("wrong");
+        let err = ids.identify(&headers(&basic("powerbi", "nope")), LOOPBACK).expect_err("wrong");
         assert_eq!(err.to_string(), "wrong token for client \"powerbi\"");
     }
 
     #[test]
     fn trusted_network_matches_and_ignores_an_old_awork_key() {
         let ids = identities();
-        assert_eq!(
-            &*ids.identify(&HeaderMap::new(), LOOPBACK).expect("net").name,
-            "local"
-        );
-        assert_eq!(
-            &*ids
-                .identify(&headers("Bearer old-awork-key"), LOOPBACK)
-                .expect("net")
-                .name,
-            "local"
-        );
+        assert_eq!(&*ids.identify(&HeaderMap::new(), LOOPBACK).expect("net").name, "local");
+        assert_eq!(&*ids.identify(&headers("Bearer old-awork-key"), LOOPBACK).expect("net").name, "local");
         let mapped = Some("::ffff:127.0.0.1".parse().expect("ip"));
-        assert_eq!(
-            &*ids
-                .identify(&HeaderMap::new(), mapped)
-                .expect("mapped")
-                .name,
-            "local"
-        );
+        assert_eq!(&*ids.identify(&HeaderMap::new(), mapped).expect("mapped").name, "local");
     }
 
     #[test]

@@ -29,11 +29,7 @@ pub struct CredentialLayer {
 
 impl CredentialLayer {
     pub fn new(config: &Config, credentials: &Credentials) -> Self {
-        let by_client = config
-            .clients
-            .iter()
-            .filter_map(|c| credentials.get(c.credential).cloned())
-            .collect();
+        let by_client = config.clients.iter().filter_map(|c| credentials.get(c.credential).cloned()).collect();
         Self { by_client }
     }
 }
@@ -42,10 +38,7 @@ impl<S> Layer<S> for CredentialLayer {
     type Service = AttachCredential<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AttachCredential {
-            inner,
-            by_client: self.by_client.clone(),
-        }
+        AttachCredential { inner, by_client: self.by_client.clone() }
     }
 }
 
@@ -65,10 +58,7 @@ struct Replay {
 
 impl<S> Service<GatewayRequest> for AttachCredential<S>
 where
-    S: Service<GatewayRequest, Response = GatewayResponse, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<GatewayRequest, Response = GatewayResponse, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = GatewayResponse;
@@ -80,14 +70,9 @@ where
     }
 
     fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
-        let key = req
-            .extensions()
-            .get::<ClientIdentity>()
-            .and_then(|id| self.by_client.get(id.index))
-            .cloned();
+        let key = req.extensions().get::<ClientIdentity>().and_then(|id| self.by_client.get(id.index)).cloned();
         let Some(key) = key else {
-            let answer = GatewayError::Unauthenticated("no client identified".into())
-                .to_response(request_id_of(&req));
+            let answer = GatewayError::Unauthenticated("no client identified".into()).to_response(request_id_of(&req));
             return Box::pin(async move { Ok(answer) });
         };
         let headers = req.headers_mut();
@@ -116,18 +101,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let response = inner.call(req).await?;
-            if response.status() != StatusCode::UNAUTHORIZED
-                || !key.refresh_after_rejection(generation).await
-            {
+            if response.status() != StatusCode::UNAUTHORIZED || !key.refresh_after_rejection(generation).await {
                 return Ok(response);
             }
             let (Some(replay), Some(auth)) = (replay, key.current().header.clone()) else {
                 return Ok(response);
             };
-            tracing::info!(
-                credential = key.name(),
-                "replaying a request refused by awork with the reloaded key"
-            );
+            tracing::info!(credential = key.name(), "replaying a request refused by awork with the reloaded key");
             let mut again = Request::new(RequestBody::Empty);
             *again.method_mut() = replay.method;
             *again.uri_mut() = replay.uri;

@@ -51,9 +51,7 @@ pin_project! {
 
 impl<F> Decision<F> {
     pub fn answer(response: GatewayResponse) -> Self {
-        Self::Answer {
-            response: Some(response),
-        }
+        Self::Answer { response: Some(response) }
     }
 }
 
@@ -76,7 +74,5 @@ where
 
 /// The request id a layer puts in `traceId` of its answers.
 pub fn request_id_of<B>(req: &Request<B>) -> &str {
-    req.extensions()
-        .get::<request_id::RequestId>()
-        .map_or("-", request_id::RequestId::as_str)
+    req.extensions().get::<request_id::RequestId>().map_or("-", request_id::RequestId::as_str)
 }

@@ -33,10 +33,7 @@ impl<S> Layer<S> for PolicyLayer {
     type Service = Policy<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Policy {
-            inner,
-            config: self.config.clone(),
-        }
+        Policy { inner, config: self.config.clone() }
     }
 }
 
@@ -67,9 +64,7 @@ where
                 return Decision::answer(e.to_response(request_id_of(&req)));
             }
         }
-        Decision::Inner {
-            future: self.inner.call(req),
-        }
+        Decision::Inner { future: self.inner.call(req) }
     }
 }
 
@@ -83,20 +78,12 @@ impl<S> Policy<S> {
         }
         refuse_foreign_absolute_form(req)?;
         let uri = req.uri();
-        let normal =
-            path::normalize(uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-        let Some(client) = req
-            .extensions()
-            .get::<ClientIdentity>()
-            .and_then(|id| self.config.clients.get(id.index))
+        let normal = path::normalize(uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+        let Some(client) = req.extensions().get::<ClientIdentity>().and_then(|id| self.config.clients.get(id.index))
         else {
             return Err(GatewayError::Unauthenticated("no client identified".into()));
         };
-        if !client
-            .allow
-            .iter()
-            .any(|rule| rule.allows(req.method(), &normal))
-        {
+        if !client.allow.iter().any(|rule| rule.allows(req.method(), &normal)) {
             return Err(GatewayError::Forbidden {
                 client: client.name.clone(),
                 method: req.method().to_string(),
@@ -110,13 +97,10 @@ impl<S> Policy<S> {
                     Some(q) => format!("{p}?{q}"),
                     None => p,
                 };
-                let pq = PathAndQuery::try_from(pq)
-                    .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+                let pq = PathAndQuery::try_from(pq).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
                 let mut parts = uri.clone().into_parts();
                 parts.path_and_query = Some(pq);
-                Uri::from_parts(parts)
-                    .map(Some)
-                    .map_err(|e| GatewayError::BadRequest(e.to_string()))
+                Uri::from_parts(parts).map(Some).map_err(|e| GatewayError::BadRequest(e.to_string()))
             }
         }
     }
@@ -131,10 +115,7 @@ fn refuse_foreign_absolute_form<B>(req: &Request<B>) -> Result<(), GatewayError>
     if req.version() >= Version::HTTP_2 {
         return Ok(());
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
     if host.is_some_and(|h| h.eq_ignore_ascii_case(authority.as_str())) {
         return Ok(());
     }

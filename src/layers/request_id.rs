@@ -32,9 +32,7 @@ impl RequestId {
         let bytes = value.as_bytes();
         let sane = !bytes.is_empty()
             && bytes.len() <= MAX_LEN
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(b));
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(b));
         sane.then(|| Self(value.clone()))
     }
 }
@@ -68,17 +66,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let id = req
-            .headers()
-            .get(&X_REQUEST_ID)
-            .and_then(RequestId::from_caller)
-            .unwrap_or_else(RequestId::generate);
+        let id = req.headers().get(&X_REQUEST_ID).and_then(RequestId::from_caller).unwrap_or_else(RequestId::generate);
         req.headers_mut().insert(X_REQUEST_ID.clone(), id.0.clone());
         req.extensions_mut().insert(id.clone());
-        EchoRequestId {
-            inner: self.inner.call(req),
-            id: Some(id),
-        }
+        EchoRequestId { inner: self.inner.call(req), id: Some(id) }
     }
 }
 
@@ -101,9 +92,7 @@ where
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
-            response
-                .headers_mut()
-                .insert(X_REQUEST_ID.clone(), id.0.clone());
+            response.headers_mut().insert(X_REQUEST_ID.clone(), id.0.clone());
             response.extensions_mut().insert(id);
         }
         Poll::Ready(Ok(response))
@@ -117,20 +106,14 @@ mod tests {
     use tower::ServiceExt;
 
     async fn echo_id(req: Request<()>) -> Result<Response<String>, Infallible> {
-        let seen = req
-            .extensions()
-            .get::<RequestId>()
-            .map(|id| id.as_str().to_owned());
+        let seen = req.extensions().get::<RequestId>().map(|id| id.as_str().to_owned());
         Ok(Response::new(seen.unwrap_or_default()))
     }
 
     #[tokio::test]
     async fn keeps_a_sane_caller_id_and_echoes_it() {
         let svc = RequestIdLayer.layer(tower::service_fn(echo_id));
-        let req = Request::builder()
-            .header("x-request-id", "abc-123")
-            .body(())
-            .expect("request");
+        let req = Request::builder().header("x-request-id", "abc-123").body(()).expect("request");
         let res = svc.oneshot(req).await.expect("infallible");
         assert_eq!(res.headers()["x-request-id"], "abc-123");
         assert_eq!(res.body(), "abc-123");
@@ -144,14 +127,8 @@ mod tests {
             if let Some(id) = caller {
                 req = req.header("x-request-id", id);
             }
-            let res = svc
-                .oneshot(req.body(()).expect("request"))
-                .await
-                .expect("infallible");
-            let id = res.headers()["x-request-id"]
-                .to_str()
-                .expect("ascii")
-                .to_owned();
+            let res = svc.oneshot(req.body(()).expect("request")).await.expect("infallible");
+            let id = res.headers()["x-request-id"].to_str().expect("ascii").to_owned();
             assert_eq!(id.len(), 32, "{caller:?}");
             assert_eq!(res.body(), &id);
         }

@@ -48,10 +48,7 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
 }
 
 async fn tokens(shared: &Shared, req: Request<Incoming>) -> Resp {
-    let body = match Limited::new(req.into_body(), MAX_CONTROL_BODY)
-        .collect()
-        .await
-    {
+    let body = match Limited::new(req.into_body(), MAX_CONTROL_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return invalid("body", "The body could not be read or exceeds 1 MiB."),
     };
@@ -63,11 +60,7 @@ async fn tokens(shared: &Shared, req: Request<Incoming>) -> Resp {
     for grant in change.add {
         shared.add_token(grant.token, grant.user.as_deref());
     }
-    let revoked = change
-        .revoke
-        .iter()
-        .filter(|token| shared.revoke_token(token))
-        .count();
+    let revoked = change.revoke.iter().filter(|token| shared.revoke_token(token)).count();
     let body = json!({ "added": added, "revoked": revoked, "tokens": shared.token_count() });
     json_response(StatusCode::OK, &body)
 }

@@ -83,27 +83,13 @@ const PROJECT_WORDS: [&str; 12] = [
     "Intranet",
 ];
 
-const COMPANY_WORDS: [&str; 10] = [
-    "Acme",
-    "Globex",
-    "Initech",
-    "Umbrella",
-    "Hooli",
-    "Stark",
-    "Wayne",
-    "Tyrell",
-    "Soylent",
-    "Cyberdyne",
-];
+const COMPANY_WORDS: [&str; 10] =
+    ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne", "Tyrell", "Soylent", "Cyberdyne"];
 
 const COMPANY_SUFFIXES: [&str; 4] = ["GmbH", "AG", "Ltd", "Inc"];
 
-const STATUSES: [(&str, &str); 4] = [
-    ("Not started", "not-started"),
-    ("In progress", "progress"),
-    ("Stuck", "stuck"),
-    ("Done", "closed"),
-];
+const STATUSES: [(&str, &str); 4] =
+    [("Not started", "not-started"), ("In progress", "progress"), ("Stuck", "stuck"), ("Done", "closed")];
 
 const TYPES_OF_WORK: [&str; 4] = ["Design", "Development", "Consulting", "Project management"];
 
@@ -142,21 +128,14 @@ pub(crate) fn random_guid() -> String {
 
 /// FNV-1a, stable across Rust versions (unlike `DefaultHasher`).
 fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
-    })
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3))
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (Howard Hinnant's civil_from_days).
 pub(crate) fn iso_datetime(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem / 60) % 60, rem % 60)
 }
 
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
@@ -192,22 +171,10 @@ pub(crate) fn split_name(name: &str) -> (String, String) {
 }
 
 fn email_for(first: &str, last: &str) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .filter(char::is_ascii_alphanumeric)
-            .map(|c| c.to_ascii_lowercase())
-            .collect()
-    };
-    let local = [clean(first), clean(last)]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(".");
-    let local = if local.is_empty() {
-        "user".into()
-    } else {
-        local
-    };
+    let clean =
+        |s: &str| -> String { s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect() };
+    let local = [clean(first), clean(last)].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(".");
+    let local = if local.is_empty() { "user".into() } else { local };
     format!("{local}@example.com")
 }
 
@@ -218,10 +185,7 @@ fn stamp(index: u64, spread_days: u64) -> i64 {
 
 fn user_name(index: u64) -> (&'static str, &'static str) {
     let first = pick(&FIRST_NAMES, index);
-    let last = pick(
-        &LAST_NAMES,
-        index.wrapping_add(index / FIRST_NAMES.len() as u64),
-    );
+    let last = pick(&LAST_NAMES, index.wrapping_add(index / FIRST_NAMES.len() as u64));
     (first, last)
 }
 

@@ -66,12 +66,7 @@ impl Default for MockAworkBuilder {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             tokens: HashMap::new(),
             rate_limit: RateLimit::BASIC,
-            settings: Settings {
-                users: 120,
-                projects: 2500,
-                time_entries: 5000,
-                retry_after: false,
-            },
+            settings: Settings { users: 120, projects: 2500, time_entries: 5000, retry_after: false },
         }
     }
 }
@@ -90,10 +85,7 @@ impl MockAworkBuilder {
 
     /// The quota per wall-clock second and minute (0 leaves that window unlimited).
     pub fn rate_limit(mut self, per_second: u32, per_minute: u32) -> Self {
-        self.rate_limit = RateLimit {
-            per_second,
-            per_minute,
-        };
+        self.rate_limit = RateLimit { per_second, per_minute };
         self
     }
 
@@ -141,12 +133,7 @@ impl MockAworkBuilder {
         let shared = Arc::new(Shared::new(self.settings, self.tokens, quota));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(server::serve(listener, shared.clone(), stopped));
-        Ok(MockAwork {
-            addr,
-            shared,
-            stop,
-            task: Some(task),
-        })
+        Ok(MockAwork { addr, shared, stop, task: Some(task) })
     }
 }
 
@@ -222,9 +209,7 @@ impl MockAwork {
 impl std::fmt::Debug for MockAwork {
     /// Only the address: the shared state holds up to 10,000 logged requests.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockAwork")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+        f.debug_struct("MockAwork").field("addr", &self.addr).finish_non_exhaustive()
     }
 }
 

@@ -19,16 +19,10 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// awork's Basic plan: 50 per second, 1000 per minute.
-    pub const BASIC: Self = Self {
-        per_second: 50,
-        per_minute: 1000,
-    };
+    pub const BASIC: Self = Self { per_second: 50, per_minute: 1000 };
 
     /// No quota at all: responses carry no rate-limit headers.
-    pub const UNLIMITED: Self = Self {
-        per_second: 0,
-        per_minute: 0,
-    };
+    pub const UNLIMITED: Self = Self { per_second: 0, per_minute: 0 };
 }
 
 impl Default for RateLimit {
@@ -72,11 +66,7 @@ pub(crate) struct Quota {
 
 impl Quota {
     pub fn new(limit: RateLimit) -> Self {
-        Self {
-            limit,
-            second: Window::default(),
-            minute: Window::default(),
-        }
+        Self { limit, second: Window::default(), minute: Window::default() }
     }
 
     pub fn set_limit(&mut self, limit: RateLimit) {
@@ -133,11 +123,7 @@ impl Quota {
             headers.push(("x-ratelimit-remaining-minute", u64::from(left)));
         }
         let retry_after = summary.filter(|_| !allowed).map(|(_, _, reset)| reset);
-        Verdict {
-            allowed,
-            headers,
-            retry_after,
-        }
+        Verdict { allowed, headers, retry_after }
     }
 }
 
@@ -151,10 +137,7 @@ mod tests {
 
     #[test]
     fn second_window_rejects_then_reopens_next_second() {
-        let mut q = Quota::new(RateLimit {
-            per_second: 2,
-            per_minute: 100,
-        });
+        let mut q = Quota::new(RateLimit { per_second: 2, per_minute: 100 });
         let t = Duration::from_millis(120_000 + 10_300); // 10.3 s into a minute
         assert!(q.take(t).allowed);
         let second = q.take(t);
@@ -172,10 +155,7 @@ mod tests {
 
     #[test]
     fn minute_window_rejection_points_at_the_minute_reset() {
-        let mut q = Quota::new(RateLimit {
-            per_second: 0,
-            per_minute: 1,
-        });
+        let mut q = Quota::new(RateLimit { per_second: 0, per_minute: 1 });
         let t = Duration::from_secs(60 * 7 + 45);
         assert!(q.take(t).allowed);
         let no = q.take(t + Duration::from_secs(2));

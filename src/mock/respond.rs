@@ -18,19 +18,14 @@ pub(crate) type Reject = Box<Resp>;
 pub(crate) fn with_body(status: StatusCode, content_type: &'static str, body: MockBody) -> Resp {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
 /// `application/json; charset=utf-8`, as awork sends it.
 pub(crate) fn json_response(status: StatusCode, value: &Value) -> Resp {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
-    with_body(
-        status,
-        "application/json; charset=utf-8",
-        MockBody::full(bytes),
-    )
+    with_body(status, "application/json; charset=utf-8", MockBody::full(bytes))
 }
 
 /// The `code` awork would use for a status: its reason phrase, lower-case and hyphenated.
@@ -64,21 +59,14 @@ pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> Resp {
 
 /// 400 `validation-failed` naming the offending property.
 pub(crate) fn invalid(property: &str, message: &str) -> Resp {
-    let mut body = error_body(
-        "validation-failed",
-        "One or more validation errors occurred.",
-    );
+    let mut body = error_body("validation-failed", "One or more validation errors occurred.");
     body["validationErrors"] = json!([{ "property": property, "message": message }]);
     json_response(StatusCode::BAD_REQUEST, &body)
 }
 
 /// 404 `not-found`.
 pub(crate) fn not_found(path: &str) -> Resp {
-    error(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        &format!("No resource was found at {path}."),
-    )
+    error(StatusCode::NOT_FOUND, "not-found", &format!("No resource was found at {path}."))
 }
 
 /// A percent-decoded query string, looked up case-insensitively (as ASP.NET binds it).
@@ -99,10 +87,7 @@ impl Query {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// An unsigned number parameter: `Ok(default)` when absent, `Err(400)` when malformed or
@@ -113,10 +98,7 @@ impl Query {
         };
         match text.trim().parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(Box::new(invalid(
-                name,
-                &format!("'{name}' must be a whole number from {min} to {max}."),
-            ))),
+            _ => Err(Box::new(invalid(name, &format!("'{name}' must be a whole number from {min} to {max}.")))),
         }
     }
 }
@@ -178,10 +160,7 @@ mod tests {
     #[test]
     fn codes_follow_reason_phrases() {
         assert_eq!(code_for(StatusCode::NOT_FOUND), "not-found");
-        assert_eq!(
-            code_for(StatusCode::SERVICE_UNAVAILABLE),
-            "service-unavailable"
-        );
+        assert_eq!(code_for(StatusCode::SERVICE_UNAVAILABLE), "service-unavailable");
         assert_eq!(code_for(StatusCode::TOO_MANY_REQUESTS), "too-many-requests");
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName,
-    HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, LOCATION,
+    RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -19,9 +19,7 @@ use sha2::{Digest, Sha256};
 use super::body::MockBody;
 use super::data;
 use super::quota::Verdict;
-use super::respond::{
-    Query, Reject, Resp, code_for, error, invalid, json_response, not_found, with_body,
-};
+use super::respond::{Query, Reject, Resp, code_for, error, invalid, json_response, not_found, with_body};
 use super::state::{Shared, lock, unix_now};
 
 /// Default download size: 1 MiB.
@@ -29,14 +27,7 @@ const DEFAULT_DOWNLOAD: u64 = 1 << 20;
 /// Longest `slow` delay and SSE interval accepted: one hour.
 const MAX_DELAY_MS: u64 = 3_600_000;
 /// Entities whose `/{entity}/{id}/files` accepts uploads.
-const UPLOAD_ENTITIES: [&str; 6] = [
-    "tasks",
-    "projects",
-    "companies",
-    "users",
-    "documents",
-    "projecttemplates",
-];
+const UPLOAD_ENTITIES: [&str; 6] = ["tasks", "projects", "companies", "users", "documents", "projecttemplates"];
 
 /// One request's context: the shared state and its seen-log id.
 #[derive(Debug, Clone)]
@@ -62,11 +53,7 @@ pub(crate) async fn api(ctx: &Ctx, req: Request<Incoming>) -> Resp {
     let verdict = lock(&ctx.shared.quota).take(now);
     let retry_after = ctx.shared.settings.retry_after;
     if !verdict.allowed {
-        let resp = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too-many-requests",
-            "API rate limit exceeded.",
-        );
+        let resp = error(StatusCode::TOO_MANY_REQUESTS, "too-many-requests", "API rate limit exceeded.");
         return with_quota(resp, &verdict, retry_after);
     }
     with_quota(route(ctx, req, &user).await, &verdict, retry_after)
@@ -76,10 +63,7 @@ pub(crate) async fn api(ctx: &Ctx, req: Request<Incoming>) -> Resp {
 fn bearer<B>(req: &Request<B>) -> Option<&str> {
     let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 fn unauthorized<B>(req: &Request<B>) -> Resp {
@@ -89,8 +73,7 @@ fn unauthorized<B>(req: &Request<B>) -> Resp {
         "No access token was provided."
     };
     let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", description);
-    resp.headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp
 }
 
@@ -106,30 +89,19 @@ fn with_quota(mut resp: Resp, verdict: &Verdict, retry_after: bool) -> Resp {
 }
 
 async fn route(ctx: &Ctx, req: Request<Incoming>, user: &str) -> Resp {
-    dispatch(ctx, req, user)
-        .await
-        .unwrap_or_else(|bad_request| *bad_request)
+    dispatch(ctx, req, user).await.unwrap_or_else(|bad_request| *bad_request)
 }
 
 /// The query of a route that reads it: malformed escapes are a 400 only there, so that echo
 /// and writes forward any query byte for byte.
 fn query_of<B>(req: &Request<B>) -> Result<Query, Reject> {
-    Query::parse(req.uri().query()).ok_or_else(|| {
-        Box::new(invalid(
-            "query",
-            "The query string is not valid percent-encoded UTF-8.",
-        ))
-    })
+    Query::parse(req.uri().query())
+        .ok_or_else(|| Box::new(invalid("query", "The query string is not valid percent-encoded UTF-8.")))
 }
 
 async fn dispatch(ctx: &Ctx, req: Request<Incoming>, user: &str) -> Result<Resp, Reject> {
     let path = req.uri().path().to_ascii_lowercase();
-    let segments: Vec<&str> = path
-        .get("/api/v1".len()..)
-        .unwrap_or("")
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let segments: Vec<&str> = path.get("/api/v1".len()..).unwrap_or("").split('/').filter(|s| !s.is_empty()).collect();
     let method = match req.method().as_str() {
         "HEAD" => "GET".to_owned(),
         other => other.to_owned(),
@@ -140,19 +112,17 @@ async fn dispatch(ctx: &Ctx, req: Request<Incoming>, user: &str) -> Result<Resp,
         (_, ["status", code]) => status(code),
         ("GET", ["me"]) => Ok(json_response(StatusCode::OK, &data::me(user))),
         ("GET", ["users"]) => list(&query_of(&req)?, settings.users, data::user),
-        ("GET", ["projects"]) => list(&query_of(&req)?, settings.projects, |i| {
-            data::project(i, settings.projects, settings.users)
-        }),
-        ("GET", ["timeentries"]) => list(&query_of(&req)?, settings.time_entries, |i| {
-            data::time_entry(i, settings.projects, settings.users)
-        }),
+        ("GET", ["projects"]) => {
+            list(&query_of(&req)?, settings.projects, |i| data::project(i, settings.projects, settings.users))
+        }
+        ("GET", ["timeentries"]) => {
+            list(&query_of(&req)?, settings.time_entries, |i| data::time_entry(i, settings.projects, settings.users))
+        }
         ("GET", ["files" | "temporaryfiles", _, "download"] | [_, _, "files", _, "download"]) => {
             download(&query_of(&req)?)
         }
         ("POST", ["temporaryfiles"]) => Ok(upload(ctx, req).await),
-        ("POST", [entity, _, "files"]) if UPLOAD_ENTITIES.contains(entity) => {
-            Ok(upload(ctx, req).await)
-        }
+        ("POST", [entity, _, "files"]) if UPLOAD_ENTITIES.contains(entity) => Ok(upload(ctx, req).await),
         ("GET" | "POST", ["mcp"]) => {
             let query = query_of(&req)?;
             events(ctx, req, &query).await
@@ -180,18 +150,9 @@ fn list(query: &Query, total: u64, item: impl Fn(u64) -> Value) -> Result<Resp, 
     }
     out.push(b']');
     let count = end.saturating_sub(start);
-    let mut resp = with_body(
-        StatusCode::OK,
-        "application/json; charset=utf-8",
-        MockBody::full(out),
-    );
+    let mut resp = with_body(StatusCode::OK, "application/json; charset=utf-8", MockBody::full(out));
     let headers = resp.headers_mut();
-    for (name, value) in [
-        ("aw-page", page),
-        ("aw-pagesize", size),
-        ("aw-items", count),
-        ("aw-totalitems", total),
-    ] {
+    for (name, value) in [("aw-page", page), ("aw-pagesize", size), ("aw-items", count), ("aw-totalitems", total)] {
         headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
     }
     Ok(resp)
@@ -200,17 +161,10 @@ fn list(query: &Query, total: u64, item: impl Fn(u64) -> Value) -> Result<Resp, 
 /// `size` bytes of the download pattern, streamed in 64 KiB frames.
 fn download(query: &Query) -> Result<Resp, Reject> {
     let size = query.number("size", DEFAULT_DOWNLOAD, 0, u64::MAX)?;
-    let mut resp = with_body(
-        StatusCode::OK,
-        "application/octet-stream",
-        MockBody::download(size),
-    );
+    let mut resp = with_body(StatusCode::OK, "application/octet-stream", MockBody::download(size));
     let headers = resp.headers_mut();
     headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
-    headers.insert(
-        CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"download.bin\""),
-    );
+    headers.insert(CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"download.bin\""));
     Ok(resp)
 }
 
@@ -235,16 +189,9 @@ async fn upload(ctx: &Ctx, req: Request<Incoming>) -> Resp {
     let (size, complete) = drain(body, |_| {}).await;
     ctx.shared.record_body_bytes(ctx.id, size);
     if !complete {
-        return invalid(
-            "File",
-            "The upload ended before the request body was complete.",
-        );
+        return invalid("File", "The upload ended before the request body was complete.");
     }
-    let mime = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream");
+    let mime = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/octet-stream");
     let now = data::iso_datetime(i64::try_from(unix_now().as_secs()).unwrap_or(0));
     let body = json!({
         "id": data::random_guid(),
@@ -268,8 +215,7 @@ async fn events(ctx: &Ctx, req: Request<Incoming>, query: &Query) -> Result<Resp
     }
     let body = MockBody::events(count, Duration::from_millis(interval));
     let mut resp = with_body(StatusCode::OK, "text/event-stream", body);
-    resp.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
 }
 
@@ -330,11 +276,7 @@ async fn echo(ctx: &Ctx, req: Request<Incoming>, user: &str) -> Resp {
             }
         }
     }
-    let digest: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let body = json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),

@@ -25,11 +25,7 @@ use super::state::{InFlight, SeenRequest, Shared, unix_now};
 const GRACE: Duration = Duration::from_secs(1);
 
 /// Accepts connections until `stop` changes or its sender is dropped.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -83,15 +79,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBod
     }
     let guard = InFlight::enter(shared.clone());
     let id = shared.record(seen(&req));
-    let ctx = Ctx {
-        shared: shared.clone(),
-        id,
-    };
-    let resp = if routes::is_api(req.uri().path()) {
-        routes::api(&ctx, req).await
-    } else {
-        not_found(req.uri().path())
-    };
+    let ctx = Ctx { shared: shared.clone(), id };
+    let resp =
+        if routes::is_api(req.uri().path()) { routes::api(&ctx, req).await } else { not_found(req.uri().path()) };
     shared.record_status(id, resp.status().as_u16());
     resp.map(|body| body.with_guard(guard))
 }
@@ -99,9 +89,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBod
 /// The log entry for a request as it arrived (id, status and body size filled in later).
 fn seen<B>(req: &Request<B>) -> SeenRequest {
     let uri = req.uri();
-    let path_and_query = uri
-        .path_and_query()
-        .map_or_else(|| uri.to_string(), |pq| pq.as_str().to_owned());
+    let path_and_query = uri.path_and_query().map_or_else(|| uri.to_string(), |pq| pq.as_str().to_owned());
     SeenRequest {
         id: 0,
         method: req.method().as_str().to_owned(),

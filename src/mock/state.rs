@@ -21,9 +21,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Time since the Unix epoch (zero if the clock is before it).
 pub(crate) fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO)
 }
 
 /// One request as the mock received it.
@@ -51,10 +49,7 @@ pub struct SeenRequest {
 impl SeenRequest {
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -143,9 +138,7 @@ impl Shared {
     /// Records how many body bytes the mock consumed for a logged request.
     pub fn record_body_bytes(&self, id: u64, bytes: u64) {
         lock(&self.log).update(id, |s| s.body_bytes = bytes);
-        self.counters
-            .bytes_received
-            .fetch_add(bytes, Ordering::Relaxed);
+        self.counters.bytes_received.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub fn requests(&self) -> Vec<SeenRequest> {
@@ -177,11 +170,7 @@ pub(crate) struct Log {
 
 impl Log {
     fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            next_id: 1,
-            entries: VecDeque::new(),
-        }
+        Self { capacity, next_id: 1, entries: VecDeque::new() }
     }
 
     fn push(&mut self, mut seen: SeenRequest) -> u64 {
@@ -203,9 +192,7 @@ impl Log {
         let Some(index) = id.checked_sub(first) else {
             return;
         };
-        let entry = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.entries.get_mut(i));
+        let entry = usize::try_from(index).ok().and_then(|i| self.entries.get_mut(i));
         if let Some(entry) = entry {
             change(entry);
         }
@@ -250,13 +237,7 @@ impl Counters {
 
     /// Zeroes everything but the live in-flight gauge; the maximum restarts from it.
     fn reset(&self) {
-        for counter in [
-            &self.total,
-            &self.unauthorized,
-            &self.rate_limited,
-            &self.bytes_received,
-            &self.bytes_sent,
-        ] {
+        for counter in [&self.total, &self.unauthorized, &self.rate_limited, &self.bytes_received, &self.bytes_sent] {
             counter.store(0, Ordering::Relaxed);
         }
         let live = self.in_flight.load(Ordering::Relaxed);
@@ -282,19 +263,13 @@ impl InFlight {
 
     pub fn sent(&self, bytes: usize) {
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-        self.shared
-            .counters
-            .bytes_sent
-            .fetch_add(bytes, Ordering::Relaxed);
+        self.shared.counters.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.shared
-            .counters
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

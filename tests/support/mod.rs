@@ -15,10 +15,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use awork_gateway::Gateway;
 use awork_gateway::config::Config;
 use awork_gateway::mock::MockAwork;
 use awork_gateway::server::{self, Running};
-use awork_gateway::Gateway;
 
 pub const API_KEY: &str = "awork-key-7f3a9c2e5b1d";
 pub const POWERBI_TOKEN: &str = "agw_powerbi_token_93b1e0";
@@ -65,12 +65,7 @@ allow = ["* /api/v1/**"]
 }
 
 pub async fn mock() -> MockAwork {
-    MockAwork::builder()
-        .api_key(API_KEY)
-        .no_rate_limit()
-        .start()
-        .await
-        .expect("mock awork starts")
+    MockAwork::builder().api_key(API_KEY).no_rate_limit().start().await.expect("mock awork starts")
 }
 
 /// Starts a gateway in this process from config text.
@@ -115,11 +110,7 @@ pub async fn send(client: &TestClient, method: Method, url: &str, headers: &[(&s
         .expect("request succeeds");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Answer { status: parts.status, headers: parts.headers, body }
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
@@ -148,10 +139,7 @@ fn rand_suffix() -> u64 {
 
 /// Reserves a free loopback port (bound then released) for a child process to use.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// The real binary, started with `args`, stderr and stdout to files in `dir`.
@@ -207,11 +195,7 @@ pub fn signal(child: &Child, sig: &str) {
 pub fn config_text_on_ports(upstream: &str, extra: &str, listen: u16, admin_listen: u16) -> String {
     let text = config_text(upstream, extra)
         .replacen("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{listen}\""), 1)
-        .replacen(
-            "\nadmin_listen = \"127.0.0.1:0\"",
-            &format!("\nadmin_listen = \"127.0.0.1:{admin_listen}\""),
-            1,
-        );
+        .replacen("\nadmin_listen = \"127.0.0.1:0\"", &format!("\nadmin_listen = \"127.0.0.1:{admin_listen}\""), 1);
     assert!(!text.contains(":0\""), "both listen ports replaced");
     text
 }
