@@ -1,0 +1,77 @@
+//! Limits that protect the gateway: header size and count, idle connections, connection count.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn limited_gateway(mock: &awork_gateway::mock::MockAwork) -> awork_gateway::server::Running {
+    let server = "[server]\nidle_timeout = \"1s\"\nmax_connections = 2\nmax_header_bytes = 16384\nmax_headers = 50\n";
+    gateway(&config_text(&mock.url(), "").replacen("[server]\n", server, 1)).await
+}
+
+/// Sends raw bytes and reads what comes back until the peer closes or 5 s pass.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_or_overcrowded_request_heads_get_431() {
+    let mock = mock().await;
+    let gw = limited_gateway(&mock).await;
+    let big = format!("GET /api/v1/me HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n", "a".repeat(20_000));
+    assert!(raw_exchange(gw.addr, big.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    let many: String = (0..80).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let crowded = format!("GET /api/v1/me HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    assert!(raw_exchange(gw.addr, crowded.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    let fine = "GET /api/v1/me HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert!(raw_exchange(gw.addr, fine.as_bytes()).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(mock.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slowloris_connections_are_closed_after_idle_timeout() {
+    let mock = mock().await;
+    let gw = limited_gateway(&mock).await;
+    let start = Instant::now();
+    // Half a request head, then silence.
+    let answer = raw_exchange(gw.addr, b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\nx-slow: ").await;
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(4), "{waited:?}");
+    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_until_a_slot_frees() {
+    let mock = mock().await;
+    let gw = limited_gateway(&mock).await;
+    let request = b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+        stream.write_all(request).await.expect("write");
+        let mut buf = [0u8; 12];
+        stream.read_exact(&mut buf).await.expect("answer");
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(stream);
+    }
+    let mut third = TcpStream::connect(gw.addr).await.expect("kernel accepts into the backlog");
+    third.write_all(request).await.expect("write");
+    let mut buf = [0u8; 12];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read_exact(&mut buf)).await;
+    assert!(early.is_err(), "a third connection was served past max_connections = 2");
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(3), third.read_exact(&mut buf))
+        .await
+        .expect("served once a slot freed")
+        .expect("read");
+    assert_eq!(&buf, b"HTTP/1.1 200");
+}
