@@ -10,22 +10,49 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
 
 pin_project! {
-    /// A request body on its way to awork.
-    #[project = RequestBodyProj]
+    /// A request body on its way to awork: streamed from the caller, or empty (a replayed
+    /// bodiless request). It can tell when it has been sent in full, which is when the
+    /// wait for awork's answer starts.
     #[derive(Debug)]
-    pub enum RequestBody {
-        /// Streamed from the caller.
+    pub struct RequestBody {
+        #[pin]
+        inner: RequestInner,
+        on_end: Option<oneshot::Sender<()>>,
+    }
+}
+
+pin_project! {
+    #[project = RequestInnerProj]
+    #[derive(Debug)]
+    enum RequestInner {
         Incoming { #[pin] body: Incoming },
-        /// No body (a replayed bodiless request).
         Empty,
+    }
+}
+
+impl RequestBody {
+    pub fn empty() -> Self {
+        Self { inner: RequestInner::Empty, on_end: None }
+    }
+
+    /// Resolves once the body has been read to its end, or dropped unfinished.
+    pub fn sent(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.is_end_stream() {
+            let _ = tx.send(());
+        } else {
+            self.on_end = Some(tx);
+        }
+        rx
     }
 }
 
 impl From<Incoming> for RequestBody {
     fn from(body: Incoming) -> Self {
-        Self::Incoming { body }
+        Self { inner: RequestInner::Incoming { body }, on_end: None }
     }
 }
 
@@ -34,23 +61,39 @@ impl Body for RequestBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.project() {
-            RequestBodyProj::Incoming { body } => body.poll_frame(cx),
-            RequestBodyProj::Empty => Poll::Ready(None),
+        let mut this = self.project();
+        let polled = match this.inner.as_mut().project() {
+            RequestInnerProj::Incoming { body } => body.poll_frame(cx),
+            RequestInnerProj::Empty => Poll::Ready(None),
+        };
+        let ended = match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended && let Some(tx) = this.on_end.take() {
+            let _ = tx.send(());
         }
+        polled
     }
 
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            RequestInner::Incoming { body } => body.size_hint(),
+            RequestInner::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl RequestInner {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Incoming { body } => body.is_end_stream(),
             Self::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Incoming { body } => body.size_hint(),
-            Self::Empty => SizeHint::with_exact(0),
         }
     }
 }

@@ -67,20 +67,28 @@ fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-fn load(path: Option<PathBuf>) -> Result<Loaded, ConfigError> {
-    match path {
-        Some(path) => Config::load(&path, &ProcessEnv),
+/// Loads the config, or prints why not (with a hint for the embedded default).
+fn load(path: Option<PathBuf>) -> Result<Loaded, ExitCode> {
+    let loaded = match &path {
+        Some(path) => Config::load(path, &ProcessEnv),
         None => Config::embedded_default(&ProcessEnv),
-    }
+    };
+    loaded.map_err(|e: ConfigError| {
+        eprintln!("{e}");
+        if path.is_none() {
+            eprintln!(
+                "hint: the embedded default takes the awork API key from AWORK_API_KEY \
+                 (Settings > Integrations > API client in awork); or name a config with --config FILE or AWORK_GATEWAY_CONFIG"
+            );
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
 }
 
 fn check(path: Option<PathBuf>) -> ExitCode {
     let loaded = match load(path) {
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     print!("{}", summary(&loaded));
     ExitCode::SUCCESS
@@ -141,10 +149,7 @@ fn hash_token() -> ExitCode {
 async fn serve(path: Option<PathBuf>) -> ExitCode {
     let loaded = match load(path) {
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     logging::init(loaded.config.log.format);
     for w in &loaded.warnings {

@@ -111,7 +111,8 @@ impl Service<GatewayRequest> for Upstream {
 
     fn call(&mut self, req: GatewayRequest) -> Self::Future {
         let request_id = req.extensions().get::<RequestId>().cloned();
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
+        let body_sent = body.sent();
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());
         uri.authority = Some(self.authority.clone());
@@ -130,7 +131,8 @@ impl Service<GatewayRequest> for Upstream {
             parts.headers.remove(header::HOST);
             strip_forwarding(&mut parts.headers);
             let start = Instant::now();
-            let result = tokio::time::timeout(timeout, client.request(http::Request::from_parts(parts, body))).await;
+            let result =
+                answer_within(timeout, client.request(http::Request::from_parts(parts, body)), body_sent).await;
             let elapsed = start.elapsed();
             match result {
                 Ok(Ok(response)) => {
@@ -158,6 +160,21 @@ impl Service<GatewayRequest> for Upstream {
                 }
             }
         })
+    }
+}
+
+/// awork's answer, waited for at most `timeout` once the request body has been sent: a long
+/// upload is not awork being slow.
+async fn answer_within<F: Future>(
+    timeout: Duration,
+    response: F,
+    body_sent: tokio::sync::oneshot::Receiver<()>,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::pin!(response);
+    tokio::select! {
+        biased;
+        answer = &mut response => Ok(answer),
+        _ = body_sent => tokio::time::timeout(timeout, response).await,
     }
 }
 

@@ -28,11 +28,7 @@ fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn check(path: &Path) -> Output {
-    support::run_binary(
-        &["check", "--config", path.to_str().expect("utf-8 path")],
-        &[],
-        RUN_DEADLINE,
-    )
+    support::run_binary(&["check", "--config", path.to_str().expect("utf-8 path")], &[], RUN_DEADLINE)
 }
 
 /// `config_text` with the API key read from `key_file` instead of written inline.
@@ -40,10 +36,7 @@ fn config_with_key_file(upstream: &str, key_file: &Path, extra: &str) -> String 
     let inline = format!("key = {{ value = \"{}\" }}", support::API_KEY);
     let text = support::config_text(upstream, extra);
     assert!(text.contains(&inline), "the test config has an inline key");
-    text.replace(
-        &inline,
-        &format!("key = {{ file = \"{}\" }}", key_file.display()),
-    )
+    text.replace(&inline, &format!("key = {{ file = \"{}\" }}", key_file.display()))
 }
 
 #[test]
@@ -51,44 +44,21 @@ fn check_accepts_a_valid_config_and_prints_a_summary_without_secrets() {
     let dir = support::temp_dir("cli-check-ok");
     let key_file = dir.join("api-key");
     std::fs::write(&key_file, format!("{}\n", support::API_KEY)).expect("write key");
-    let path = write_config(
-        &dir,
-        "gateway.toml",
-        &config_with_key_file("http://127.0.0.1:9", &key_file, ""),
-    );
+    let path = write_config(&dir, "gateway.toml", &config_with_key_file("http://127.0.0.1:9", &key_file, ""));
     let output = check(&path);
     let (out, err) = (stdout(&output), stderr(&output));
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{out}\nstderr:\n{err}"
-    );
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("config OK"), "{out}");
     assert!(out.contains("upstream http://127.0.0.1:9"), "{out}");
     assert!(
-        out.contains(&format!(
-            "credential main (api_key, from file {}",
-            key_file.display()
-        )),
+        out.contains(&format!("credential main (api_key, from file {}", key_file.display())),
         "the summary names the credential and its source:\n{out}"
     );
-    assert!(
-        out.contains("client powerbi (token) -> credential main"),
-        "{out}"
-    );
-    assert!(
-        out.contains("client local-tools (networks 127.0.0.0/8 ::1/128) -> credential main"),
-        "{out}"
-    );
-    assert!(
-        !out.contains("warning"),
-        "a file secret is no reason to warn:\n{out}"
-    );
+    assert!(out.contains("client powerbi (token) -> credential main"), "{out}");
+    assert!(out.contains("client local-tools (networks 127.0.0.0/8 ::1/128) -> credential main"), "{out}");
+    assert!(!out.contains("warning"), "a file secret is no reason to warn:\n{out}");
     for secret in [support::API_KEY, support::POWERBI_TOKEN] {
-        assert!(
-            !out.contains(secret) && !err.contains(secret),
-            "a secret was printed:\n{out}\n{err}"
-        );
+        assert!(!out.contains(secret) && !err.contains(secret), "a secret was printed:\n{out}\n{err}");
     }
 }
 
@@ -126,14 +96,9 @@ allow = ["* /api/v1/**"]
 #[test]
 fn check_names_the_key_at_fault_and_exits_2() {
     let dir = support::temp_dir("cli-check-bad");
-    let client =
-        |fields: &str| format!("[[clients]]\nname = \"c\"\ncredential = \"main\"\n{fields}\n");
+    let client = |fields: &str| format!("[[clients]]\nname = \"c\"\ncredential = \"main\"\n{fields}\n");
     let cases: Vec<(&str, String, &str)> = vec![
-        (
-            "unknown key in [server]",
-            config_with_clients("listen_port = 8080", "", LOOPBACK_CLIENT),
-            "listen_port",
-        ),
+        ("unknown key in [server]", config_with_clients("listen_port = 8080", "", LOOPBACK_CLIENT), "listen_port"),
         (
             "unknown key in a client",
             config_with_clients(
@@ -180,11 +145,7 @@ fn check_names_the_key_at_fault_and_exits_2() {
         ),
         (
             "a client with neither token nor networks",
-            config_with_clients(
-                "",
-                "",
-                &format!("{LOOPBACK_CLIENT}\n{}", client("allow = [\"read-only\"]")),
-            ),
+            config_with_clients("", "", &format!("{LOOPBACK_CLIENT}\n{}", client("allow = [\"read-only\"]"))),
             "clients[1]: ",
         ),
         (
@@ -192,19 +153,14 @@ fn check_names_the_key_at_fault_and_exits_2() {
             config_with_clients(
                 "",
                 "",
-                &format!(
-                    "{LOOPBACK_CLIENT}\n{}",
-                    client("networks = [\"127.0.0.1/32\"]\nallow = [\"read-only\"]")
-                ),
+                &format!("{LOOPBACK_CLIENT}\n{}", client("networks = [\"127.0.0.1/32\"]\nallow = [\"read-only\"]")),
             ),
             "clients[1].networks: ",
         ),
         (
             "overlapping listeners",
-            config_with_clients("", "", LOOPBACK_CLIENT).replace(
-                "admin_listen = \"127.0.0.1:19090\"",
-                "admin_listen = \"127.0.0.1:18080\"",
-            ),
+            config_with_clients("", "", LOOPBACK_CLIENT)
+                .replace("admin_listen = \"127.0.0.1:19090\"", "admin_listen = \"127.0.0.1:18080\""),
             "server.admin_listen: ",
         ),
     ];
@@ -229,25 +185,15 @@ fn check_names_the_key_at_fault_and_exits_2() {
 #[test]
 fn check_warns_about_inline_secrets() {
     let dir = support::temp_dir("cli-check-inline");
-    let path = write_config(
-        &dir,
-        "gateway.toml",
-        &support::config_text("http://127.0.0.1:9", ""),
-    );
+    let path = write_config(&dir, "gateway.toml", &support::config_text("http://127.0.0.1:9", ""));
     let output = check(&path);
     let (out, err) = (stdout(&output), stderr(&output));
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{out}\nstderr:\n{err}"
-    );
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
     let warning = out
         .lines()
         .chain(err.lines())
         .find(|l| l.contains("warning") && l.contains("credentials.main.key"))
-        .unwrap_or_else(|| {
-            panic!("no warning naming credentials.main.key:\nstdout:\n{out}\nstderr:\n{err}")
-        });
+        .unwrap_or_else(|| panic!("no warning naming credentials.main.key:\nstdout:\n{out}\nstderr:\n{err}"));
     assert!(warning.contains("inline"), "{warning}");
     assert!(
         !out.contains(support::API_KEY) && !err.contains(support::API_KEY),
@@ -272,22 +218,12 @@ fn hash_token_prints_a_token_and_its_sha256() {
         assert_eq!(output.status.code(), Some(0), "{out}\n{}", stderr(&output));
         let token = field(&out, "token:").to_owned();
         let hash = field(&out, "token_sha256:");
+        assert!(token.len() >= 32, "a token of {} characters is too short", token.len());
         assert!(
-            token.len() >= 32,
-            "a token of {} characters is too short",
-            token.len()
-        );
-        assert!(
-            token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
             "the token must be header- and shell-safe: {token:?}"
         );
-        assert_eq!(
-            hash,
-            support::sha256_hex(&token),
-            "token_sha256 is the sha256 of the token"
-        );
+        assert_eq!(hash, support::sha256_hex(&token), "token_sha256 is the sha256 of the token");
         assert!(
             out.contains(&format!("token_sha256 = \"{hash}\"")),
             "the config snippet carries the same hash:\n{out}"
@@ -309,10 +245,7 @@ fn embedded_default_without_api_key_says_how_to_fix_it() {
             "awork-gateway {args:?}: stdout:\n{}\nstderr:\n{err}",
             stdout(&output)
         );
-        assert!(
-            err.contains("AWORK_API_KEY"),
-            "awork-gateway {args:?} must name AWORK_API_KEY:\n{err}"
-        );
+        assert!(err.contains("AWORK_API_KEY"), "awork-gateway {args:?} must name AWORK_API_KEY:\n{err}");
     }
 }
 
@@ -321,41 +254,22 @@ fn embedded_default_serves_with_the_env_key() {
     let key = "x-embedded-default-test-key";
     let output = support::run_binary(&["check"], &[("AWORK_API_KEY", key)], RUN_DEADLINE);
     let (out, err) = (stdout(&output), stderr(&output));
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{out}\nstderr:\n{err}"
-    );
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("(embedded default)"), "{out}");
     assert!(out.contains("from env AWORK_API_KEY"), "{out}");
     assert!(out.contains("listen 127.0.0.1:8080"), "{out}");
-    assert!(
-        !out.contains(key) && !err.contains(key),
-        "the key was printed"
-    );
+    assert!(!out.contains(key) && !err.contains(key), "the key was printed");
 }
 
 #[test]
 fn config_file_from_env_var_is_used() {
     let dir = support::temp_dir("cli-env-config");
-    let path = write_config(
-        &dir,
-        "from-env.toml",
-        &support::config_text("http://127.0.0.1:9", ""),
-    );
+    let path = write_config(&dir, "from-env.toml", &support::config_text("http://127.0.0.1:9", ""));
     let path_text = path.to_str().expect("utf-8 path");
     // No AWORK_API_KEY: the embedded default would fail, so success means the file was used.
-    let output = support::run_binary(
-        &["check"],
-        &[("AWORK_GATEWAY_CONFIG", path_text)],
-        RUN_DEADLINE,
-    );
+    let output = support::run_binary(&["check"], &[("AWORK_GATEWAY_CONFIG", path_text)], RUN_DEADLINE);
     let (out, err) = (stdout(&output), stderr(&output));
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{out}\nstderr:\n{err}"
-    );
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains(&format!("config OK: {path_text}")), "{out}");
     assert!(out.contains("upstream http://127.0.0.1:9"), "{out}");
 
@@ -369,17 +283,10 @@ fn config_file_from_env_var_is_used() {
         ),
     );
     let broken_text = broken.to_str().expect("utf-8 path");
-    let output = support::run_binary(
-        &["check"],
-        &[("AWORK_GATEWAY_CONFIG", broken_text)],
-        RUN_DEADLINE,
-    );
+    let output = support::run_binary(&["check"], &[("AWORK_GATEWAY_CONFIG", broken_text)], RUN_DEADLINE);
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains(broken_text) && err.contains("clients[0].credential"),
-        "{err}"
-    );
+    assert!(err.contains(broken_text) && err.contains("clients[0].credential"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,9 +321,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(5), in_flight)
-        .await
-        .expect("all requests reach awork within 5 s");
+    tokio::time::timeout(Duration::from_secs(5), in_flight).await.expect("all requests reach awork within 5 s");
     support::signal(&gateway.child, "TERM");
     let signalled = Instant::now();
 
@@ -437,46 +342,25 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         .await
         .expect("a new connection is refused within 1 s of SIGTERM");
     let still_draining = mock.stats().in_flight;
-    assert!(
-        still_draining > 0,
-        "the refusal must be observed while requests are still in flight"
-    );
+    assert!(still_draining > 0, "the refusal must be observed while requests are still in flight");
     assert!(
         gateway.child.try_wait().expect("child status").is_none(),
         "the gateway must still be running while it drains"
     );
 
     for (i, request) in requests.into_iter().enumerate() {
-        let answer = tokio::time::timeout(Duration::from_secs(10), request)
-            .await
-            .expect("request ends")
-            .expect("request task");
-        assert_eq!(
-            answer.status,
-            StatusCode::OK,
-            "request {i}: {}",
-            String::from_utf8_lossy(&answer.body)
-        );
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), request).await.expect("request ends").expect("request task");
+        assert_eq!(answer.status, StatusCode::OK, "request {i}: {}", String::from_utf8_lossy(&answer.body));
         assert_eq!(answer.json()["sleptMs"], 1500, "request {i}");
     }
-    let status = tokio::task::block_in_place(|| {
-        support::wait_exit(&mut gateway.child, DRAIN_TIMEOUT + Duration::from_secs(1))
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "the gateway did not exit within the drain timeout; stderr:\n{}",
-            gateway.stderr()
-        )
-    });
+    let status =
+        tokio::task::block_in_place(|| support::wait_exit(&mut gateway.child, DRAIN_TIMEOUT + Duration::from_secs(1)))
+            .unwrap_or_else(|| {
+                panic!("the gateway did not exit within the drain timeout; stderr:\n{}", gateway.stderr())
+            });
     let took = signalled.elapsed();
     eprintln!("SIGTERM with {still_draining} requests in flight: exited {status} after {took:?}");
-    assert!(
-        status.success(),
-        "exit status {status}; stderr:\n{}",
-        gateway.stderr()
-    );
-    assert!(
-        took < DRAIN_TIMEOUT,
-        "exit took {took:?}, longer than the drain timeout"
-    );
+    assert!(status.success(), "exit status {status}; stderr:\n{}", gateway.stderr());
+    assert!(took < DRAIN_TIMEOUT, "exit took {took:?}, longer than the drain timeout");
 }

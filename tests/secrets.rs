@@ -37,13 +37,7 @@ struct Secrets {
 
 impl Secrets {
     fn new() -> Self {
-        let r = || {
-            format!(
-                "{:016x}{:08x}",
-                rand::random::<u64>(),
-                rand::random::<u32>()
-            )
-        };
+        let r = || format!("{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
         Self {
             api_key: format!("awk-live-{}", r()),
             rotated_key: format!("awk-rotated-{}", r()),
@@ -65,10 +59,7 @@ impl Secrets {
             ("powerbi token", &self.powerbi_token),
             ("agent token", &self.agent_token),
             ("caller's old bearer", &self.caller_old_bearer),
-            (
-                "caller's old basic password",
-                &self.caller_old_basic_password,
-            ),
+            ("caller's old basic password", &self.caller_old_basic_password),
             ("caller's cookie", &self.caller_cookie),
             ("caller's proxy password", &self.caller_proxy_password),
             ("wrong token", &self.wrong_token),
@@ -79,43 +70,20 @@ impl Secrets {
         }
         let composites = [
             ("Bearer <api key>", format!("Bearer {}", self.api_key)),
-            (
-                "Bearer <rotated key>",
-                format!("Bearer {}", self.rotated_key),
-            ),
-            (
-                "powerbi:<token>",
-                basic_pair("powerbi", &self.powerbi_token),
-            ),
-            (
-                "powerbi:<wrong token>",
-                basic_pair("powerbi", &self.wrong_token),
-            ),
+            ("Bearer <rotated key>", format!("Bearer {}", self.rotated_key)),
+            ("powerbi:<token>", basic_pair("powerbi", &self.powerbi_token)),
+            ("powerbi:<wrong token>", basic_pair("powerbi", &self.wrong_token)),
             ("agent:<token>", basic_pair("agent", &self.agent_token)),
-            (
-                "olduser:<old password>",
-                basic_pair("olduser", &self.caller_old_basic_password),
-            ),
-            (
-                "proxyuser:<proxy password>",
-                basic_pair("proxyuser", &self.caller_proxy_password),
-            ),
+            ("olduser:<old password>", basic_pair("olduser", &self.caller_old_basic_password)),
+            ("proxyuser:<proxy password>", basic_pair("proxyuser", &self.caller_proxy_password)),
         ];
         let mut all: Vec<(String, String)> = Vec::new();
-        for (name, text) in encoded
-            .iter()
-            .map(|(n, t)| (n.as_str(), t.clone()))
-            .chain(composites.iter().map(|(n, t)| (*n, t.clone())))
+        for (name, text) in
+            encoded.iter().map(|(n, t)| (n.as_str(), t.clone())).chain(composites.iter().map(|(n, t)| (*n, t.clone())))
         {
             // Unpadded forms are prefixes of the padded ones, so they find both.
-            all.push((
-                format!("base64({name})"),
-                STANDARD_NO_PAD.encode(text.as_bytes()),
-            ));
-            all.push((
-                format!("base64url({name})"),
-                URL_SAFE_NO_PAD.encode(text.as_bytes()),
-            ));
+            all.push((format!("base64({name})"), STANDARD_NO_PAD.encode(text.as_bytes())));
+            all.push((format!("base64url({name})"), URL_SAFE_NO_PAD.encode(text.as_bytes())));
         }
         all.extend(encoded);
         all
@@ -127,10 +95,7 @@ fn basic_pair(user: &str, password: &str) -> String {
 }
 
 fn basic(user: &str, password: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(basic_pair(user, password))
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(basic_pair(user, password)))
 }
 
 /// A client whose connections come from 127.0.0.2: not the loopback client's network.
@@ -175,13 +140,7 @@ async fn call(gateway: &BinaryGateway, transcript: &mut Transcript, c: Call<'_>)
     let headers: Vec<(&str, &str)> = c.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let answer = support::send(c.client, c.method, &gateway.url(c.path), &headers, c.body).await;
     transcript.record(c.label, &answer);
-    assert_eq!(
-        answer.status,
-        c.expect,
-        "{}: {}",
-        c.label,
-        String::from_utf8_lossy(&answer.body)
-    );
+    assert_eq!(answer.status, c.expect, "{}: {}", c.label, String::from_utf8_lossy(&answer.body));
     answer
 }
 
@@ -198,14 +157,7 @@ fn write_key(path: &Path, key: &str) {
     std::fs::rename(&tmp, path).expect("rename key");
 }
 
-fn config(
-    mock_url: &str,
-    key_file: &Path,
-    s: &Secrets,
-    format: &str,
-    port: u16,
-    admin: u16,
-) -> String {
+fn config(mock_url: &str, key_file: &Path, s: &Secrets, format: &str, port: u16, admin: u16) -> String {
     format!(
         r#"
 [server]
@@ -262,12 +214,8 @@ async fn run(format: &str, s: &Secrets) -> Run {
     let dir = support::temp_dir(&format!("secrets-{format}"));
     let key_file = dir.join("awork-api-key");
     write_key(&key_file, &s.api_key);
-    let mock = MockAwork::builder()
-        .api_key(s.api_key.as_str())
-        .no_rate_limit()
-        .start()
-        .await
-        .expect("mock awork starts");
+    let mock =
+        MockAwork::builder().api_key(s.api_key.as_str()).no_rate_limit().start().await.expect("mock awork starts");
     let mock_url = mock.url();
     let mut gateway = BinaryGateway::start(
         &dir,
@@ -341,10 +289,7 @@ async fn run(format: &str, s: &Secrets) -> Run {
                 headers: vec![
                     ("authorization", format!("Bearer {}", s.caller_old_bearer)),
                     ("cookie", format!("sso={}; theme=dark", s.caller_cookie)),
-                    (
-                        "proxy-authorization",
-                        basic("proxyuser", &s.caller_proxy_password),
-                    ),
+                    ("proxy-authorization", basic("proxyuser", &s.caller_proxy_password)),
                 ],
                 body: "{}",
                 expect: StatusCode::OK,
@@ -353,10 +298,7 @@ async fn run(format: &str, s: &Secrets) -> Run {
         .await;
         let echoed = answer.json();
         assert!(echoed["headers"].get("cookie").is_none(), "{echoed}");
-        assert!(
-            echoed["headers"].get("proxy-authorization").is_none(),
-            "{echoed}"
-        );
+        assert!(echoed["headers"].get("proxy-authorization").is_none(), "{echoed}");
         call(
             &gateway,
             &mut t,
@@ -365,10 +307,7 @@ async fn run(format: &str, s: &Secrets) -> Run {
                 client,
                 method: get.clone(),
                 path: "/api/v1/me",
-                headers: vec![(
-                    "authorization",
-                    basic("olduser", &s.caller_old_basic_password),
-                )],
+                headers: vec![("authorization", basic("olduser", &s.caller_old_basic_password))],
                 body: "",
                 expect: StatusCode::OK,
             },
@@ -503,11 +442,7 @@ async fn run(format: &str, s: &Secrets) -> Run {
         let answer = admin(&gateway, &mut t, path).await;
         assert_eq!(answer.status, StatusCode::OK, "admin {path}");
     }
-    let upstream_headers: Vec<(String, String)> = mock
-        .requests()
-        .into_iter()
-        .flat_map(|r| r.headers)
-        .collect();
+    let upstream_headers: Vec<(String, String)> = mock.requests().into_iter().flat_map(|r| r.headers).collect();
     // 502: awork is gone.
     mock.shutdown().await;
     call(
@@ -528,18 +463,12 @@ async fn run(format: &str, s: &Secrets) -> Run {
         admin(&gateway, &mut t, path).await;
     }
 
-    let status = gateway
-        .terminate(Duration::from_secs(10))
-        .expect("the gateway stops within 10 s of SIGTERM");
+    let status = gateway.terminate(Duration::from_secs(10)).expect("the gateway stops within 10 s of SIGTERM");
     assert!(status.success(), "gateway exit status {status}");
     // `check` on the same config, at trace level too.
     let config_path = gateway.dir.join("gateway.toml");
     let check = support::run_binary(
-        &[
-            "check",
-            "--config",
-            config_path.to_str().expect("utf-8 path"),
-        ],
+        &["check", "--config", config_path.to_str().expect("utf-8 path")],
         &[("RUST_LOG", "trace")],
         Duration::from_secs(30),
     );
@@ -552,19 +481,12 @@ async fn run(format: &str, s: &Secrets) -> Run {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
-    Run {
-        output,
-        stderr,
-        transcript: t.text,
-        upstream_headers,
-    }
+    Run { output, stderr, transcript: t.text, upstream_headers }
 }
 
 /// Where `needle` occurs in `haystack` (ASCII case ignored), with some context, or `None`.
 fn find(haystack: &str, needle: &str) -> Option<String> {
-    let at = haystack
-        .to_ascii_lowercase()
-        .find(&needle.to_ascii_lowercase())?;
+    let at = haystack.to_ascii_lowercase().find(&needle.to_ascii_lowercase())?;
     let bytes = haystack.as_bytes();
     let context = &bytes[at.saturating_sub(200)..(at + needle.len() + 200).min(bytes.len())];
     Some(String::from_utf8_lossy(context).into_owned())
@@ -591,24 +513,14 @@ fn strip_ansi(text: &str) -> String {
 
 fn assert_access_log(format: &str, stderr: &str) {
     let stderr = &strip_ansi(stderr);
-    let access: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("awork_gateway::access"))
-        .collect();
-    assert!(
-        access.len() >= 20,
-        "{format}: expected an access log line per request, found {}:\n{stderr}",
-        access.len()
-    );
+    let access: Vec<&str> = stderr.lines().filter(|l| l.contains("awork_gateway::access")).collect();
+    assert!(access.len() >= 20, "{format}: expected an access log line per request, found {}:\n{stderr}", access.len());
     for status in [200, 401, 403, 502] {
         let field = match format {
             "json" => format!("\"status\":{status}"),
             _ => format!("status={status}"),
         };
-        assert!(
-            access.iter().any(|l| l.contains(&field)),
-            "{format}: no access log line with {field}"
-        );
+        assert!(access.iter().any(|l| l.contains(&field)), "{format}: no access log line with {field}");
     }
     let trace = match format {
         "json" => "\"level\":\"TRACE\"",
@@ -651,9 +563,7 @@ async fn trace_level_run_leaks_no_secret() {
             for (needle_name, needle) in &needles {
                 let own_key = needle_name.contains("api key") || needle_name.contains("Bearer <");
                 if !own_key && value.contains(needle.as_str()) {
-                    leaks.push(format!(
-                        "{format} run, sent to awork: {needle_name} in header {name}"
-                    ));
+                    leaks.push(format!("{format} run, sent to awork: {needle_name} in header {name}"));
                 }
             }
         }

@@ -108,7 +108,7 @@ where
                 return Ok(response);
             };
             tracing::info!(credential = key.name(), "replaying a request refused by awork with the reloaded key");
-            let mut again = Request::new(RequestBody::Empty);
+            let mut again = Request::new(RequestBody::empty());
             *again.method_mut() = replay.method;
             *again.uri_mut() = replay.uri;
             *again.version_mut() = replay.version;
