@@ -29,13 +29,18 @@ pin_project! {
     #[derive(Debug)]
     enum RequestInner {
         Incoming { #[pin] body: Incoming },
-        Empty,
+        Full { data: Option<Bytes> },
     }
 }
 
 impl RequestBody {
     pub fn empty() -> Self {
-        Self { inner: RequestInner::Empty, on_end: None }
+        Self::full(Bytes::new())
+    }
+
+    /// A body made by the gateway itself (a token request's form).
+    pub fn full(data: Bytes) -> Self {
+        Self { inner: RequestInner::Full { data: (!data.is_empty()).then_some(data) }, on_end: None }
     }
 
     /// Resolves once the body has been read to its end, or dropped unfinished.
@@ -64,7 +69,7 @@ impl Body for RequestBody {
         let mut this = self.project();
         let polled = match this.inner.as_mut().project() {
             RequestInnerProj::Incoming { body } => body.poll_frame(cx),
-            RequestInnerProj::Empty => Poll::Ready(None),
+            RequestInnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         let ended = match &polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
@@ -84,7 +89,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             RequestInner::Incoming { body } => body.size_hint(),
-            RequestInner::Empty => SizeHint::with_exact(0),
+            RequestInner::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }
@@ -93,7 +98,7 @@ impl RequestInner {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Incoming { body } => body.is_end_stream(),
-            Self::Empty => true,
+            Self::Full { data } => data.is_none(),
         }
     }
 }

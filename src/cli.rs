@@ -101,8 +101,13 @@ pub fn summary(loaded: &Loaded) -> String {
     out += &format!("  listen {}  admin {}\n", c.server.listen, c.server.admin_listen);
     out += &format!("  upstream {}\n", c.upstream.origin());
     for cred in &c.credentials {
-        let crate::config::CredentialKind::ApiKey { key } = &cred.kind;
-        out += &format!("  credential {} ({}, from {key})\n", cred.name, cred.kind.type_name());
+        let source = match &cred.kind {
+            crate::config::CredentialKind::ApiKey { key } => format!("key from {key}"),
+            crate::config::CredentialKind::OAuth(o) | crate::config::CredentialKind::OAuthUser(o) => {
+                format!("client {}, tokens in {:?}", o.client_id, o.token_store)
+            }
+        };
+        out += &format!("  credential {} ({}, {source})\n", cred.name, cred.kind.type_name());
     }
     for client in &c.clients {
         let mut how = Vec::new();

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod form;
 pub mod layers;
 pub mod logging;
 pub mod metrics;
@@ -33,12 +34,22 @@ use layers::client_identity::{ClientIdentityLayer, IdentifyClient, Identities};
 use layers::credential::{AttachCredential, CredentialLayer};
 use layers::policy::{Policy, PolicyLayer};
 use layers::request_id::{RequestIdLayer, SetRequestId};
+use layers::sign_in::{SignIn, SignInLayer};
 use metrics::Metrics;
 use upstream::{HttpClient, Upstream};
 
 /// The request path as one service, outside in.
 pub type Stack =
-    SetSensitiveRequestHeaders<SetRequestId<AccessLog<IdentifyClient<Policy<AttachCredential<Upstream>>>>>>;
+    SetSensitiveRequestHeaders<SetRequestId<AccessLog<SignIn<IdentifyClient<Policy<AttachCredential<Upstream>>>>>>>;
+
+/// Why a gateway could not be built from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Upstream(#[from] upstream::SetupError),
+    #[error(transparent)]
+    Credentials(#[from] credentials::SetupError),
+}
 
 /// Everything that outlives a single request.
 #[derive(Debug)]
@@ -53,11 +64,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Loads the credentials and builds the upstream pool for a validated config.
-    pub fn new(config: Config, env: Arc<dyn Env>) -> Result<Self, upstream::SetupError> {
+    pub fn new(config: Config, env: Arc<dyn Env>) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::new());
         let client = upstream::build_client(&config.upstream)?;
-        let credentials = Credentials::load(&config, env, metrics.clone());
-        let identities = Arc::new(Identities::new(&config));
+        let credentials = Credentials::load(&config, env, metrics.clone(), client.clone())?;
+        let identities = Arc::new(Identities::new(&config, &credentials));
         Ok(Self { config: Arc::new(config), credentials, metrics, client, identities, started: Instant::now() })
     }
 
@@ -71,6 +82,7 @@ impl Gateway {
             ]))
             .layer(RequestIdLayer)
             .layer(AccessLogLayer::new(self.metrics.clone()))
+            .layer(SignInLayer::new(&self.credentials, self.config.server.tls.is_some()))
             .layer(ClientIdentityLayer::new(self.identities.clone()))
             .layer(PolicyLayer::new(self.config.clone()))
             .layer(CredentialLayer::new(&self.config, &self.credentials))

@@ -39,6 +39,13 @@ pub struct CredentialLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub credential: String,
+    pub grant_type: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub credential: String,
     pub result: &'static str,
@@ -62,6 +69,8 @@ pub struct Metrics {
     credential_age: Family<CredentialLabels, Gauge<f64, AtomicU64>>,
     credential_reloads: Family<ReloadLabels, Counter>,
     credential_ready: Family<CredentialLabels, Gauge>,
+    token_requests: Family<TokenLabels, Counter>,
+    token_expiry: Family<CredentialLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -107,6 +116,18 @@ impl Metrics {
             "1 when the credential has a usable secret, else 0",
             credential_ready.clone(),
         );
+        let token_requests = Family::default();
+        registry.register(
+            "token_requests",
+            "Requests to awork's token endpoint, by credential, grant type and result (ok, rejected, unavailable)",
+            token_requests.clone(),
+        );
+        let token_expiry = Family::default();
+        registry.register(
+            "access_token_expires_in_seconds",
+            "Seconds until the current access token of each OAuth service grant expires",
+            token_expiry.clone(),
+        );
         Self {
             registry,
             requests,
@@ -116,6 +137,8 @@ impl Metrics {
             credential_age,
             credential_reloads,
             credential_ready,
+            token_requests,
+            token_expiry,
         }
     }
 
@@ -142,10 +165,19 @@ impl Metrics {
         self.credential_reloads.get_or_create(&ReloadLabels { credential: credential.to_owned(), result }).inc();
     }
 
-    pub fn set_credential_state(&self, credential: &str, age: Duration, ready: bool) {
+    pub fn set_credential_state(&self, credential: &str, age: Option<Duration>, ready: bool, expires_in: Option<u64>) {
         let labels = CredentialLabels { credential: credential.to_owned() };
-        self.credential_age.get_or_create(&labels).set(age.as_secs_f64());
+        if let Some(age) = age {
+            self.credential_age.get_or_create(&labels).set(age.as_secs_f64());
+        }
+        if let Some(expires_in) = expires_in {
+            self.token_expiry.get_or_create(&labels).set(i64::try_from(expires_in).unwrap_or(i64::MAX));
+        }
         self.credential_ready.get_or_create(&labels).set(i64::from(ready));
+    }
+
+    pub fn record_token_request(&self, credential: &str, grant_type: &'static str, result: &'static str) {
+        self.token_requests.get_or_create(&TokenLabels { credential: credential.to_owned(), grant_type, result }).inc();
     }
 
     /// The Prometheus text exposition.

@@ -50,7 +50,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     main: JoinHandle<()>,
     admin: JoinHandle<()>,
-    watcher: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Binds both listeners and starts serving.
@@ -67,9 +67,9 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let main = tokio::spawn(serve_main(listener, tls, gateway.clone(), shutdown_rx.clone()));
     let admin = tokio::spawn(admin::serve(admin_listener, gateway.clone(), shutdown_rx));
-    let watcher = gateway.credentials.spawn_watcher();
+    let background = gateway.credentials.spawn_background();
     tracing::info!(%addr, %admin_addr, upstream = %gateway.config.upstream.origin(), "awork-gateway serving");
-    Ok(Running { addr, admin_addr, gateway, shutdown, main, admin, watcher })
+    Ok(Running { addr, admin_addr, gateway, shutdown, main, admin, background })
 }
 
 fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
@@ -82,7 +82,9 @@ impl Running {
         let _ = self.shutdown.send(true);
         let _ = self.main.await;
         let _ = self.admin.await;
-        self.watcher.abort();
+        for task in &self.background {
+            task.abort();
+        }
         tracing::info!("awork-gateway stopped");
     }
 

@@ -76,14 +76,64 @@ pub struct CredentialConfig {
 #[derive(Debug, Clone)]
 pub enum CredentialKind {
     ApiKey { key: SecretSource },
+    /// One grant, given once by an admin, shared by the clients mapped to it.
+    OAuth(OAuthConfig),
+    /// One grant per person, each signed in through `/oauth2/start`.
+    OAuthUser(OAuthConfig),
 }
 
 impl CredentialKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             Self::ApiKey { .. } => "api_key",
+            Self::OAuth(_) => "oauth",
+            Self::OAuthUser(_) => "oauth_user",
         }
     }
+
+    pub fn oauth(&self) -> Option<&OAuthConfig> {
+        match self {
+            Self::ApiKey { .. } => None,
+            Self::OAuth(o) | Self::OAuthUser(o) => Some(o),
+        }
+    }
+}
+
+/// An OAuth client of awork (authorization code + PKCE, rotating refresh tokens).
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    pub client_id: String,
+    /// None: a public client, authenticated by PKCE alone.
+    pub client_secret: Option<SecretSource>,
+    pub scopes: Vec<String>,
+    pub redirect_uri: String,
+    pub authorize_url: String,
+    pub token_url: http::Uri,
+    pub token_store: TokenStoreConfig,
+    /// Refresh this long before expiry at most (a quarter of the lifetime at least).
+    pub refresh_ahead: Duration,
+    /// Refresh an idle grant at least this often, so its refresh token never dies unused.
+    pub keepalive: Duration,
+    pub session_idle_timeout: Duration,
+    pub session_max_age: Duration,
+}
+
+impl OAuthConfig {
+    pub fn token_store_description(&self) -> String {
+        match &self.token_store {
+            TokenStoreConfig::Memory => "tokens in memory".into(),
+            TokenStoreConfig::File(dir) => format!("tokens in file:{}", dir.display()),
+        }
+    }
+}
+
+/// Where a grant's tokens are kept between restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenStoreConfig {
+    /// Lost on restart.
+    Memory,
+    /// One file per grant in this directory (0700), each 0600.
+    File(PathBuf),
 }
 
 /// The workspace quota (enforced by the quota issue's layer).
@@ -215,13 +265,15 @@ impl Config {
 /// Walks the raw config once, collecting every issue.
 struct Validator<'a> {
     env: &'a dyn Env,
+    /// For the OAuth URLs' defaults.
+    upstream_origin: String,
     issues: Vec<ConfigIssue>,
     warnings: Vec<ConfigIssue>,
 }
 
 impl<'a> Validator<'a> {
     fn new(env: &'a dyn Env) -> Self {
-        Self { env, issues: Vec::new(), warnings: Vec::new() }
+        Self { env, upstream_origin: String::new(), issues: Vec::new(), warnings: Vec::new() }
     }
 
     fn issue(&mut self, key: impl Into<String>, message: impl Into<String>) {
@@ -235,6 +287,7 @@ impl<'a> Validator<'a> {
     fn config(&mut self, raw: raw::RawConfig) -> Option<Config> {
         let server = self.server(raw.server);
         let upstream = self.upstream(raw.upstream);
+        self.upstream_origin = upstream.as_ref().map_or_else(|| "https://api.awork.com".to_owned(), UpstreamConfig::origin);
         let credentials = self.credentials(raw.credentials);
         let rate_limit = self.rate_limit(raw.rate_limit);
         let clients = self.clients(raw.clients, &credentials);
@@ -392,15 +445,117 @@ impl<'a> Validator<'a> {
                     let source = self.secret(&format!("{key}.key"), api.key);
                     out.push(CredentialConfig { name, kind: CredentialKind::ApiKey { key: source } });
                 }
-                raw::RawCredential::Oauth(_) | raw::RawCredential::OauthUser(_) => {
-                    self.issue(
-                        format!("{key}.type"),
-                        "OAuth credentials are not available in this version yet; use type = \"api_key\"",
-                    );
+                raw::RawCredential::Oauth(raw) => {
+                    if let Some(oauth) = self.oauth(&key, &name, raw, false) {
+                        out.push(CredentialConfig { name, kind: CredentialKind::OAuth(oauth) });
+                    }
+                }
+                raw::RawCredential::OauthUser(raw) => {
+                    if let Some(oauth) = self.oauth(&key, &name, raw, true) {
+                        out.push(CredentialConfig { name, kind: CredentialKind::OAuthUser(oauth) });
+                    }
                 }
             }
         }
         out
+    }
+
+    fn oauth(&mut self, key: &str, name: &str, raw: raw::RawOAuth, per_user: bool) -> Option<OAuthConfig> {
+        let origin = self.upstream_origin.clone();
+        let client_secret = raw.client_secret.map(|s| self.secret(&format!("{key}.client_secret"), s));
+        let scopes = raw.scopes.unwrap_or_else(|| vec!["full_access".into(), "offline_access".into()]);
+        if !scopes.iter().any(|s| s == "offline_access") {
+            self.warn(
+                format!("{key}.scopes"),
+                "without \"offline_access\" awork issues no refresh token: the grant ends when its access token expires",
+            );
+        }
+        if scopes.is_empty() || scopes.iter().any(|s| s.is_empty() || s.contains(' ')) {
+            self.issue(format!("{key}.scopes"), "list scope names, e.g. [\"full_access\", \"offline_access\"]");
+        }
+        let expected_callback = if per_user { "/oauth2/callback".to_owned() } else { format!("/oauth/{name}/callback") };
+        match raw.redirect_uri.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() => {
+                if uri.path() != expected_callback {
+                    self.warn(
+                        format!("{key}.redirect_uri"),
+                        format!("the gateway takes the callback at {expected_callback}; make sure this URI reaches it"),
+                    );
+                }
+            }
+            _ => self.issue(format!("{key}.redirect_uri"), format!("{:?} is not an absolute http(s) URL", raw.redirect_uri)),
+        }
+        let authorize_url = raw.authorize_url.unwrap_or_else(|| format!("{origin}/api/v1/accounts/authorize"));
+        if !matches!(authorize_url.parse::<http::Uri>(), Ok(u) if u.scheme().is_some() && u.authority().is_some()) {
+            self.issue(format!("{key}.authorize_url"), format!("{authorize_url:?} is not an absolute URL"));
+        }
+        let token_url_text = raw.token_url.unwrap_or_else(|| format!("{origin}/api/v1/accounts/token"));
+        let token_url = match token_url_text.parse::<http::Uri>() {
+            Ok(u) if u.scheme().is_some() && u.authority().is_some() => Some(u),
+            _ => {
+                self.issue(format!("{key}.token_url"), format!("{token_url_text:?} is not an absolute URL"));
+                None
+            }
+        };
+        let token_store = self.token_store(key, raw.token_store.as_deref(), per_user);
+        if per_user && raw.keepalive.is_some() {
+            self.issue(format!("{key}.keepalive"), "applies to type = \"oauth\" only (sessions end before a refresh token dies)");
+        }
+        if !per_user && (raw.session_idle_timeout.is_some() || raw.session_max_age.is_some()) {
+            self.issue(key, "session_idle_timeout and session_max_age apply to type = \"oauth_user\" only");
+        }
+        Some(OAuthConfig {
+            client_id: raw.client_id,
+            client_secret,
+            scopes,
+            redirect_uri: raw.redirect_uri,
+            authorize_url,
+            token_url: token_url?,
+            token_store: token_store?,
+            refresh_ahead: self.duration(&format!("{key}.refresh_ahead"), raw.refresh_ahead, Duration::from_secs(300)),
+            keepalive: self.duration(&format!("{key}.keepalive"), raw.keepalive, Duration::from_secs(7 * 24 * 3600)),
+            session_idle_timeout: self.duration(
+                &format!("{key}.session_idle_timeout"),
+                raw.session_idle_timeout,
+                Duration::from_secs(8 * 3600),
+            ),
+            session_max_age: self.duration(
+                &format!("{key}.session_max_age"),
+                raw.session_max_age,
+                Duration::from_secs(7 * 24 * 3600),
+            ),
+        })
+    }
+
+    fn token_store(&mut self, key: &str, raw: Option<&str>, per_user: bool) -> Option<TokenStoreConfig> {
+        let key = format!("{key}.token_store");
+        match raw {
+            None if per_user => Some(TokenStoreConfig::Memory),
+            None => {
+                self.issue(
+                    key,
+                    "required for an oauth credential: \"file:/var/lib/awork-gateway/tokens\" keeps the grant across restarts (\"memory\" does not)",
+                );
+                None
+            }
+            Some("memory") => {
+                if !per_user {
+                    self.warn(key, "\"memory\" loses the grant on restart: an admin must log in again each time");
+                }
+                Some(TokenStoreConfig::Memory)
+            }
+            Some("redis") => {
+                self.issue(key, "\"redis\" needs the [redis] section, which this version does not have yet; use \"file:DIR\"");
+                None
+            }
+            Some(other) => match other.strip_prefix("file:") {
+                Some(dir) if !dir.is_empty() => Some(TokenStoreConfig::File(PathBuf::from(dir))),
+                _ => {
+                    self.issue(key, format!("{other:?} is not \"file:DIR\" or \"memory\""));
+                    None
+                }
+            },
+        }
     }
 
     fn secret(&mut self, key: &str, raw: raw::RawSecret) -> SecretSource {
@@ -483,9 +638,10 @@ impl<'a> Validator<'a> {
             if c.per_minute == Some(0) {
                 self.issue(format!("{key}.per_minute"), "must be at least 1");
             }
+            let per_user = matches!(credentials.get(credential).map(|c| &c.kind), Some(CredentialKind::OAuthUser(_)));
             let client =
                 ClientConfig { name: c.name, token_sha256, networks, credential, allow, per_minute: c.per_minute };
-            self.reachable(&key, &client, &out, c.token_sha256.is_some(), !c.networks.is_empty());
+            self.reachable(&key, &client, &out, c.token_sha256.is_some(), !c.networks.is_empty(), per_user);
             out.push(client);
         }
         out
@@ -499,7 +655,20 @@ impl<'a> Validator<'a> {
         earlier: &[ClientConfig],
         has_token: bool,
         has_networks: bool,
+        per_user: bool,
     ) {
+        if per_user {
+            if has_token || has_networks {
+                self.issue(
+                    key,
+                    "a client of an oauth_user credential is identified by its people's sessions; remove `token_sha256` and `networks`",
+                );
+            }
+            if let Some(other) = earlier.iter().find(|o| o.credential == client.credential) {
+                self.issue(key, format!("can never match: client {:?} already takes these sessions", other.name));
+            }
+            return;
+        }
         if !has_token && !has_networks {
             self.issue(key, "can never match: give it `token_sha256` or `networks`");
             return;

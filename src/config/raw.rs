@@ -78,10 +78,25 @@ impl std::fmt::Debug for RawSecret {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RawCredential {
     ApiKey(RawApiKey),
-    /// OAuth grants are part of the contract but not of this build yet: named so that
-    /// validation can say so instead of "unknown variant".
-    Oauth(serde::de::IgnoredAny),
-    OauthUser(serde::de::IgnoredAny),
+    Oauth(RawOAuth),
+    OauthUser(RawOAuth),
+}
+
+/// Both OAuth types; validation refuses the keys that do not apply to one of them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth {
+    pub client_id: String,
+    pub client_secret: Option<RawSecret>,
+    pub scopes: Option<Vec<String>>,
+    pub redirect_uri: String,
+    pub token_store: Option<String>,
+    pub authorize_url: Option<String>,
+    pub token_url: Option<String>,
+    pub refresh_ahead: Option<String>,
+    pub keepalive: Option<String>,
+    pub session_idle_timeout: Option<String>,
+    pub session_max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

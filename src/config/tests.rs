@@ -125,10 +125,70 @@ fn durations_are_human_strings() {
     assert!(msg.starts_with("upstream.connect_timeout: \"5 parsecs\" is not a duration"), "{msg}");
 }
 
+const OAUTH: &str = r#"
+[upstream]
+url = "http://127.0.0.1:4000"
+
+[credentials.service]
+type = "oauth"
+client_id = "gw"
+redirect_uri = "http://127.0.0.1:9090/oauth/service/callback"
+token_store = "memory"
+
+[credentials.people]
+type = "oauth_user"
+client_id = "gw-users"
+client_secret = { env = "AWORK_API_KEY" }
+redirect_uri = "https://gateway.internal/oauth2/callback"
+session_idle_timeout = "1h"
+
+[[clients]]
+name = "staff"
+credential = "people"
+allow = ["* /api/v1/**"]
+
+[[clients]]
+name = "sync"
+networks = ["10.0.0.0/8"]
+credential = "service"
+allow = ["read-only"]
+"#;
+
 #[test]
-fn oauth_types_say_they_are_not_available_yet() {
-    let msg = first_issue("[credentials.svc]\ntype = \"oauth\"\nclient_id = \"x\"\n");
-    assert!(msg.starts_with("credentials.svc.type: OAuth credentials are not available"), "{msg}");
+fn oauth_credentials_default_their_urls_from_the_upstream() {
+    let loaded = parse(OAUTH).expect("valid");
+    let service = loaded.config.credentials.iter().find(|c| c.name == "service").expect("service");
+    let CredentialKind::OAuth(oauth) = &service.kind else { panic!("oauth expected") };
+    assert_eq!(oauth.authorize_url, "http://127.0.0.1:4000/api/v1/accounts/authorize");
+    assert_eq!(oauth.token_url.to_string(), "http://127.0.0.1:4000/api/v1/accounts/token");
+    assert_eq!(oauth.scopes, ["full_access", "offline_access"]);
+    assert_eq!(oauth.refresh_ahead, Duration::from_secs(300));
+    assert_eq!(oauth.keepalive, Duration::from_secs(7 * 24 * 3600));
+    let people = loaded.config.credentials.iter().find(|c| c.name == "people").expect("people");
+    let CredentialKind::OAuthUser(user) = &people.kind else { panic!("oauth_user expected") };
+    assert_eq!(user.session_idle_timeout, Duration::from_secs(3600));
+    assert_eq!(user.token_store, TokenStoreConfig::Memory);
+    assert_eq!(loaded.warnings.len(), 1, "memory store of a service grant warns: {:?}", loaded.warnings);
+}
+
+#[test]
+fn oauth_service_grant_needs_a_durable_token_store() {
+    let msg = first_issue(&OAUTH.replace("token_store = \"memory\"\n", ""));
+    assert!(msg.starts_with("credentials.service.token_store: required"), "{msg}");
+    let msg = first_issue(&OAUTH.replace("token_store = \"memory\"", "token_store = \"redis\""));
+    assert!(msg.contains("[redis]"), "{msg}");
+}
+
+#[test]
+fn oauth_user_clients_are_identified_by_sessions_only() {
+    let msg = first_issue(&OAUTH.replace("name = \"staff\"\n", "name = \"staff\"\nnetworks = [\"10.0.0.0/8\"]\n"));
+    assert!(msg.starts_with("clients[0]: a client of an oauth_user credential"), "{msg}");
+}
+
+#[test]
+fn keys_of_the_other_oauth_type_are_refused() {
+    let msg = first_issue(&OAUTH.replace("session_idle_timeout = \"1h\"", "keepalive = \"1d\""));
+    assert!(msg.starts_with("credentials.people.keepalive: applies to type = \"oauth\" only"), "{msg}");
 }
 
 #[test]

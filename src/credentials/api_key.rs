@@ -144,14 +144,17 @@ impl ApiKey {
         let state = self.state.load();
         let ready = state.header.is_some() && state.error.is_none();
         let age = state.loaded_at.elapsed();
-        self.metrics.set_credential_state(&self.name, age, ready);
+        self.metrics.set_credential_state(&self.name, Some(age), ready, None);
         CredentialStatus {
             name: self.name.clone(),
             kind: "api_key",
             source: self.source.to_string(),
+            state: if ready { "ready" } else { "login_needed" },
             ready,
-            loaded_seconds_ago: age.as_secs(),
-            error: state.error.clone(),
+            loaded_seconds_ago: Some(age.as_secs()),
+            expires_in_seconds: None,
+            sessions: None,
+            reason: state.error.clone(),
         }
     }
 }

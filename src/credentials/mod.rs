@@ -1,16 +1,28 @@
-//! The awork credentials the gateway attaches, and their life: loading, watching, rotating.
+//! The awork credentials the gateway attaches, and their life: API keys (loaded, watched,
+//! rotated), OAuth service grants (refreshed ahead of expiry, exactly once), and per-person
+//! OAuth sessions.
 //!
-//! Config names the credentials; this module holds their current secrets, which outlive a
-//! config reload and change without one.
+//! Config names the credentials; this module holds their current secrets, which change
+//! without a config reload.
 
 pub mod api_key;
+pub mod grant;
+pub mod oauth;
+pub mod sessions;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use api_key::ApiKey;
+pub use grant::{Grant, GrantStatus};
+use oauth::OAuthClient;
+pub use sessions::{PendingLogins, Sessions};
+use store::TokenStore;
+
 use crate::config::{Config, CredentialKind, Env};
 use crate::metrics::Metrics;
-pub use api_key::ApiKey;
+use crate::upstream::HttpClient;
 
 /// How often `{ file }` secrets are re-read to pick up a rotation.
 pub const SECRET_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -22,61 +34,248 @@ pub struct CredentialStatus {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub source: String,
+    /// `ready`, `degraded` (serving, a refresh or reload is failing) or `login_needed`.
+    pub state: &'static str,
     pub ready: bool,
-    pub loaded_seconds_ago: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub loaded_seconds_ago: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One credential at run time.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    ApiKey(Arc<ApiKey>),
+    OAuth(Arc<Grant>),
+    OAuthUser(Arc<Sessions>),
+}
+
+/// Why the credentials could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("credentials.{credential}.token_store: {reason}")]
+pub struct SetupError {
+    credential: String,
+    reason: String,
 }
 
 /// All credentials, in config order (clients refer to them by index).
 #[derive(Debug, Clone)]
 pub struct Credentials {
-    api_keys: Arc<[Arc<ApiKey>]>,
+    list: Arc<[(String, Credential)]>,
+    pub pending: Arc<PendingLogins>,
+    metrics: Arc<Metrics>,
 }
 
 impl Credentials {
-    /// Loads every credential's secret once.
-    pub fn load(config: &Config, env: Arc<dyn Env>, metrics: Arc<Metrics>) -> Self {
-        let api_keys = config
-            .credentials
-            .iter()
-            .map(|c| match &c.kind {
+    /// Loads every API key and restores every stored grant and session.
+    pub fn load(config: &Config, env: Arc<dyn Env>, metrics: Arc<Metrics>, http: HttpClient) -> Result<Self, SetupError> {
+        let mut list = Vec::with_capacity(config.credentials.len());
+        for c in &config.credentials {
+            let credential = match &c.kind {
                 CredentialKind::ApiKey { key } => {
-                    Arc::new(ApiKey::load(&c.name, key.clone(), env.clone(), metrics.clone()))
+                    Credential::ApiKey(Arc::new(ApiKey::load(&c.name, key.clone(), env.clone(), metrics.clone())))
                 }
-            })
-            .collect();
-        Self { api_keys }
+                CredentialKind::OAuth(oauth) | CredentialKind::OAuthUser(oauth) => {
+                    let store = TokenStore::open(&oauth.token_store)
+                        .map_err(|e| SetupError { credential: c.name.clone(), reason: e.to_string() })?;
+                    let client = Arc::new(OAuthClient::new(&c.name, oauth.clone(), env.clone(), http.clone(), metrics.clone()));
+                    if matches!(c.kind, CredentialKind::OAuth(_)) {
+                        let hint = format!(
+                            "log in at http://{}/oauth/{}/login or run `awork-gateway login {}`",
+                            config.server.admin_listen, c.name, c.name
+                        );
+                        Credential::OAuth(Arc::new(Grant::restore(&c.name, client, Arc::new(store), hint)))
+                    } else {
+                        Credential::OAuthUser(Arc::new(Sessions::restore(client, Arc::new(store))))
+                    }
+                }
+            };
+            list.push((c.name.clone(), credential));
+        }
+        Ok(Self { list: list.into(), pending: Arc::new(PendingLogins::default()), metrics })
     }
 
     /// The credential at this config index.
-    pub fn get(&self, index: usize) -> Option<&Arc<ApiKey>> {
-        self.api_keys.get(index)
+    pub fn get(&self, index: usize) -> Option<&Credential> {
+        self.list.get(index).map(|(_, c)| c)
     }
 
-    /// Re-reads every secret source now (SIGHUP).
+    /// A credential's index by name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.list.iter().position(|(n, _)| n == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &str, &Credential)> {
+        self.list.iter().enumerate().map(|(i, (n, c))| (i, n.as_str(), c))
+    }
+
+    /// Re-reads every API key's source now (SIGHUP).
     pub fn reload_all(&self) {
-        for key in self.api_keys.iter() {
-            key.reload();
+        for (_, credential) in self.list.iter() {
+            if let Credential::ApiKey(key) = credential {
+                key.reload();
+            }
         }
     }
 
-    /// Watches `{ file }` secrets until the returned task is aborted.
-    pub fn spawn_watcher(&self) -> tokio::task::JoinHandle<()> {
-        let watched: Vec<Arc<ApiKey>> = self.api_keys.iter().filter(|k| k.is_file()).cloned().collect();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SECRET_POLL_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                for key in &watched {
-                    key.reload();
+    /// Watches `{ file }` keys and keeps service grants fresh, until the tasks are aborted.
+    pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let watched: Vec<Arc<ApiKey>> = self
+            .list
+            .iter()
+            .filter_map(|(_, c)| match c {
+                Credential::ApiKey(k) if k.is_file() => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        if !watched.is_empty() {
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SECRET_POLL_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    for key in &watched {
+                        key.reload();
+                    }
                 }
+            }));
+        }
+        for (_, credential) in self.list.iter() {
+            if let Credential::OAuth(grant) = credential {
+                tasks.push(tokio::spawn(grant.clone().keep_fresh()));
             }
-        })
+        }
+        tasks
     }
 
     pub fn statuses(&self) -> Vec<CredentialStatus> {
-        self.api_keys.iter().map(|k| k.status()).collect()
+        self.list.iter().map(|(name, c)| self.status(name, c)).collect()
+    }
+
+    fn status(&self, name: &str, credential: &Credential) -> CredentialStatus {
+        match credential {
+            Credential::ApiKey(key) => key.status(),
+            Credential::OAuth(grant) => {
+                let state = grant.state();
+                let expires_in = state.expires_at().map(|at| at.saturating_sub(oauth::unix_now()));
+                let (label, ready, reason) = match &state.status {
+                    GrantStatus::Ready => ("ready", true, None),
+                    GrantStatus::Degraded(r) => ("degraded", true, Some(r.clone())),
+                    GrantStatus::LoginNeeded(r) => ("login_needed", false, Some(r.clone())),
+                };
+                self.metrics.set_credential_state(name, None, ready, expires_in);
+                CredentialStatus {
+                    name: name.to_owned(),
+                    kind: "oauth",
+                    source: grant.client().config().token_store_description(),
+                    state: label,
+                    ready,
+                    loaded_seconds_ago: None,
+                    expires_in_seconds: expires_in,
+                    sessions: None,
+                    reason,
+                }
+            }
+            Credential::OAuthUser(sessions) => {
+                self.metrics.set_credential_state(name, None, true, None);
+                CredentialStatus {
+                    name: name.to_owned(),
+                    kind: "oauth_user",
+                    source: sessions.client().config().token_store_description(),
+                    state: "ready",
+                    ready: true,
+                    loaded_seconds_ago: None,
+                    expires_in_seconds: None,
+                    sessions: Some(sessions.count()),
+                    reason: None,
+                }
+            }
+        }
+    }
+}
+
+/// How a finished login ended.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    /// A service grant is stored and in use.
+    Service { credential: String },
+    /// A person's session was created; the token is shown to them once.
+    Session { credential: String, token: String, return_to: Option<String> },
+}
+
+/// Why a login could not start or finish; said to the person in the browser.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoginError {
+    #[error("no OAuth credential {0:?} here")]
+    UnknownCredential(String),
+    #[error("this login link has expired or was already used; start the login again")]
+    UnknownState,
+    #[error("awork did not grant access: {0}")]
+    Denied(String),
+    #[error("awork did not accept the code: {0}")]
+    Exchange(String),
+    #[error("the grant could not be stored: {0}")]
+    Store(String),
+}
+
+impl Credentials {
+    /// Starts a login for the OAuth credential at `index`: the authorize URL to send the
+    /// person to.
+    pub fn start_login(&self, index: usize, return_to: Option<String>) -> Result<String, LoginError> {
+        let client = match self.get(index) {
+            Some(Credential::OAuth(grant)) => grant.client().clone(),
+            Some(Credential::OAuthUser(sessions)) => sessions.client().clone(),
+            _ => return Err(LoginError::UnknownCredential(index.to_string())),
+        };
+        let (state, pkce) = self.pending.start(index, return_to);
+        Ok(client.authorize_url(&state, &pkce))
+    }
+
+    /// Finishes a login from the callback's `state` and `code` (or awork's `error`). With
+    /// `expect`, the state must belong to that credential.
+    pub async fn complete_login(
+        &self,
+        state: &str,
+        code: Result<&str, String>,
+        expect: Option<usize>,
+    ) -> Result<LoginOutcome, LoginError> {
+        let pending = self.pending.take(state).ok_or(LoginError::UnknownState)?;
+        if expect.is_some_and(|index| index != pending.credential) {
+            return Err(LoginError::UnknownState);
+        }
+        let code = code.map_err(LoginError::Denied)?;
+        let (name, credential) = self.list.get(pending.credential).ok_or(LoginError::UnknownState)?;
+        match credential {
+            Credential::OAuth(grant) => {
+                let tokens = grant
+                    .client()
+                    .exchange_code(code, &pending.verifier)
+                    .await
+                    .map_err(|e| LoginError::Exchange(e.to_string()))?;
+                grant.install(tokens).await.map_err(|e| LoginError::Store(e.0))?;
+                Ok(LoginOutcome::Service { credential: name.clone() })
+            }
+            Credential::OAuthUser(sessions) => {
+                let tokens = sessions
+                    .client()
+                    .exchange_code(code, &pending.verifier)
+                    .await
+                    .map_err(|e| LoginError::Exchange(e.to_string()))?;
+                let token = sessions.create(tokens).await.map_err(|e| LoginError::Store(e.0))?;
+                Ok(LoginOutcome::Session { credential: name.clone(), token, return_to: pending.return_to.clone() })
+            }
+            Credential::ApiKey(_) => Err(LoginError::UnknownCredential(name.clone())),
+        }
+    }
+
+    /// Ends the session this token opens, in whichever `oauth_user` credential holds it.
+    pub fn end_session(&self, token: &str) -> bool {
+        self.list.iter().any(|(_, c)| matches!(c, Credential::OAuthUser(sessions) if sessions.end(token)))
     }
 }

@@ -1,5 +1,6 @@
 //! Who is calling. In order: a presented gateway token (Bearer, or Basic with the client's
-//! name as user), then the peer's network. Otherwise 401.
+//! name as user), a signed-in person's session (Bearer or the session cookie), then the
+//! peer's network. Otherwise 401. A person keeps their own rights even on a trusted network.
 //!
 //! Tokens are compared as sha256 digests in constant time against every client, so
 //! neither the token nor which client it belongs to can be timed out of the gateway.
@@ -16,8 +17,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use super::{ClientIdentity, Decision, GatewayResponse, PeerAddr, request_id_of};
+use super::{ClientIdentity, Decision, GatewayResponse, PeerAddr, UserSession, request_id_of};
 use crate::config::Config;
+use crate::credentials::sessions::{Session, Sessions};
+use crate::credentials::{Credential, Credentials};
 use crate::error::GatewayError;
 
 #[derive(Debug)]
@@ -27,15 +30,33 @@ struct Client {
     networks: Vec<IpNet>,
 }
 
+/// The session cookie set by `/oauth2/callback`.
+pub const SESSION_COOKIE: &str = "awork_gateway_session";
+
 /// The clients of a config, ready for matching.
 #[derive(Debug)]
 pub struct Identities {
     clients: Vec<Client>,
+    /// Per `oauth_user` credential: the client its sessions belong to, and the sessions.
+    sessions: Vec<(usize, Arc<Sessions>)>,
+}
+
+/// A caller, once identified.
+#[derive(Debug)]
+pub struct Identified<'a> {
+    pub identity: &'a ClientIdentity,
+    pub session: Option<Arc<Session>>,
+}
+
+impl<'a> Identified<'a> {
+    fn client(client: &'a Client) -> Self {
+        Self { identity: &client.identity, session: None }
+    }
 }
 
 impl Identities {
-    pub fn new(config: &Config) -> Self {
-        let clients = config
+    fn clients(config: &Config) -> Vec<Client> {
+        config
             .clients
             .iter()
             .enumerate()
@@ -44,22 +65,36 @@ impl Identities {
                 token_sha256: c.token_sha256,
                 networks: c.networks.clone(),
             })
+            .collect()
+    }
+
+    pub fn new(config: &Config, credentials: &Credentials) -> Self {
+        let sessions = config
+            .clients
+            .iter()
+            .enumerate()
+            .filter_map(|(index, c)| match credentials.get(c.credential) {
+                Some(Credential::OAuthUser(sessions)) => Some((index, sessions.clone())),
+                _ => None,
+            })
             .collect();
-        Self { clients }
+        Self { clients: Self::clients(config), sessions }
     }
 
     /// Decides who sent a request with these headers from this peer.
-    pub fn identify(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<&ClientIdentity, GatewayError> {
+    pub fn identify(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<Identified<'_>, GatewayError> {
+        let mut bearer = None;
         let presented = match headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) {
             Some(value) => {
                 if let Some(token) = strip_scheme(value, b"bearer ") {
                     if let Some(client) = self.by_token(token) {
-                        return Ok(&client.identity);
+                        return Ok(Identified::client(client));
                     }
+                    bearer = std::str::from_utf8(token).ok();
                     true
                 } else if let Some(encoded) = strip_scheme(value, b"basic ") {
                     match self.by_basic(encoded) {
-                        BasicMatch::Client(client) => return Ok(&client.identity),
+                        BasicMatch::Client(client) => return Ok(Identified::client(client)),
                         BasicMatch::WrongToken(name) => {
                             return Err(GatewayError::Unauthenticated(format!("wrong token for client {name:?}")));
                         }
@@ -71,10 +106,23 @@ impl Identities {
             }
             None => false,
         };
+        let cookie = session_cookie(headers);
+        for token in [bearer, cookie].into_iter().flatten() {
+            for (index, sessions) in &self.sessions {
+                if let (Some(session), Some(client)) = (sessions.lookup(token), self.clients.get(*index)) {
+                    return Ok(Identified { identity: &client.identity, session: Some(session) });
+                }
+            }
+        }
         if let Some(ip) = peer.map(|ip| ip.to_canonical()) {
             if let Some(client) = self.clients.iter().find(|c| c.networks.iter().any(|n| n.contains(&ip))) {
-                return Ok(&client.identity);
+                return Ok(Identified::client(client));
             }
+        }
+        if cookie.is_some() && !self.sessions.is_empty() {
+            return Err(GatewayError::Unauthenticated(
+                "the session has ended; sign in again at /oauth2/start".to_owned(),
+            ));
         }
         Err(GatewayError::Unauthenticated(if presented {
             "the presented credentials match no client of this gateway".to_owned()
@@ -122,6 +170,18 @@ enum BasicMatch<'a> {
     Client(&'a Client),
     WrongToken(&'a str),
     NoSuchClient,
+}
+
+/// The gateway session cookie's value, if the caller sent one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim_matches('"'))
 }
 
 /// The credentials after an auth scheme (matched case-insensitively), trimmed.
@@ -172,9 +232,12 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         match self.identities.identify(req.headers(), peer) {
-            Ok(identity) => {
+            Ok(Identified { identity, session }) => {
                 let identity = identity.clone();
                 req.extensions_mut().insert(identity.clone());
+                if let Some(session) = session {
+                    req.extensions_mut().insert(UserSession(session));
+                }
                 MarkClient { inner: Decision::Inner { future: self.inner.call(req) }, identity: Some(identity) }
             }
             Err(e) => {
@@ -235,7 +298,7 @@ mod tests {
             "#
         );
         let loaded = Config::parse(&text, "t", &HashMap::new()).expect("config");
-        Identities::new(&loaded.config)
+        Identities { clients: Identities::clients(&loaded.config), sessions: Vec::new() }
     }
 
     fn headers(auth: &str) -> HeaderMap {
@@ -254,10 +317,10 @@ mod tests {
     #[test]
     fn bearer_or_basic_token_identifies_its_client_from_anywhere() {
         let ids = identities();
-        assert_eq!(&*ids.identify(&headers("Bearer tok-powerbi"), REMOTE).expect("bearer").name, "powerbi");
-        assert_eq!(&*ids.identify(&headers("bearer  tok-powerbi "), REMOTE).expect("case").name, "powerbi");
+        assert_eq!(&*ids.identify(&headers("Bearer tok-powerbi"), REMOTE).expect("bearer").identity.name, "powerbi");
+        assert_eq!(&*ids.identify(&headers("bearer  tok-powerbi "), REMOTE).expect("case").identity.name, "powerbi");
         let via_basic = ids.identify(&headers(&basic("powerbi", "tok-powerbi")), REMOTE).expect("basic");
-        assert_eq!(&*via_basic.name, "powerbi");
+        assert_eq!(&*via_basic.identity.name, "powerbi");
     }
 
     #[test]
@@ -270,10 +333,10 @@ mod tests {
     #[test]
     fn trusted_network_matches_and_ignores_an_old_awork_key() {
         let ids = identities();
-        assert_eq!(&*ids.identify(&HeaderMap::new(), LOOPBACK).expect("net").name, "local");
-        assert_eq!(&*ids.identify(&headers("Bearer old-awork-key"), LOOPBACK).expect("net").name, "local");
+        assert_eq!(&*ids.identify(&HeaderMap::new(), LOOPBACK).expect("net").identity.name, "local");
+        assert_eq!(&*ids.identify(&headers("Bearer old-awork-key"), LOOPBACK).expect("net").identity.name, "local");
         let mapped = Some("::ffff:127.0.0.1".parse().expect("ip"));
-        assert_eq!(&*ids.identify(&HeaderMap::new(), mapped).expect("mapped").name, "local");
+        assert_eq!(&*ids.identify(&HeaderMap::new(), mapped).expect("mapped").identity.name, "local");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Strips what the caller sent to authenticate and attaches the awork credential of its
-//! client. When awork refuses an API key, the key's source is re-read at once (it may just
-//! have been rotated) and a bodiless request is replayed once with the new key.
+//! client: an API key, the OAuth service grant's access token, or the signed-in person's.
+//! When awork answers 401, the credential is renewed at once (an API key re-read, a token
+//! refreshed; once, whoever asks first) and a bodiless request is replayed with it. A grant
+//! that cannot be renewed answers 503 saying where to log in.
 //!
 //! Cookies are dropped entirely: the awork API does not use them, and the caller's cookies
 //! (the gateway session, an intranet SSO) are nobody's business at awork.
@@ -11,20 +13,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, Method, Request, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 use http_body::Body;
 use tower::{Layer, Service, ServiceExt};
 
-use super::{ClientIdentity, GatewayRequest, GatewayResponse, request_id_of};
+use super::{ClientIdentity, GatewayRequest, GatewayResponse, UserSession, request_id_of};
 use crate::body::RequestBody;
 use crate::config::Config;
-use crate::credentials::{ApiKey, Credentials};
+use crate::credentials::{ApiKey, Credential, Credentials, Grant, GrantStatus};
 use crate::error::GatewayError;
 
 #[derive(Debug, Clone)]
 pub struct CredentialLayer {
     /// Per client index: its credential.
-    by_client: Arc<[Arc<ApiKey>]>,
+    by_client: Arc<[Credential]>,
 }
 
 impl CredentialLayer {
@@ -45,7 +47,55 @@ impl<S> Layer<S> for CredentialLayer {
 #[derive(Debug, Clone)]
 pub struct AttachCredential<S> {
     inner: S,
-    by_client: Arc<[Arc<ApiKey>]>,
+    by_client: Arc<[Credential]>,
+}
+
+/// The one secret this request will carry.
+enum Attach {
+    Key(Arc<ApiKey>),
+    Grant(Arc<Grant>),
+}
+
+impl Attach {
+    fn name(&self) -> &str {
+        match self {
+            Self::Key(key) => key.name(),
+            Self::Grant(grant) => grant.client().credential(),
+        }
+    }
+
+    /// The header to send and the generation of the secret in it.
+    async fn authorization(&self) -> Result<(HeaderValue, u64), String> {
+        match self {
+            Self::Key(key) => {
+                let state = key.current();
+                match &state.header {
+                    Some(header) => Ok((header.clone(), state.generation)),
+                    None => Err(state.error.clone().unwrap_or_else(|| "not loaded".into())),
+                }
+            }
+            Self::Grant(grant) => grant.authorization().await.map_err(|e| e.0),
+        }
+    }
+
+    /// awork refused the secret of `generation`: is a newer one in use now?
+    async fn renewed_after_rejection(&self, generation: u64) -> bool {
+        match self {
+            Self::Key(key) => key.refresh_after_rejection(generation).await,
+            Self::Grant(grant) => grant.after_rejection(generation).await,
+        }
+    }
+
+    /// Why the credential is beyond renewal, if it is.
+    fn login_needed(&self) -> Option<String> {
+        match self {
+            Self::Key(_) => None,
+            Self::Grant(grant) => match &grant.state().status {
+                GrantStatus::LoginNeeded(reason) => Some(reason.clone()),
+                _ => None,
+            },
+        }
+    }
 }
 
 /// What is needed to send a bodiless request again.
@@ -70,44 +120,47 @@ where
     }
 
     fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
-        let key = req.extensions().get::<ClientIdentity>().and_then(|id| self.by_client.get(id.index)).cloned();
-        let Some(key) = key else {
-            let answer = GatewayError::Unauthenticated("no client identified".into()).to_response(request_id_of(&req));
-            return Box::pin(async move { Ok(answer) });
+        let request_id = request_id_of(&req).to_owned();
+        let attach = match self.credential_for(&req) {
+            Ok(attach) => attach,
+            Err(e) => return Box::pin(async move { Ok(e.to_response(&request_id)) }),
         };
         let headers = req.headers_mut();
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::PROXY_AUTHORIZATION);
         headers.remove(header::COOKIE);
-        let state = key.current();
-        let Some(auth) = state.header.clone() else {
-            let answer = GatewayError::CredentialUnavailable {
-                credential: key.name().to_owned(),
-                reason: state.error.clone().unwrap_or_else(|| "not loaded".into()),
-            }
-            .to_response(request_id_of(&req));
-            return Box::pin(async move { Ok(answer) });
-        };
-        let generation = state.generation;
-        drop(state);
-        req.headers_mut().insert(header::AUTHORIZATION, auth);
-        let replay = req.body().is_end_stream().then(|| Replay {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-        });
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
+            let unavailable = |reason: String| GatewayError::CredentialUnavailable {
+                credential: attach.name().to_owned(),
+                reason,
+            };
+            let (auth, generation) = match attach.authorization().await {
+                Ok(found) => found,
+                Err(reason) => return Ok(unavailable(reason).to_response(&request_id)),
+            };
+            req.headers_mut().insert(header::AUTHORIZATION, auth);
+            let replay = req.body().is_end_stream().then(|| Replay {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+                headers: req.headers().clone(),
+            });
             let response = inner.call(req).await?;
-            if response.status() != StatusCode::UNAUTHORIZED || !key.refresh_after_rejection(generation).await {
+            if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
-            let (Some(replay), Some(auth)) = (replay, key.current().header.clone()) else {
+            if !attach.renewed_after_rejection(generation).await {
+                return Ok(match attach.login_needed() {
+                    Some(reason) => unavailable(reason).to_response(&request_id),
+                    None => response,
+                });
+            }
+            let (Some(replay), Ok((auth, _))) = (replay, attach.authorization().await) else {
                 return Ok(response);
             };
-            tracing::info!(credential = key.name(), "replaying a request refused by awork with the reloaded key");
+            tracing::info!(credential = attach.name(), request_id, "replaying a request refused by awork with the renewed credential");
             let mut again = Request::new(RequestBody::empty());
             *again.method_mut() = replay.method;
             *again.uri_mut() = replay.uri;
@@ -116,5 +169,20 @@ where
             again.headers_mut().insert(header::AUTHORIZATION, auth);
             inner.ready().await?.call(again).await
         })
+    }
+}
+
+impl<S> AttachCredential<S> {
+    fn credential_for(&self, req: &GatewayRequest) -> Result<Attach, GatewayError> {
+        let credential = req.extensions().get::<ClientIdentity>().and_then(|id| self.by_client.get(id.index));
+        match credential {
+            Some(Credential::ApiKey(key)) => Ok(Attach::Key(key.clone())),
+            Some(Credential::OAuth(grant)) => Ok(Attach::Grant(grant.clone())),
+            Some(Credential::OAuthUser(_)) => match req.extensions().get::<UserSession>() {
+                Some(session) => Ok(Attach::Grant(session.0.grant.clone())),
+                None => Err(GatewayError::Unauthenticated("sign in first at /oauth2/start".into())),
+            },
+            None => Err(GatewayError::Unauthenticated("no client identified".into())),
+        }
     }
 }

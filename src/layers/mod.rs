@@ -1,5 +1,5 @@
 //! The request path, one tower layer per file, outside in:
-//! request id -> access log -> client identity -> policy -> credential -> upstream.
+//! request id -> access log -> sign-in routes -> client identity -> policy -> credential -> upstream.
 //!
 //! Every layer answers its own failures as HTTP responses, so the stack's error type is
 //! `Infallible`. What a layer learns for the ones outside it travels in extensions.
@@ -9,6 +9,7 @@ pub mod client_identity;
 pub mod credential;
 pub mod policy;
 pub mod request_id;
+pub mod sign_in;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,6 +36,10 @@ pub struct ClientIdentity {
     pub index: usize,
     pub name: Arc<str>,
 }
+
+/// The signed-in person of an `oauth_user` client.
+#[derive(Debug, Clone)]
+pub struct UserSession(pub Arc<crate::credentials::sessions::Session>);
 
 /// How long awork took to answer with headers; set on responses by the upstream service.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,307 @@
+//! One OAuth grant and its token manager: the access token requests use, refreshed ahead of
+//! expiry, exactly once per due time however many requests are waiting.
+//!
+//! awork's refresh tokens rotate, so a refresh is a one-way door: the lock below makes sure
+//! only one token request is ever in flight for a grant, every waiter takes its result, and
+//! the new tokens are on disk before any request uses them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use tokio::sync::{Mutex, Notify};
+
+use super::oauth::{OAuthClient, TokenError, Tokens, unix_now};
+use super::store::TokenStore;
+
+/// An access token is not used in its last seconds: it could expire on the way to awork.
+const EXPIRY_SKEW_SECS: u64 = 5;
+/// Backoff bounds for a failing token endpoint.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The grant's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantStatus {
+    Ready,
+    /// Serving, but the last refresh (or save) failed; being retried.
+    Degraded(String),
+    /// No usable tokens: a person must log in.
+    LoginNeeded(String),
+}
+
+/// What requests read, swapped whole on every change.
+#[derive(Debug)]
+pub struct GrantState {
+    tokens: Option<Tokens>,
+    /// `Bearer <access token>`, marked sensitive.
+    header: Option<HeaderValue>,
+    /// Bumped each time the access token changes.
+    pub generation: u64,
+    /// Bumped each time a refresh is attempted, whatever its outcome.
+    attempts: u64,
+    /// Unix seconds of the last failed attempt, so a burst of requests past expiry does not
+    /// hammer a failing token endpoint.
+    failed_at: u64,
+    pub status: GrantStatus,
+}
+
+impl GrantState {
+    pub fn expires_at(&self) -> Option<u64> {
+        self.tokens.as_ref().map(|t| t.expires_at)
+    }
+
+    fn usable_header(&self, now: u64) -> Option<&HeaderValue> {
+        match (&self.tokens, &self.header) {
+            (Some(t), Some(h)) if now + EXPIRY_SKEW_SECS < t.expires_at => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// Why a grant cannot give a token now.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+#[derive(Debug)]
+pub struct Grant {
+    /// The name under which the store keeps it.
+    id: String,
+    client: Arc<OAuthClient>,
+    store: Arc<TokenStore>,
+    state: ArcSwap<GrantState>,
+    refreshing: Mutex<()>,
+    changed: Notify,
+    /// Told to people in "log in" messages.
+    login_hint: String,
+}
+
+impl Grant {
+    /// A grant with what the store holds (if anything).
+    pub fn restore(id: &str, client: Arc<OAuthClient>, store: Arc<TokenStore>, login_hint: String) -> Self {
+        let (tokens, status) = match store.load(id) {
+            Ok(Some(tokens)) => (Some(tokens), GrantStatus::Ready),
+            Ok(None) => (None, GrantStatus::LoginNeeded(format!("no grant yet: {login_hint}"))),
+            Err(e) => (None, GrantStatus::LoginNeeded(format!("cannot read the stored grant ({e}): {login_hint}"))),
+        };
+        let grant = Self {
+            id: id.to_owned(),
+            client,
+            store,
+            state: ArcSwap::from_pointee(GrantState { tokens: None, header: None, generation: 0, attempts: 0, failed_at: 0, status }),
+            refreshing: Mutex::new(()),
+            changed: Notify::new(),
+            login_hint,
+        };
+        if let Some(tokens) = tokens {
+            grant.publish(tokens, GrantStatus::Ready, 0);
+        }
+        grant
+    }
+
+    /// A grant made from tokens just obtained (a login); saved before it is used.
+    pub async fn install(&self, tokens: Tokens) -> Result<(), Unavailable> {
+        let _single = self.refreshing.lock().await;
+        self.save(&tokens).await.map_err(|e| Unavailable(format!("cannot save the grant: {e}")))?;
+        let attempts = self.state.load().attempts;
+        self.publish(tokens, GrantStatus::Ready, attempts);
+        tracing::info!(credential = self.client.credential(), grant = %self.id, "grant installed");
+        Ok(())
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn client(&self) -> &Arc<OAuthClient> {
+        &self.client
+    }
+
+    pub fn state(&self) -> arc_swap::Guard<Arc<GrantState>> {
+        self.state.load()
+    }
+
+    /// The `Authorization` header for a request now, and the generation it belongs to.
+    /// Waits only when there is no usable token (first use, or refreshing failed past expiry).
+    pub async fn authorization(self: &Arc<Self>) -> Result<(HeaderValue, u64), Unavailable> {
+        let now = unix_now();
+        let state = self.state.load();
+        if let Some(header) = state.usable_header(now) {
+            if self.refresh_due(&state, now) {
+                self.refresh_in_background(state.attempts);
+            }
+            return Ok((header.clone(), state.generation));
+        }
+        match &state.status {
+            GrantStatus::LoginNeeded(reason) => return Err(Unavailable(reason.clone())),
+            GrantStatus::Degraded(reason) if now.saturating_sub(state.failed_at) < RETRY_MIN.as_secs() => {
+                return Err(Unavailable(reason.clone()));
+            }
+            _ => {}
+        }
+        let attempts = state.attempts;
+        drop(state);
+        self.refresh(attempts).await;
+        let state = self.state.load();
+        match (state.usable_header(unix_now()), &state.status) {
+            (Some(header), _) => Ok((header.clone(), state.generation)),
+            (None, GrantStatus::LoginNeeded(reason) | GrantStatus::Degraded(reason)) => Err(Unavailable(reason.clone())),
+            (None, GrantStatus::Ready) => Err(Unavailable("no usable access token".into())),
+        }
+    }
+
+    /// After awork refused the token of `generation`: refresh once (whoever asks first) and
+    /// tell whether a newer token is now in use.
+    pub async fn after_rejection(&self, generation: u64) -> bool {
+        let attempts = {
+            let state = self.state.load();
+            if state.generation != generation {
+                return true;
+            }
+            state.attempts
+        };
+        self.refresh(attempts).await;
+        self.state.load().generation != generation
+    }
+
+    fn refresh_due(&self, state: &GrantState, now: u64) -> bool {
+        state.tokens.as_ref().is_some_and(|t| now >= self.refresh_at(t))
+    }
+
+    /// When to refresh: ahead of expiry by `refresh_ahead` or a quarter of the lifetime,
+    /// whichever is smaller, and at the latest `keepalive` after the tokens were issued.
+    pub fn refresh_at(&self, tokens: &Tokens) -> u64 {
+        let config = self.client.config();
+        let quarter = tokens.lifetime().as_secs() / 4;
+        let ahead = config.refresh_ahead.as_secs().min(quarter).max(1);
+        let before_expiry = tokens.expires_at.saturating_sub(ahead);
+        before_expiry.min(tokens.obtained_at.saturating_add(config.keepalive.as_secs()))
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, attempts: u64) {
+        if self.refreshing.try_lock().is_err() {
+            return;
+        }
+        let grant = self.clone();
+        tokio::spawn(async move { grant.refresh(attempts).await });
+    }
+
+    /// One refresh attempt, unless another attempt began since the caller looked
+    /// (`seen_attempts`): then the caller takes that attempt's outcome.
+    async fn refresh(&self, seen_attempts: u64) {
+        let _single = self.refreshing.lock().await;
+        let state = self.state.load_full();
+        if state.attempts != seen_attempts {
+            return;
+        }
+        let Some(refresh_token) = state.tokens.as_ref().and_then(|t| t.refresh_token.clone()) else {
+            let reason = format!("the grant has no refresh token: {}", self.login_hint);
+            self.set_status(&state, GrantStatus::LoginNeeded(reason), true);
+            return;
+        };
+        match self.client.refresh(&refresh_token).await {
+            Ok(tokens) => {
+                // The old refresh token is dead now: these tokens go to disk before anything
+                // uses them, and stay in memory even if the disk refuses.
+                let status = match self.save(&tokens).await {
+                    Ok(()) => GrantStatus::Ready,
+                    Err(e) => {
+                        tracing::error!(credential = self.client.credential(), grant = %self.id, error = %e, "cannot save the refreshed grant; it lives in memory only");
+                        GrantStatus::Degraded(format!("cannot save the refreshed grant: {e}"))
+                    }
+                };
+                self.publish(tokens, status, state.attempts + 1);
+            }
+            Err(TokenError::Rejected { code, description }) => {
+                let reason = format!("awork refused the refresh ({code}: {description}); {}", self.login_hint);
+                self.set_status(&state, GrantStatus::LoginNeeded(reason), true);
+                if let Err(e) = self.store.remove(&self.id) {
+                    tracing::warn!(grant = %self.id, error = %e, "cannot remove the dead grant from the store");
+                }
+            }
+            Err(TokenError::Unavailable(reason)) => {
+                self.set_status(&state, GrantStatus::Degraded(reason), false);
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn publish(&self, tokens: Tokens, status: GrantStatus, attempts: u64) {
+        let header = HeaderValue::try_from(format!("Bearer {}", tokens.access_token.expose())).ok().map(|mut h| {
+            h.set_sensitive(true);
+            h
+        });
+        let generation = self.state.load().generation + 1;
+        self.state.store(Arc::new(GrantState { tokens: Some(tokens), header, generation, attempts, failed_at: 0, status }));
+        self.changed.notify_waiters();
+    }
+
+    fn set_status(&self, state: &GrantState, status: GrantStatus, drop_tokens: bool) {
+        if let GrantStatus::LoginNeeded(reason) = &status {
+            tracing::warn!(credential = self.client.credential(), grant = %self.id, reason = %reason, "login needed");
+        }
+        let (tokens, header, generation) = if drop_tokens {
+            (None, None, state.generation + 1)
+        } else {
+            (state.tokens.clone(), state.header.clone(), state.generation)
+        };
+        let failed_at = unix_now();
+        self.state.store(Arc::new(GrantState { tokens, header, generation, attempts: state.attempts + 1, failed_at, status }));
+    }
+
+    async fn save(&self, tokens: &Tokens) -> std::io::Result<()> {
+        let (store, id, tokens) = (self.store.clone(), self.id.clone(), tokens.clone());
+        tokio::task::spawn_blocking(move || store.save(&id, &tokens)).await.map_err(std::io::Error::other)?
+    }
+
+    /// Forgets the grant (logout).
+    pub fn forget(&self) {
+        if let Err(e) = self.store.remove(&self.id) {
+            tracing::warn!(grant = %self.id, error = %e, "cannot remove the grant from the store");
+        }
+        let state = self.state.load_full();
+        self.set_status(&state, GrantStatus::LoginNeeded("signed out".into()), true);
+    }
+
+    /// Keeps a long-lived grant fresh: refreshes at its due time even when no request comes,
+    /// and retries a failing token endpoint with backoff and jitter. Runs until aborted.
+    pub async fn keep_fresh(self: Arc<Self>) {
+        let mut backoff = RETRY_MIN;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = self.state.load_full();
+            let wait = match (&state.tokens, &state.status) {
+                (_, GrantStatus::LoginNeeded(_)) | (None, _) => None,
+                (Some(_), GrantStatus::Degraded(_)) => Some(jitter(backoff)),
+                (Some(tokens), GrantStatus::Ready) => {
+                    backoff = RETRY_MIN;
+                    Some(Duration::from_secs(self.refresh_at(tokens).saturating_sub(unix_now())))
+                }
+            };
+            match wait {
+                None => notified.await,
+                Some(wait) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {
+                            self.refresh(state.attempts).await;
+                            if matches!(self.state.load().status, GrantStatus::Degraded(_)) {
+                                backoff = (backoff * 2).min(RETRY_MAX);
+                            }
+                        }
+                        _ = notified => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `base` give or take 20 %.
+fn jitter(base: Duration) -> Duration {
+    let factor = 0.8 + rand::random::<f64>() * 0.4;
+    base.mul_f64(factor)
+}

@@ -1,0 +1,216 @@
+//! Where grants live between restarts. The file store writes each grant to its own file
+//! (0600, in a 0700 directory) by write-aside, fsync, rename, fsync of the directory: a
+//! crash at any moment leaves either the old or the new tokens on disk, never a torn file.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::oauth::Tokens;
+use crate::config::{Secret, TokenStoreConfig};
+
+/// The on-disk form; only ever built from and into `Tokens`, never printed.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    access_token: String,
+    expires_at: u64,
+    refresh_token: Option<String>,
+    obtained_at: u64,
+}
+
+impl From<&Tokens> for Stored {
+    fn from(t: &Tokens) -> Self {
+        Self {
+            access_token: t.access_token.expose().to_owned(),
+            expires_at: t.expires_at,
+            refresh_token: t.refresh_token.as_ref().map(|r| r.expose().to_owned()),
+            obtained_at: t.obtained_at,
+        }
+    }
+}
+
+impl From<Stored> for Tokens {
+    fn from(s: Stored) -> Self {
+        Self {
+            access_token: Secret::new(s.access_token),
+            expires_at: s.expires_at,
+            refresh_token: s.refresh_token.map(Secret::new),
+            obtained_at: s.obtained_at,
+        }
+    }
+}
+
+/// A token store.
+#[derive(Debug)]
+pub enum TokenStore {
+    Memory(Mutex<HashMap<String, Tokens>>),
+    File(PathBuf),
+}
+
+impl TokenStore {
+    /// Opens the store, creating a file store's directory (0700) if needed.
+    pub fn open(config: &TokenStoreConfig) -> std::io::Result<Self> {
+        match config {
+            TokenStoreConfig::Memory => Ok(Self::Memory(Mutex::new(HashMap::new()))),
+            TokenStoreConfig::File(dir) => {
+                std::fs::create_dir_all(dir)?;
+                restrict(dir, 0o700)?;
+                Ok(Self::File(dir.clone()))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Memory(_) => "memory".into(),
+            Self::File(dir) => format!("file:{}", dir.display()),
+        }
+    }
+
+    pub fn load(&self, grant: &str) -> std::io::Result<Option<Tokens>> {
+        match self {
+            Self::Memory(map) => Ok(map.lock().map_err(poisoned)?.get(grant).cloned()),
+            Self::File(dir) => match std::fs::read(grant_path(dir, grant)) {
+                Ok(bytes) => serde_json::from_slice::<Stored>(&bytes)
+                    .map(|s| Some(s.into()))
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Saves durably; returns only once the tokens would survive a crash.
+    pub fn save(&self, grant: &str, tokens: &Tokens) -> std::io::Result<()> {
+        match self {
+            Self::Memory(map) => {
+                map.lock().map_err(poisoned)?.insert(grant.to_owned(), tokens.clone());
+                Ok(())
+            }
+            Self::File(dir) => {
+                let target = grant_path(dir, grant);
+                let aside = dir.join(format!(".{grant}.{}.tmp", super::oauth::random_token(6)));
+                let bytes = serde_json::to_vec(&Stored::from(tokens)).map_err(std::io::Error::other)?;
+                let written = write_private(&aside, &bytes).and_then(|()| std::fs::rename(&aside, &target));
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&aside);
+                }
+                written?;
+                std::fs::File::open(dir)?.sync_all()
+            }
+        }
+    }
+
+    pub fn remove(&self, grant: &str) -> std::io::Result<()> {
+        match self {
+            Self::Memory(map) => {
+                map.lock().map_err(poisoned)?.remove(grant);
+                Ok(())
+            }
+            Self::File(dir) => match std::fs::remove_file(grant_path(dir, grant)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Every stored grant whose name starts with `prefix`.
+    pub fn list(&self, prefix: &str) -> std::io::Result<Vec<(String, Tokens)>> {
+        let names: Vec<String> = match self {
+            Self::Memory(map) => map.lock().map_err(poisoned)?.keys().filter(|k| k.starts_with(prefix)).cloned().collect(),
+            Self::File(dir) => std::fs::read_dir(dir)?
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .filter_map(|name| name.strip_suffix(".json").map(str::to_owned))
+                .filter(|name| name.starts_with(prefix))
+                .collect(),
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(tokens) = self.load(&name)? {
+                out.push((name, tokens));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn grant_path(dir: &Path, grant: &str) -> PathBuf {
+    dir.join(format!("{grant}.json"))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn restrict(_: &Path, _: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn poisoned<T>(_: T) -> std::io::Error {
+    std::io::Error::other("token store lock poisoned")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(access: &str) -> Tokens {
+        Tokens {
+            access_token: Secret::new(access),
+            expires_at: 2_000_000_000,
+            refresh_token: Some(Secret::new(format!("{access}-refresh"))),
+            obtained_at: 1_900_000_000,
+        }
+    }
+
+    #[test]
+    fn file_store_round_trips_with_private_modes() {
+        let dir = std::env::temp_dir().join(format!("agw-store-{}", random()));
+        let store = TokenStore::open(&TokenStoreConfig::File(dir.clone())).expect("open");
+        store.save("service", &tokens("a1")).expect("save");
+        store.save("service", &tokens("a2")).expect("overwrite");
+        let loaded = store.load("service").expect("load").expect("present");
+        assert_eq!(loaded.access_token.expose(), "a2");
+        assert_eq!(loaded.refresh_token.as_ref().map(Secret::expose), Some("a2-refresh"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let file_mode = std::fs::metadata(dir.join("service.json")).expect("meta").permissions().mode();
+            let dir_mode = std::fs::metadata(&dir).expect("meta").permissions().mode();
+            assert_eq!((file_mode & 0o777, dir_mode & 0o777), (0o600, 0o700));
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).expect("dir").filter_map(Result::ok).collect();
+        assert_eq!(leftovers.len(), 1, "no temp files left behind");
+        store.remove("service").expect("remove");
+        assert!(store.load("service").expect("load").is_none());
+    }
+
+    #[test]
+    fn list_finds_grants_by_prefix() {
+        let store = TokenStore::open(&TokenStoreConfig::Memory).expect("open");
+        store.save("session-a", &tokens("x")).expect("save");
+        store.save("session-b", &tokens("y")).expect("save");
+        store.save("service", &tokens("z")).expect("save");
+        assert_eq!(store.list("session-").expect("list").len(), 2);
+    }
+
+    fn random() -> String {
+        super::super::oauth::random_token(6)
+    }
+}
