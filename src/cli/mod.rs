@@ -1,6 +1,8 @@
-//! The command line: `serve` (the default), `check`, `hash-token`, `demo`.
+//! The command line: `serve` (the default), `check`, `hash-token`, `login`, `register`, `demo`.
 //!
 //! Exit codes: 0 done, 1 runtime failure (a port in use), 2 bad config or usage.
+
+mod login;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,24 @@ enum Command {
     Check,
     /// Make a random client token and print it with the sha256 that goes into the config.
     HashToken,
+    /// Grant an `oauth` credential: prints the authorize URL and takes the callback.
+    Login {
+        /// The credential's name in the config.
+        credential: String,
+    },
+    /// Register an OAuth client application at awork and print the config to paste.
+    Register {
+        /// The application's name, shown to people when they grant access.
+        #[arg(long, default_value = "awork-gateway")]
+        name: String,
+        /// Where awork sends people back: the admin listener's /oauth/NAME/callback, or the
+        /// main listener's /oauth2/callback for per-person sign-in.
+        #[arg(long)]
+        redirect_uri: String,
+        /// A public client (PKCE only, no secret).
+        #[arg(long)]
+        public: bool,
+    },
     /// Start a mock awork and a gateway in front of it on loopback, and print curl commands.
     Demo {
         /// Where the demo gateway listens.
@@ -52,6 +72,14 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => check(cli.config),
         Command::HashToken => hash_token(),
+        Command::Login { credential } => match load(cli.config) {
+            Ok(loaded) => with_runtime(login::login(loaded.config, &credential)),
+            Err(code) => code,
+        },
+        Command::Register { name, redirect_uri, public } => match load(cli.config) {
+            Ok(loaded) => with_runtime(login::register(loaded.config, &name, &redirect_uri, public)),
+            Err(code) => code,
+        },
         Command::Serve => with_runtime(serve(cli.config)),
         Command::Demo { listen, admin_listen } => with_runtime(demo(listen, admin_listen)),
     }
