@@ -12,11 +12,12 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio::sync::{Mutex, Notify};
 
-use super::oauth::{OAuthClient, TokenError, Tokens, unix_now};
+use super::oauth::{OAuthClient, TokenError, Tokens, unix_millis};
 use super::store::TokenStore;
 
-/// An access token is not used in its last seconds: it could expire on the way to awork.
-const EXPIRY_SKEW_SECS: u64 = 5;
+/// An access token is not used in its last seconds (a tenth of a short lifetime): it could
+/// expire on the way to awork.
+const EXPIRY_SKEW_MS: u64 = 5_000;
 /// Backoff bounds for a failing token endpoint.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -41,20 +42,21 @@ pub struct GrantState {
     pub generation: u64,
     /// Bumped each time a refresh is attempted, whatever its outcome.
     attempts: u64,
-    /// Unix seconds of the last failed attempt, so a burst of requests past expiry does not
+    /// Unix milliseconds of the last failed attempt, so a burst of requests past expiry does not
     /// hammer a failing token endpoint.
     failed_at: u64,
     pub status: GrantStatus,
 }
 
 impl GrantState {
-    pub fn expires_at(&self) -> Option<u64> {
-        self.tokens.as_ref().map(|t| t.expires_at)
+    /// Unix milliseconds.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        self.tokens.as_ref().map(|t| t.expires_at_ms)
     }
 
     fn usable_header(&self, now: u64) -> Option<&HeaderValue> {
         match (&self.tokens, &self.header) {
-            (Some(t), Some(h)) if now + EXPIRY_SKEW_SECS < t.expires_at => Some(h),
+            (Some(t), Some(h)) if now + skew(t) < t.expires_at_ms => Some(h),
             _ => None,
         }
     }
@@ -126,7 +128,7 @@ impl Grant {
     /// The `Authorization` header for a request now, and the generation it belongs to.
     /// Waits only when there is no usable token (first use, or refreshing failed past expiry).
     pub async fn authorization(self: &Arc<Self>) -> Result<(HeaderValue, u64), Unavailable> {
-        let now = unix_now();
+        let now = unix_millis();
         let state = self.state.load();
         if let Some(header) = state.usable_header(now) {
             if self.refresh_due(&state, now) {
@@ -136,7 +138,7 @@ impl Grant {
         }
         match &state.status {
             GrantStatus::LoginNeeded(reason) => return Err(Unavailable(reason.clone())),
-            GrantStatus::Degraded(reason) if now.saturating_sub(state.failed_at) < RETRY_MIN.as_secs() => {
+            GrantStatus::Degraded(reason) if now.saturating_sub(state.failed_at) < millis(RETRY_MIN) => {
                 return Err(Unavailable(reason.clone()));
             }
             _ => {}
@@ -145,7 +147,7 @@ impl Grant {
         drop(state);
         self.refresh(attempts).await;
         let state = self.state.load();
-        match (state.usable_header(unix_now()), &state.status) {
+        match (state.usable_header(unix_millis()), &state.status) {
             (Some(header), _) => Ok((header.clone(), state.generation)),
             (None, GrantStatus::LoginNeeded(reason) | GrantStatus::Degraded(reason)) => Err(Unavailable(reason.clone())),
             (None, GrantStatus::Ready) => Err(Unavailable("no usable access token".into())),
@@ -174,10 +176,10 @@ impl Grant {
     /// whichever is smaller, and at the latest `keepalive` after the tokens were issued.
     pub fn refresh_at(&self, tokens: &Tokens) -> u64 {
         let config = self.client.config();
-        let quarter = tokens.lifetime().as_secs() / 4;
-        let ahead = config.refresh_ahead.as_secs().min(quarter).max(1);
-        let before_expiry = tokens.expires_at.saturating_sub(ahead);
-        before_expiry.min(tokens.obtained_at.saturating_add(config.keepalive.as_secs()))
+        let quarter = millis(tokens.lifetime()) / 4;
+        let ahead = millis(config.refresh_ahead).min(quarter).max(1);
+        let before_expiry = tokens.expires_at_ms.saturating_sub(ahead);
+        before_expiry.min(tokens.obtained_at_ms.saturating_add(millis(config.keepalive)))
     }
 
     fn refresh_in_background(self: &Arc<Self>, attempts: u64) {
@@ -247,7 +249,7 @@ impl Grant {
         } else {
             (state.tokens.clone(), state.header.clone(), state.generation)
         };
-        let failed_at = unix_now();
+        let failed_at = unix_millis();
         self.state.store(Arc::new(GrantState { tokens, header, generation, attempts: state.attempts + 1, failed_at, status }));
     }
 
@@ -279,7 +281,7 @@ impl Grant {
                 (Some(_), GrantStatus::Degraded(_)) => Some(jitter(backoff)),
                 (Some(tokens), GrantStatus::Ready) => {
                     backoff = RETRY_MIN;
-                    Some(Duration::from_secs(self.refresh_at(tokens).saturating_sub(unix_now())))
+                    Some(Duration::from_millis(self.refresh_at(tokens).saturating_sub(unix_millis())))
                 }
             };
             match wait {
@@ -300,8 +302,85 @@ impl Grant {
     }
 }
 
+fn skew(tokens: &Tokens) -> u64 {
+    EXPIRY_SKEW_MS.min(millis(tokens.lifetime()) / 10)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// `base` give or take 20 %.
 fn jitter(base: Duration) -> Duration {
     let factor = 0.8 + rand::random::<f64>() * 0.4;
     base.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::{Config, CredentialKind, Secret};
+    use crate::metrics::Metrics;
+
+    fn grant() -> Grant {
+        let text = r#"
+            [credentials.service]
+            type = "oauth"
+            client_id = "gw"
+            redirect_uri = "http://127.0.0.1:9090/oauth/service/callback"
+            token_store = "memory"
+            [[clients]]
+            name = "sync"
+            networks = ["10.0.0.0/8"]
+            credential = "service"
+            allow = ["read-only"]
+        "#;
+        let loaded = Config::parse(text, "t", &HashMap::<String, String>::new()).expect("config");
+        let CredentialKind::OAuth(oauth) = loaded.config.credentials[0].kind.clone() else { panic!("oauth") };
+        let http = crate::upstream::build_client(&loaded.config.upstream).expect("client");
+        let env: Arc<dyn crate::config::Env> = Arc::new(HashMap::<String, String>::new());
+        let store = Arc::new(TokenStore::open(&oauth.token_store).expect("store"));
+        let client = Arc::new(OAuthClient::new("service", oauth, env, http, Arc::new(Metrics::new())));
+        Grant::restore("service", client, store, "log in".into())
+    }
+
+    fn tokens(lifetime_ms: u64) -> Tokens {
+        Tokens {
+            access_token: Secret::new("a"),
+            expires_at_ms: 1_000_000 + lifetime_ms,
+            refresh_token: Some(Secret::new("r")),
+            obtained_at_ms: 1_000_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_is_due_five_minutes_or_a_quarter_lifetime_before_expiry() {
+        let grant = grant();
+        let day = tokens(86_400_000);
+        assert_eq!(grant.refresh_at(&day), day.expires_at_ms - 300_000, "24 h token: 5 min early");
+        let short = tokens(4_000);
+        assert_eq!(grant.refresh_at(&short), short.expires_at_ms - 1_000, "4 s token: 1 s early");
+    }
+
+    #[tokio::test]
+    async fn idle_grants_are_refreshed_within_keepalive() {
+        let grant = grant();
+        let month = tokens(30 * 86_400_000);
+        assert_eq!(grant.refresh_at(&month), month.obtained_at_ms + 7 * 86_400_000);
+    }
+
+    #[test]
+    fn short_tokens_keep_most_of_their_life_usable() {
+        assert_eq!(skew(&tokens(4_000)), 400);
+        assert_eq!(skew(&tokens(86_400_000)), 5_000);
+    }
+
+    #[tokio::test]
+    async fn a_grant_without_stored_tokens_needs_a_login() {
+        let grant = Arc::new(grant());
+        let err = grant.authorization().await.expect_err("no tokens");
+        assert!(err.0.starts_with("no grant yet: log in"), "{}", err.0);
+    }
 }

@@ -163,7 +163,7 @@ impl Credentials {
             Credential::ApiKey(key) => key.status(),
             Credential::OAuth(grant) => {
                 let state = grant.state();
-                let expires_in = state.expires_at().map(|at| at.saturating_sub(oauth::unix_now()));
+                let expires_in = state.expires_at_ms().map(|at| at.saturating_sub(oauth::unix_millis()) / 1000);
                 let (label, ready, reason) = match &state.status {
                     GrantStatus::Ready => ("ready", true, None),
                     GrantStatus::Degraded(r) => ("degraded", true, Some(r.clone())),

@@ -29,16 +29,16 @@ const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Tokens {
     pub access_token: Secret,
-    /// Unix seconds.
-    pub expires_at: u64,
+    /// Unix milliseconds.
+    pub expires_at_ms: u64,
     pub refresh_token: Option<Secret>,
-    /// Unix seconds when these tokens were issued.
-    pub obtained_at: u64,
+    /// Unix milliseconds when these tokens were issued.
+    pub obtained_at_ms: u64,
 }
 
 impl Tokens {
     pub fn lifetime(&self) -> Duration {
-        Duration::from_secs(self.expires_at.saturating_sub(self.obtained_at))
+        Duration::from_millis(self.expires_at_ms.saturating_sub(self.obtained_at_ms))
     }
 }
 
@@ -81,8 +81,8 @@ pub fn random_token(bytes: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+pub fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[derive(Deserialize)]
@@ -178,7 +178,7 @@ impl OAuthClient {
             Ok(tokens) => tracing::info!(
                 credential = %self.credential,
                 grant_type,
-                expires_in = tokens.expires_at.saturating_sub(unix_now()),
+                expires_in_s = tokens.expires_at_ms.saturating_sub(unix_millis()) / 1000,
                 "token request succeeded"
             ),
             Err(e) => tracing::warn!(credential = %self.credential, grant_type, error = %e, "token request failed"),
@@ -223,12 +223,12 @@ impl OAuthClient {
         if status == StatusCode::OK {
             let parsed: TokenResponse = serde_json::from_slice(&bytes)
                 .map_err(|e| TokenError::Unavailable(format!("unreadable token response: {e}")))?;
-            let now = unix_now();
+            let now = unix_millis();
             return Ok(Tokens {
                 access_token: Secret::new(parsed.access_token),
-                expires_at: now + parsed.expires_in.unwrap_or(3600),
+                expires_at_ms: now + parsed.expires_in.unwrap_or(3600).saturating_mul(1000),
                 refresh_token: parsed.refresh_token.map(Secret::new).or_else(|| old_refresh.cloned()),
-                obtained_at: now,
+                obtained_at_ms: now,
             });
         }
         let body: TokenErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();

@@ -16,18 +16,18 @@ use crate::config::{Secret, TokenStoreConfig};
 #[derive(Serialize, Deserialize)]
 struct Stored {
     access_token: String,
-    expires_at: u64,
+    expires_at_ms: u64,
     refresh_token: Option<String>,
-    obtained_at: u64,
+    obtained_at_ms: u64,
 }
 
 impl From<&Tokens> for Stored {
     fn from(t: &Tokens) -> Self {
         Self {
             access_token: t.access_token.expose().to_owned(),
-            expires_at: t.expires_at,
+            expires_at_ms: t.expires_at_ms,
             refresh_token: t.refresh_token.as_ref().map(|r| r.expose().to_owned()),
-            obtained_at: t.obtained_at,
+            obtained_at_ms: t.obtained_at_ms,
         }
     }
 }
@@ -36,9 +36,9 @@ impl From<Stored> for Tokens {
     fn from(s: Stored) -> Self {
         Self {
             access_token: Secret::new(s.access_token),
-            expires_at: s.expires_at,
+            expires_at_ms: s.expires_at_ms,
             refresh_token: s.refresh_token.map(Secret::new),
-            obtained_at: s.obtained_at,
+            obtained_at_ms: s.obtained_at_ms,
         }
     }
 }
@@ -173,9 +173,9 @@ mod tests {
     fn tokens(access: &str) -> Tokens {
         Tokens {
             access_token: Secret::new(access),
-            expires_at: 2_000_000_000,
+            expires_at_ms: 2_000_000_000_000,
             refresh_token: Some(Secret::new(format!("{access}-refresh"))),
-            obtained_at: 1_900_000_000,
+            obtained_at_ms: 1_900_000_000_000,
         }
     }
 
