@@ -2,15 +2,16 @@
 //! expiry, exactly once per due time however many requests are waiting.
 //!
 //! awork's refresh tokens rotate, so a refresh is a one-way door: the lock below makes sure
-//! only one token request is ever in flight for a grant, every waiter takes its result, and
-//! the new tokens are on disk before any request uses them.
+//! only one token request is ever in flight for a grant, every waiter takes its result (all
+//! woken at once through a watch, not handed a lock one by one), and the new tokens are on
+//! disk before any request uses them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, watch};
 
 use super::oauth::{OAuthClient, TokenError, Tokens, unix_millis};
 use super::store::TokenStore;
@@ -74,8 +75,10 @@ pub struct Grant {
     client: Arc<OAuthClient>,
     store: Arc<TokenStore>,
     state: ArcSwap<GrantState>,
+    /// Held by the one task that talks to the token endpoint.
     refreshing: Mutex<()>,
-    changed: Notify,
+    /// The latest `attempts`, for waiters and the keep-fresh loop.
+    attempted: watch::Sender<u64>,
     /// Told to people in "log in" messages.
     login_hint: String,
 }
@@ -94,11 +97,11 @@ impl Grant {
             store,
             state: ArcSwap::from_pointee(GrantState { tokens: None, header: None, generation: 0, attempts: 0, failed_at: 0, status }),
             refreshing: Mutex::new(()),
-            changed: Notify::new(),
+            attempted: watch::Sender::new(0),
             login_hint,
         };
         if let Some(tokens) = tokens {
-            grant.publish(tokens, GrantStatus::Ready, 0);
+            grant.publish(tokens, GrantStatus::Ready);
         }
         grant
     }
@@ -107,8 +110,7 @@ impl Grant {
     pub async fn install(&self, tokens: Tokens) -> Result<(), Unavailable> {
         let _single = self.refreshing.lock().await;
         self.save(&tokens).await.map_err(|e| Unavailable(format!("cannot save the grant: {e}")))?;
-        let attempts = self.state.load().attempts;
-        self.publish(tokens, GrantStatus::Ready, attempts);
+        self.publish(tokens, GrantStatus::Ready);
         tracing::info!(credential = self.client.credential(), grant = %self.id, "grant installed");
         Ok(())
     }
@@ -150,7 +152,12 @@ impl Grant {
         match (state.usable_header(unix_millis()), &state.status) {
             (Some(header), _) => Ok((header.clone(), state.generation)),
             (None, GrantStatus::LoginNeeded(reason) | GrantStatus::Degraded(reason)) => Err(Unavailable(reason.clone())),
-            (None, GrantStatus::Ready) => Err(Unavailable("no usable access token".into())),
+            (None, GrantStatus::Ready) => Err(Unavailable(format!(
+                "no usable access token (expires {:?}, now {}, attempts {} seen {attempts})",
+                state.expires_at_ms(),
+                unix_millis(),
+                state.attempts
+            ))),
         }
     }
 
@@ -165,7 +172,8 @@ impl Grant {
             state.attempts
         };
         self.refresh(attempts).await;
-        self.state.load().generation != generation
+        let state = self.state.load();
+        state.generation != generation && state.header.is_some()
     }
 
     fn refresh_due(&self, state: &GrantState, now: u64) -> bool {
@@ -191,9 +199,17 @@ impl Grant {
     }
 
     /// One refresh attempt, unless another attempt began since the caller looked
-    /// (`seen_attempts`): then the caller takes that attempt's outcome.
+    /// (`seen_attempts`): then the caller takes that attempt's outcome. Whoever finds the
+    /// lock taken waits for the attempt counter to move, together with every other waiter.
     async fn refresh(&self, seen_attempts: u64) {
-        let _single = self.refreshing.lock().await;
+        let _single = match self.refreshing.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                let mut attempted = self.attempted.subscribe();
+                let _ = attempted.wait_for(|&a| a != seen_attempts).await;
+                return;
+            }
+        };
         let state = self.state.load_full();
         if state.attempts != seen_attempts {
             return;
@@ -214,7 +230,7 @@ impl Grant {
                         GrantStatus::Degraded(format!("cannot save the refreshed grant: {e}"))
                     }
                 };
-                self.publish(tokens, status, state.attempts + 1);
+                self.publish(tokens, status);
             }
             Err(TokenError::Rejected { code, description }) => {
                 let reason = format!("awork refused the refresh ({code}: {description}); {}", self.login_hint);
@@ -227,17 +243,18 @@ impl Grant {
                 self.set_status(&state, GrantStatus::Degraded(reason), false);
             }
         }
-        self.changed.notify_waiters();
     }
 
-    fn publish(&self, tokens: Tokens, status: GrantStatus, attempts: u64) {
+    /// Swaps in new tokens; counts as an attempt so every waiter wakes.
+    fn publish(&self, tokens: Tokens, status: GrantStatus) {
         let header = HeaderValue::try_from(format!("Bearer {}", tokens.access_token.expose())).ok().map(|mut h| {
             h.set_sensitive(true);
             h
         });
-        let generation = self.state.load().generation + 1;
+        let current = self.state.load();
+        let (generation, attempts) = (current.generation + 1, current.attempts + 1);
         self.state.store(Arc::new(GrantState { tokens: Some(tokens), header, generation, attempts, failed_at: 0, status }));
-        self.changed.notify_waiters();
+        self.attempted.send_replace(attempts);
     }
 
     fn set_status(&self, state: &GrantState, status: GrantStatus, drop_tokens: bool) {
@@ -249,8 +266,9 @@ impl Grant {
         } else {
             (state.tokens.clone(), state.header.clone(), state.generation)
         };
-        let failed_at = unix_millis();
-        self.state.store(Arc::new(GrantState { tokens, header, generation, attempts: state.attempts + 1, failed_at, status }));
+        let (failed_at, attempts) = (unix_millis(), state.attempts + 1);
+        self.state.store(Arc::new(GrantState { tokens, header, generation, attempts, failed_at, status }));
+        self.attempted.send_replace(attempts);
     }
 
     async fn save(&self, tokens: &Tokens) -> std::io::Result<()> {
@@ -270,11 +288,10 @@ impl Grant {
     /// Keeps a long-lived grant fresh: refreshes at its due time even when no request comes,
     /// and retries a failing token endpoint with backoff and jitter. Runs until aborted.
     pub async fn keep_fresh(self: Arc<Self>) {
+        let mut attempted = self.attempted.subscribe();
         let mut backoff = RETRY_MIN;
         loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            attempted.mark_unchanged();
             let state = self.state.load_full();
             let wait = match (&state.tokens, &state.status) {
                 (_, GrantStatus::LoginNeeded(_)) | (None, _) => None,
@@ -284,19 +301,20 @@ impl Grant {
                     Some(Duration::from_millis(self.refresh_at(tokens).saturating_sub(unix_millis())))
                 }
             };
-            match wait {
-                None => notified.await,
-                Some(wait) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {
-                            self.refresh(state.attempts).await;
-                            if matches!(self.state.load().status, GrantStatus::Degraded(_)) {
-                                backoff = (backoff * 2).min(RETRY_MAX);
-                            }
-                        }
-                        _ = notified => {}
+            let Some(wait) = wait else {
+                if attempted.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    self.refresh(state.attempts).await;
+                    if matches!(self.state.load().status, GrantStatus::Degraded(_)) {
+                        backoff = (backoff * 2).min(RETRY_MAX);
                     }
                 }
+                changed = attempted.changed() => if changed.is_err() { return },
             }
         }
     }

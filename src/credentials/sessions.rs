@@ -129,9 +129,14 @@ impl Sessions {
         Ok(token)
     }
 
+    /// Whether a presented token is a gateway session token (alive or not).
+    pub fn looks_like_session(token: &str) -> bool {
+        token.starts_with(SESSION_PREFIX)
+    }
+
     /// The session a token opens, if it is one of ours and still alive.
     pub fn lookup(&self, token: &str) -> Option<Arc<Session>> {
-        if !token.starts_with(SESSION_PREFIX) {
+        if !Self::looks_like_session(token) {
             return None;
         }
         self.by_hash.get(&hash(token))

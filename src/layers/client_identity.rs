@@ -1,6 +1,7 @@
 //! Who is calling. In order: a presented gateway token (Bearer, or Basic with the client's
 //! name as user), a signed-in person's session (Bearer or the session cookie), then the
-//! peer's network. Otherwise 401. A person keeps their own rights even on a trusted network.
+//! peer's network. Otherwise 401. A person keeps their own rights even on a trusted network,
+//! and a person whose session ended gets 401, never the network client's rights.
 //!
 //! Tokens are compared as sha256 digests in constant time against every client, so
 //! neither the token nor which client it belongs to can be timed out of the gateway.
@@ -114,15 +115,17 @@ impl Identities {
                 }
             }
         }
+        // A person whose session ended must not silently act as the network's client.
+        let dead_session = [bearer, cookie].into_iter().flatten().any(Sessions::looks_like_session);
+        if dead_session && !self.sessions.is_empty() {
+            return Err(GatewayError::Unauthenticated(
+                "the session has ended; sign in again at /oauth2/start".to_owned(),
+            ));
+        }
         if let Some(ip) = peer.map(|ip| ip.to_canonical()) {
             if let Some(client) = self.clients.iter().find(|c| c.networks.iter().any(|n| n.contains(&ip))) {
                 return Ok(Identified::client(client));
             }
-        }
-        if cookie.is_some() && !self.sessions.is_empty() {
-            return Err(GatewayError::Unauthenticated(
-                "the session has ended; sign in again at /oauth2/start".to_owned(),
-            ));
         }
         Err(GatewayError::Unauthenticated(if presented {
             "the presented credentials match no client of this gateway".to_owned()

@@ -1,14 +1,17 @@
 //! The unauthenticated `/_mock/` control surface, so that tests in other processes (and the
 //! demo) can read what the mock saw and rotate its tokens. It is never logged or counted, so
-//! looking at the mock does not change what it reports.
+//! looking at the mock does not change what it reports. `/_mock/oauth` steers the OAuth
+//! server (see `oauth::control`).
 
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::respond::{Resp, invalid, json_response, not_found};
+use super::oauth;
+use super::respond::{Reject, Resp, invalid, json_response, not_found};
 use super::state::Shared;
 
 /// Largest control request body read: 1 MiB.
@@ -43,18 +46,24 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
             json_response(StatusCode::OK, &json!({ "reset": true }))
         }
         ("POST", "/_mock/tokens") => tokens(shared, req).await,
+        ("GET" | "POST", "/_mock/oauth") => oauth::control(shared, req).await,
         _ => not_found(&path),
     }
 }
 
-async fn tokens(shared: &Shared, req: Request<Incoming>) -> Resp {
+/// A control request's JSON body; a 400 naming `what` was expected when it is not that.
+pub(crate) async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, what: &str) -> Result<T, Reject> {
     let body = match Limited::new(req.into_body(), MAX_CONTROL_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return invalid("body", "The body could not be read or exceeds 1 MiB."),
+        Err(_) => return Err(Box::new(invalid("body", "The body could not be read or exceeds 1 MiB."))),
     };
-    let change: TokenChange = match serde_json::from_slice(&body) {
+    serde_json::from_slice(&body).map_err(|e| Box::new(invalid("body", &format!("Expected {what}: {e}"))))
+}
+
+async fn tokens(shared: &Shared, req: Request<Incoming>) -> Resp {
+    let change: TokenChange = match read_json(req, "{add, revoke}").await {
         Ok(change) => change,
-        Err(e) => return invalid("body", &format!("Expected {{add, revoke}}: {e}")),
+        Err(reject) => return *reject,
     };
     let added = change.add.len();
     for grant in change.add {

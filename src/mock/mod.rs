@@ -25,11 +25,35 @@
 //! `/temporaryfiles`, `GET|POST /mcp?events=N&interval_ms=M`, `/echo/**`, `GET /slow?ms=N`,
 //! `GET /redirect?to=URL`, `/status/{code}`; other writes are echoed, other reads are 404.
 //! Control (no auth, not logged): `GET /_mock/stats`, `GET /_mock/requests`,
-//! `POST /_mock/reset`, `POST /_mock/tokens`.
+//! `POST /_mock/reset`, `POST /_mock/tokens`, `GET|POST /_mock/oauth`.
+//!
+//! OAuth 2.0 as awork does it (see the `oauth` module), all anonymous and free of quota:
+//! `GET /api/v1/accounts/authorize` (PKCE S256, auto-consent for the consent user, 302 with a
+//! single-use code), `POST /api/v1/accounts/token` (code and rotating refresh grants),
+//! `POST /api/v1/clientapplications/register` (RFC 7591) and
+//! `GET /.well-known/openid-configuration`; with a bearer token,
+//! `GET|DELETE /api/v1/accounts/me/authorizedclients[/{clientId}]`. Access tokens it issues
+//! are bearer tokens of this API for the consenting user.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use std::time::Duration;
+//! let mock = awork_gateway::mock::MockAwork::builder()
+//!     .oauth_client("gateway", Some("s3cret"), "http://127.0.0.1:9090/oauth/service/callback")
+//!     .token_lifetime(Duration::from_secs(1))
+//!     .start()
+//!     .await?;
+//! mock.set_consent_user("Grace Hopper");
+//! mock.set_token_endpoint_failure(Some(http::StatusCode::SERVICE_UNAVAILABLE));
+//! assert_eq!(mock.stats().token_requests.total(), 0);
+//! # Ok(()) }
+//! ```
 
 mod body;
 mod control;
 mod data;
+mod form;
+mod oauth;
 mod quota;
 mod respond;
 mod routes;
@@ -39,15 +63,19 @@ mod state;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use body::{PATTERN_PERIOD, download_byte};
+pub use oauth::{ClientSpecError, DEFAULT_REFRESH_TOKEN_LIFETIME, DEFAULT_TOKEN_LIFETIME, KNOWN_SCOPES, OAuthClient};
 pub use quota::RateLimit;
-pub use state::{DEFAULT_USER, MockStats, SeenRequest};
+pub use state::{DEFAULT_USER, MockStats, SeenRequest, TokenRequests};
 
+use oauth::{OAuth, OAuthConfig};
 use quota::Quota;
 use state::{Settings, Shared, lock};
 
@@ -58,6 +86,7 @@ pub struct MockAworkBuilder {
     tokens: HashMap<String, String>,
     rate_limit: RateLimit,
     settings: Settings,
+    oauth: OAuthConfig,
 }
 
 impl Default for MockAworkBuilder {
@@ -67,6 +96,7 @@ impl Default for MockAworkBuilder {
             tokens: HashMap::new(),
             rate_limit: RateLimit::BASIC,
             settings: Settings { users: 120, projects: 2500, time_entries: 5000, retry_after: false },
+            oauth: OAuthConfig::default(),
         }
     }
 }
@@ -125,12 +155,64 @@ impl MockAworkBuilder {
         self
     }
 
+    /// Registers an OAuth client with one redirect URI; without a secret it is public (PKCE
+    /// only, `client_id` in the token request's body).
+    pub fn oauth_client(
+        self,
+        client_id: impl Into<String>,
+        client_secret: Option<&str>,
+        redirect_uri: impl Into<String>,
+    ) -> Self {
+        self.with_oauth_client(OAuthClient::new(client_id, client_secret, redirect_uri))
+    }
+
+    /// Registers an OAuth client as described (e.g. parsed from `ID[:SECRET]@REDIRECT_URI`).
+    pub fn with_oauth_client(mut self, client: OAuthClient) -> Self {
+        self.oauth.clients.push(client);
+        self
+    }
+
+    /// The user who consents at the authorize endpoint (default [`DEFAULT_USER`]).
+    pub fn consent_user(mut self, name: impl Into<String>) -> Self {
+        self.oauth.switches.consent_user = name.into();
+        self
+    }
+
+    /// Lifetime of OAuth access tokens (default [`DEFAULT_TOKEN_LIFETIME`]); `expires_in` is
+    /// its whole seconds.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.oauth.switches.lifetimes.access = lifetime;
+        self
+    }
+
+    /// How long an unused refresh token lives (default [`DEFAULT_REFRESH_TOKEN_LIFETIME`]).
+    pub fn refresh_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.oauth.switches.lifetimes.refresh = lifetime;
+        self
+    }
+
+    /// When on, reusing a rotated refresh token also revokes its whole grant (every access and
+    /// refresh token descended from the same consent). Off by default.
+    pub fn revoke_grant_on_refresh_reuse(mut self, enabled: bool) -> Self {
+        self.oauth.switches.revoke_on_reuse = enabled;
+        self
+    }
+
+    /// When off, refresh answers carry no new refresh token and the presented one stays valid
+    /// (AWORK.md: "a refresh response without a new refresh token keeps the old one"). On by
+    /// default, as awork rotates.
+    pub fn rotate_refresh_tokens(mut self, enabled: bool) -> Self {
+        self.oauth.switches.rotate = enabled;
+        self
+    }
+
     /// Binds the listener and starts serving on the current tokio runtime.
     pub async fn start(self) -> std::io::Result<MockAwork> {
         let listener = TcpListener::bind(self.listen).await?;
         let addr = listener.local_addr()?;
         let quota = Quota::new(self.rate_limit);
-        let shared = Arc::new(Shared::new(self.settings, self.tokens, quota));
+        let oauth = OAuth::new(self.oauth);
+        let shared = Arc::new(Shared::new(self.settings, addr, self.tokens, quota, oauth));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(server::serve(listener, shared.clone(), stopped));
         Ok(MockAwork { addr, shared, stop, task: Some(task) })
@@ -167,6 +249,16 @@ impl MockAwork {
         format!("{}/api/v1", self.url())
     }
 
+    /// `http://ADDR/api/v1/accounts/authorize`, awork's authorize URL.
+    pub fn authorize_url(&self) -> String {
+        format!("{}/accounts/authorize", self.api_url())
+    }
+
+    /// `http://ADDR/api/v1/accounts/token`, awork's token URL.
+    pub fn token_url(&self) -> String {
+        format!("{}/accounts/token", self.api_url())
+    }
+
     /// The last 10,000 requests received (outside `/_mock/`), oldest first.
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.shared.requests()
@@ -182,7 +274,8 @@ impl MockAwork {
         self.shared.add_token(token.into(), user);
     }
 
-    /// Stops accepting `token`; returns whether it was accepted before.
+    /// Stops accepting `token` (a given one or an OAuth access token); returns whether it was
+    /// accepted before.
     pub fn revoke_token(&self, token: &str) -> bool {
         self.shared.revoke_token(token)
     }
@@ -192,7 +285,62 @@ impl MockAwork {
         lock(&self.shared.quota).set_limit(limit);
     }
 
-    /// Clears the request log, the counters and the quota windows.
+    /// Registers an OAuth client (replacing one with the same id).
+    pub fn add_oauth_client(&self, client_id: impl Into<String>, client_secret: Option<&str>, redirect_uri: &str) {
+        self.shared.oauth.add_client(OAuthClient::new(client_id, client_secret, redirect_uri));
+    }
+
+    /// The user who consents at the authorize endpoint from now on.
+    pub fn set_consent_user(&self, name: impl Into<String>) {
+        let name = name.into();
+        self.shared.oauth.change(|s| s.consent_user = name);
+    }
+
+    /// Lifetime of access tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.shared.oauth.change(|s| s.lifetimes.access = lifetime);
+    }
+
+    /// Lifetime of refresh tokens issued from now on.
+    pub fn set_refresh_token_lifetime(&self, lifetime: Duration) {
+        self.shared.oauth.change(|s| s.lifetimes.refresh = lifetime);
+    }
+
+    /// Whether reusing a rotated refresh token revokes its whole grant.
+    pub fn set_revoke_grant_on_refresh_reuse(&self, enabled: bool) {
+        self.shared.oauth.change(|s| s.revoke_on_reuse = enabled);
+    }
+
+    /// Whether refresh answers rotate the refresh token (see the builder's
+    /// [`MockAworkBuilder::rotate_refresh_tokens`]).
+    pub fn set_rotate_refresh_tokens(&self, enabled: bool) {
+        self.shared.oauth.change(|s| s.rotate = enabled);
+    }
+
+    /// Answers every token request with `status` (awork's error body) until set to `None`.
+    pub fn set_token_endpoint_failure(&self, status: Option<StatusCode>) {
+        self.shared.oauth.change(|s| s.failure = status);
+    }
+
+    /// Sleeps this long before answering each token request (widens race windows).
+    pub fn set_token_delay(&self, delay: Duration) {
+        self.shared.oauth.change(|s| s.delay = delay);
+    }
+
+    /// Revokes every OAuth grant: all their access and refresh tokens die, pending codes too;
+    /// API keys are unaffected. Returns how many grants were live.
+    pub fn revoke_all_grants(&self) -> usize {
+        self.shared.oauth.revoke_all()
+    }
+
+    /// Lets every OAuth access token expire now, as if its lifetime had passed; refresh
+    /// tokens stay valid.
+    pub fn expire_access_tokens(&self) {
+        self.shared.oauth.expire_access_tokens();
+    }
+
+    /// Clears the request log, the counters and the quota windows (OAuth clients, grants and
+    /// switches stay).
     pub fn reset(&self) {
         self.shared.reset();
     }

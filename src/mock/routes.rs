@@ -1,5 +1,6 @@
 //! The `/api/v1` surface: bearer auth and the quota first, as awork does, then a handful of
-//! real routes (me, lists, files, MCP events) and test helpers (echo, slow, redirect, status).
+//! real routes (me, lists, files, MCP events, revoking authorized OAuth clients) and test
+//! helpers (echo, slow, redirect, status).
 //! Handlers stream request and response bodies; none buffers a body of unbounded size.
 
 use std::sync::Arc;
@@ -18,8 +19,11 @@ use sha2::{Digest, Sha256};
 
 use super::body::MockBody;
 use super::data;
+use super::oauth;
 use super::quota::Verdict;
-use super::respond::{Query, Reject, Resp, code_for, error, invalid, json_response, not_found, with_body};
+use super::respond::{
+    Query, Reject, Resp, code_for, error, invalid, json_response, not_found, percent_decode, with_body,
+};
 use super::state::{Shared, lock, unix_now};
 
 /// Default download size: 1 MiB.
@@ -111,6 +115,14 @@ async fn dispatch(ctx: &Ctx, req: Request<Incoming>, user: &str) -> Result<Resp,
         (_, ["echo", ..]) => Ok(echo(ctx, req, user).await),
         (_, ["status", code]) => status(code),
         ("GET", ["me"]) => Ok(json_response(StatusCode::OK, &data::me(user))),
+        ("GET", ["accounts", "me", "authorizedclients"]) => Ok(oauth::list_authorized_clients(&ctx.shared, user)),
+        ("DELETE", ["accounts", "me", "authorizedclients"]) => {
+            Ok(oauth::revoke_authorized_clients(&ctx.shared, user, None))
+        }
+        ("DELETE", ["accounts", "me", "authorizedclients", _]) => {
+            let client_id = last_segment(req.uri().path())?;
+            Ok(oauth::revoke_authorized_clients(&ctx.shared, user, Some(&client_id)))
+        }
         ("GET", ["users"]) => list(&query_of(&req)?, settings.users, data::user),
         ("GET", ["projects"]) => {
             list(&query_of(&req)?, settings.projects, |i| data::project(i, settings.projects, settings.users))
@@ -132,6 +144,13 @@ async fn dispatch(ctx: &Ctx, req: Request<Incoming>, user: &str) -> Result<Resp,
         ("POST" | "PUT" | "PATCH" | "DELETE", _) => Ok(echo(ctx, req, user).await),
         _ => Ok(not_found(req.uri().path())),
     }
+}
+
+/// The last path segment as sent (the dispatch lowercases), percent-decoded; `+` stays `+`.
+fn last_segment(path: &str) -> Result<String, Reject> {
+    let raw = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    percent_decode(&raw.replace('+', "%2B"))
+        .ok_or_else(|| Box::new(invalid("path", "The path is not valid percent-encoded UTF-8.")))
 }
 
 /// One page of `total` generated items, with awork's `aw-*` paging headers.

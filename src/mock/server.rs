@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use super::body::MockBody;
 use super::control;
+use super::oauth;
 use super::respond::not_found;
 use super::routes::{self, Ctx};
 use super::state::{InFlight, SeenRequest, Shared, unix_now};
@@ -80,8 +81,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBod
     let guard = InFlight::enter(shared.clone());
     let id = shared.record(seen(&req));
     let ctx = Ctx { shared: shared.clone(), id };
-    let resp =
-        if routes::is_api(req.uri().path()) { routes::api(&ctx, req).await } else { not_found(req.uri().path()) };
+    // OAuth's anonymous endpoints come first: they need no bearer token and cost no quota.
+    let resp = match oauth::Endpoint::of(req.uri().path()) {
+        Some(endpoint) => oauth::serve(&ctx, endpoint, req).await,
+        None if routes::is_api(req.uri().path()) => routes::api(&ctx, req).await,
+        None => not_found(req.uri().path()),
+    };
     shared.record_status(id, resp.status().as_u16());
     resp.map(|body| body.with_guard(guard))
 }

@@ -1,14 +1,17 @@
-//! Shared state of a running mock: valid tokens, the quota, the seen-request log and counters.
+//! Shared state of a running mock: valid tokens, the OAuth server, the quota, the seen-request
+//! log and counters.
 //! One `Arc<Shared>` is held by the handle and by every connection so that tests can watch and
 //! steer the server while it runs; every lock is short and never held across an await.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::oauth::OAuth;
 use super::quota::Quota;
 
 /// The display name of the user behind a token when none is given.
@@ -73,6 +76,35 @@ pub struct MockStats {
     pub bytes_received: u64,
     /// Response body bytes produced.
     pub bytes_sent: u64,
+    /// Token endpoint requests by `grant_type`.
+    pub token_requests: TokenRequests,
+    /// Refresh requests presenting a refresh token that had already been rotated.
+    pub refresh_token_reuses: u64,
+    /// Token endpoint requests being answered right now.
+    pub token_requests_in_flight: u64,
+    /// Highest `token_requests_in_flight` seen.
+    pub max_concurrent_token_requests: u64,
+    /// Token endpoint requests answered with an error (including forced failures).
+    pub token_failures: u64,
+}
+
+/// Token endpoint requests by grant type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRequests {
+    /// `grant_type=authorization_code`.
+    pub authorization_code: u64,
+    /// `grant_type=refresh_token`.
+    pub refresh_token: u64,
+    /// Any other, missing or unreadable grant type.
+    pub other: u64,
+}
+
+impl TokenRequests {
+    /// All token requests.
+    pub fn total(&self) -> u64 {
+        self.authorization_code + self.refresh_token + self.other
+    }
 }
 
 /// Fixed settings of one mock instance.
@@ -88,26 +120,39 @@ pub(crate) struct Settings {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub settings: Settings,
+    /// The bound address, for absolute URLs in OAuth discovery.
+    pub addr: SocketAddr,
     pub tokens: Mutex<HashMap<String, String>>,
+    pub oauth: OAuth,
     pub quota: Mutex<Quota>,
     pub log: Mutex<Log>,
     pub counters: Counters,
 }
 
 impl Shared {
-    pub fn new(settings: Settings, tokens: HashMap<String, String>, quota: Quota) -> Self {
+    pub fn new(
+        settings: Settings,
+        addr: SocketAddr,
+        tokens: HashMap<String, String>,
+        quota: Quota,
+        oauth: OAuth,
+    ) -> Self {
         Self {
             settings,
+            addr,
             tokens: Mutex::new(tokens),
+            oauth,
             quota: Mutex::new(quota),
             log: Mutex::new(Log::new(LOG_CAPACITY)),
             counters: Counters::default(),
         }
     }
 
-    /// The user name behind a valid token.
+    /// The user name behind a valid token: an API key or token given to the mock, or a live
+    /// OAuth access token.
     pub fn user_for(&self, token: &str) -> Option<String> {
-        lock(&self.tokens).get(token).cloned()
+        let given = lock(&self.tokens).get(token).cloned();
+        given.or_else(|| self.oauth.user_for(token))
     }
 
     pub fn add_token(&self, token: String, user: Option<&str>) {
@@ -115,8 +160,26 @@ impl Shared {
         lock(&self.tokens).insert(token, user);
     }
 
+    /// Stops accepting a given token or an OAuth access token.
     pub fn revoke_token(&self, token: &str) -> bool {
-        lock(&self.tokens).remove(token).is_some()
+        let given = lock(&self.tokens).remove(token).is_some();
+        given | self.oauth.revoke_access_token(token)
+    }
+
+    /// `http://ADDR`; when bound to an unspecified address (`0.0.0.0`), the `Host` the client
+    /// used instead, so that discovery names a reachable origin.
+    pub fn origin(&self, host: Option<&str>) -> String {
+        if !self.addr.ip().is_unspecified() {
+            return format!("http://{}", self.addr);
+        }
+        let host_ok = |h: &&str| {
+            !h.is_empty()
+                && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        };
+        match host.filter(host_ok) {
+            Some(host) => format!("http://{host}"),
+            None => format!("http://127.0.0.1:{}", self.addr.port()),
+        }
     }
 
     pub fn token_count(&self) -> usize {
@@ -146,14 +209,17 @@ impl Shared {
     }
 
     pub fn stats(&self) -> MockStats {
-        self.counters.snapshot()
+        let mut stats = self.counters.snapshot();
+        self.oauth.counters.fill(&mut stats);
+        stats
     }
 
-    /// Clears the log, the counters and the quota windows.
+    /// Clears the log, the counters and the quota windows (OAuth clients and grants stay).
     pub fn reset(&self) {
         lock(&self.log).entries.clear();
         lock(&self.quota).reset();
         self.counters.reset();
+        self.oauth.counters.reset();
     }
 }
 
@@ -232,6 +298,7 @@ impl Counters {
             max_in_flight: self.max_in_flight.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            ..MockStats::default()
         }
     }
 

@@ -324,3 +324,88 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)], within: Duration) -> std:
         }
     }
 }
+
+/// A person in a browser: follows redirects (up to 5 hops, across the gateway and the mock)
+/// and returns the final answer. `headers` go with every hop.
+pub async fn follow(url: &str, headers: &[(&str, &str)]) -> Answer {
+    let client = client();
+    let mut url = url.to_owned();
+    for _ in 0..5 {
+        let answer = send(&client, Method::GET, &url, headers, "").await;
+        if !answer.status.is_redirection() {
+            return answer;
+        }
+        url = answer.headers["location"].to_str().expect("ascii location").to_owned();
+    }
+    panic!("more than 5 redirects from {url}");
+}
+
+/// An admin grants the `oauth` credential `name` through the admin listener.
+pub async fn admin_login(admin: std::net::SocketAddr, name: &str) {
+    let answer = follow(&format!("http://{admin}/oauth/{name}/login"), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK, "login failed: {}", String::from_utf8_lossy(&answer.body));
+}
+
+/// A person signs in through `/oauth2/start` as a program would; returns the session token.
+pub async fn sign_in(gateway: std::net::SocketAddr) -> String {
+    let answer = follow(&format!("http://{gateway}/oauth2/start"), &[("accept", "application/json")]).await;
+    assert_eq!(answer.status, StatusCode::OK, "sign-in failed: {}", String::from_utf8_lossy(&answer.body));
+    answer.json()["session"].as_str().expect("session token").to_owned()
+}
+
+/// A gateway config with an `oauth` service credential (public client `gw-service`, tokens
+/// in `store`) and an `oauth_user` credential (confidential client `gw-people`), on fixed
+/// ports so the redirect URIs are known before start.
+pub fn oauth_config_text(upstream: &str, port: u16, admin_port: u16, store: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
+drain_timeout = "5s"
+
+[upstream]
+url = "{upstream}"
+connect_timeout = "1s"
+request_timeout = "5s"
+
+[credentials.service]
+type = "oauth"
+client_id = "gw-service"
+redirect_uri = "http://127.0.0.1:{admin_port}/oauth/service/callback"
+token_store = "file:{store}"
+
+[credentials.people]
+type = "oauth_user"
+client_id = "gw-people"
+client_secret = {{ value = "{PEOPLE_SECRET}" }}
+redirect_uri = "http://127.0.0.1:{port}/oauth2/callback"
+
+[[clients]]
+name = "staff"
+credential = "people"
+allow = ["* /api/v1/**"]
+
+[[clients]]
+name = "sync"
+networks = ["127.0.0.0/8"]
+credential = "service"
+allow = ["* /api/v1/**"]
+"#,
+        store = store.display()
+    )
+}
+
+pub const PEOPLE_SECRET: &str = "people-client-secret-5e1f";
+
+/// A mock awork that knows the two OAuth clients of `oauth_config_text`.
+pub async fn oauth_mock(port: u16, admin_port: u16, lifetime: Duration) -> MockAwork {
+    MockAwork::builder()
+        .no_rate_limit()
+        .oauth_client("gw-service", None, format!("http://127.0.0.1:{admin_port}/oauth/service/callback"))
+        .oauth_client("gw-people", Some(PEOPLE_SECRET), format!("http://127.0.0.1:{port}/oauth2/callback"))
+        .token_lifetime(lifetime)
+        .start()
+        .await
+        .expect("mock awork starts")
+}
