@@ -263,3 +263,24 @@ async fn sign_in_cookie_is_http_only_and_rd_must_stay_on_the_gateway() {
         assert_eq!(get(&target, &[]).await.status, 400, "{rd}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_end_after_session_idle_timeout() {
+    let (port, admin_port) = (free_port(), free_port());
+    let mock = oauth_mock(port, admin_port, Duration::from_secs(3600)).await;
+    let store = temp_dir("idle").join("tokens");
+    let text = oauth_config_text(&mock.url(), port, admin_port, &store).replace(
+        "redirect_uri = \"http://127.0.0.1:",
+        "session_idle_timeout = \"1s\"\nsession_max_age = \"1h\"\nredirect_uri = \"http://127.0.0.1:",
+    );
+    // Only the oauth_user credential may take session settings: put them there alone.
+    let text = text.replacen("session_idle_timeout = \"1s\"\nsession_max_age = \"1h\"\n", "", 1);
+    let gw = gateway(&text).await;
+    let session = sign_in(gw.addr).await;
+    let bearer = format!("Bearer {session}");
+    assert_eq!(get(&url(&gw, "/api/v1/me"), &[("authorization", &bearer)]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let idle = get(&url(&gw, "/api/v1/me"), &[("authorization", &bearer)]).await;
+    assert_eq!(idle.status, 401, "an idle session outlived session_idle_timeout");
+    assert!(idle.json()["description"].as_str().expect("text").contains("/oauth2/start"));
+}
