@@ -140,9 +140,11 @@ async fn refresh_happens_once_per_lifetime_under_300_concurrent_callers() {
     assert!(ok > 1000, "too few requests to prove anything: {ok}");
     assert_eq!(stats.refresh_token_reuses, 0);
     assert_eq!(stats.max_concurrent_token_requests, 1, "two token requests were in flight at once");
-    // A 4 s token is refreshed 1 s before expiry: every 3 s, so 6 or 7 times in 20 s.
+    // A 4 s token is refreshed 1 s before expiry: every 3 s plus the refresh's own time under
+    // this load, so at most 7 times in 20 s (two for one expiry would be more), and at least
+    // once per lifetime (else requests would have failed).
     let refreshes = stats.token_requests.refresh_token;
-    assert!((6..=8).contains(&refreshes), "{refreshes} refreshes in 20 s of 4 s tokens");
+    assert!((4..=7).contains(&refreshes), "{refreshes} refreshes in 20 s of 4 s tokens");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +168,10 @@ async fn token_endpoint_down_for_30s_fails_no_request_while_the_token_is_valid()
     }
     let (ok, failed, first_failure) = callers.finish().await;
     let stats = s.mock.stats();
-    eprintln!("{ok} ok, {failed} failed; failed refreshes {failures_while_down}, refreshes {}", stats.token_requests.refresh_token);
+    eprintln!(
+        "{ok} ok, {failed} failed; failed refreshes {failures_while_down}, refreshes {}",
+        stats.token_requests.refresh_token
+    );
     assert_eq!(failed, 0, "first failure: {first_failure:?}");
     assert!(failures_while_down >= 1, "no refresh was attempted while the endpoint was down");
     assert_eq!(degraded.status, 200, "degraded is still ready");
@@ -231,7 +236,14 @@ async fn two_people_each_see_their_own_me_and_logout_ends_one_session() {
     let by_cookie = get(&url(&s.gw, "/api/v1/me"), &[("cookie", &format!("awork_gateway_session={grace}"))]).await;
     assert_eq!(by_cookie.json()["firstName"], "Grace");
 
-    let logout = send(&client(), Method::POST, &url(&s.gw, "/oauth2/logout"), &[("authorization", &format!("Bearer {ada}"))], "").await;
+    let logout = send(
+        &client(),
+        Method::POST,
+        &url(&s.gw, "/oauth2/logout"),
+        &[("authorization", &format!("Bearer {ada}"))],
+        "",
+    )
+    .await;
     assert_eq!(logout.status, 200);
     assert!(logout.headers["set-cookie"].to_str().expect("cookie").contains("Max-Age=0"));
     let ended = me(ada.clone()).await;

@@ -148,8 +148,14 @@ async fn oauth(gateway: &Gateway, req: &Request<Incoming>) -> Response<GatewayBo
             let query = crate::form::Form::parse(req.uri().query().unwrap_or("")).unwrap_or_default();
             let code = callback_code(&query);
             match credentials.complete_login(query.get("state").unwrap_or(""), code, Some(index)).await {
-                Ok(_) => page(StatusCode::OK, "Signed in", &format!("Credential {name:?} is ready; you can close this window.")),
-                Err(e) => page(StatusCode::BAD_REQUEST, "Login failed", &format!("{e}. Start again at /oauth/{name}/login.")),
+                Ok(_) => page(
+                    StatusCode::OK,
+                    "Signed in",
+                    &format!("Credential {name:?} is ready; you can close this window."),
+                ),
+                Err(e) => {
+                    page(StatusCode::BAD_REQUEST, "Login failed", &format!("{e}. Start again at /oauth/{name}/login."))
+                }
             }
         }
         _ => page(StatusCode::NOT_FOUND, "Not found", &format!("Use /oauth/{name}/login.")),

@@ -33,7 +33,9 @@ pub async fn login(config: Config, name: &str) -> ExitCode {
     };
     let admin = config.server.admin_listen;
     if let Some(url) = running_gateway_login(admin, name).await {
-        println!("Open this URL in a browser and grant access (a running gateway at {admin} takes the callback):\n\n  {url}\n");
+        println!(
+            "Open this URL in a browser and grant access (a running gateway at {admin} takes the callback):\n\n  {url}\n"
+        );
         println!("If the browser cannot reach the redirect, paste the URL it was sent to here.");
         return finish_with_running_gateway(admin, name).await;
     }
@@ -78,10 +80,14 @@ pub async fn login(config: Config, name: &str) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let form = Form::parse(&query).unwrap_or_default();
-    let outcome = credentials.complete_login(form.get("state").unwrap_or(""), crate::admin::callback_code(&form), Some(index)).await;
+    let outcome = credentials
+        .complete_login(form.get("state").unwrap_or(""), crate::admin::callback_code(&form), Some(index))
+        .await;
     match outcome {
         Ok(LoginOutcome::Service { credential }) => {
-            println!("Credential {credential:?} is ready; its tokens are stored. Start (or reload) the gateway to use them.");
+            println!(
+                "Credential {credential:?} is ready; its tokens are stored. Start (or reload) the gateway to use them."
+            );
             ExitCode::SUCCESS
         }
         Ok(LoginOutcome::Session { .. }) => ExitCode::FAILURE,
@@ -158,9 +164,7 @@ async fn credential_ready(
     let Ok(response) = client.request(request).await else { return false };
     let Ok(body) = response.into_body().collect().await else { return false };
     let status: serde_json::Value = serde_json::from_slice(&body.to_bytes()).unwrap_or_default();
-    status["credentials"]
-        .as_array()
-        .is_some_and(|list| list.iter().any(|c| c["name"] == name && c["state"] == "ready"))
+    status["credentials"].as_array().is_some_and(|list| list.iter().any(|c| c["name"] == name && c["state"] == "ready"))
 }
 
 /// A listener at the redirect URI's address, when it is a free loopback address.
@@ -191,7 +195,11 @@ async fn take_callback(listener: tokio::net::TcpListener) -> Option<String> {
                 let has_state = Form::parse(&query).is_ok_and(|f| f.get("state").is_some());
                 let page = if has_state {
                     let _ = tx.send(query).await;
-                    crate::admin::page(StatusCode::OK, "Received", "The login continues in your terminal; you can close this window.")
+                    crate::admin::page(
+                        StatusCode::OK,
+                        "Received",
+                        "The login continues in your terminal; you can close this window.",
+                    )
                 } else {
                     crate::admin::page(StatusCode::NOT_FOUND, "Waiting", "This listener only takes the OAuth callback.")
                 };
@@ -275,7 +283,9 @@ pub async fn register(config: Config, name: &str, redirect_uri: &str, public: bo
     let secret_line = match registered["client_secret"].as_str() {
         Some(secret) => {
             println!("client_secret: {secret}");
-            println!("\nThe secret is shown once: put it in a file readable only by the gateway (e.g. /run/secrets/awork-client-secret).");
+            println!(
+                "\nThe secret is shown once: put it in a file readable only by the gateway (e.g. /run/secrets/awork-client-secret)."
+            );
             "client_secret = { file = \"/run/secrets/awork-client-secret\" }\n"
         }
         None => "",

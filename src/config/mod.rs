@@ -75,7 +75,9 @@ pub struct CredentialConfig {
 
 #[derive(Debug, Clone)]
 pub enum CredentialKind {
-    ApiKey { key: SecretSource },
+    ApiKey {
+        key: SecretSource,
+    },
     /// One grant, given once by an admin, shared by the clients mapped to it.
     OAuth(OAuthConfig),
     /// One grant per person, each signed in through `/oauth2/start`.
@@ -287,7 +289,8 @@ impl<'a> Validator<'a> {
     fn config(&mut self, raw: raw::RawConfig) -> Option<Config> {
         let server = self.server(raw.server);
         let upstream = self.upstream(raw.upstream);
-        self.upstream_origin = upstream.as_ref().map_or_else(|| "https://api.awork.com".to_owned(), UpstreamConfig::origin);
+        self.upstream_origin =
+            upstream.as_ref().map_or_else(|| "https://api.awork.com".to_owned(), UpstreamConfig::origin);
         let credentials = self.credentials(raw.credentials);
         let rate_limit = self.rate_limit(raw.rate_limit);
         let clients = self.clients(raw.clients, &credentials);
@@ -473,7 +476,8 @@ impl<'a> Validator<'a> {
         if scopes.is_empty() || scopes.iter().any(|s| s.is_empty() || s.contains(' ')) {
             self.issue(format!("{key}.scopes"), "list scope names, e.g. [\"full_access\", \"offline_access\"]");
         }
-        let expected_callback = if per_user { "/oauth2/callback".to_owned() } else { format!("/oauth/{name}/callback") };
+        let expected_callback =
+            if per_user { "/oauth2/callback".to_owned() } else { format!("/oauth/{name}/callback") };
         match raw.redirect_uri.parse::<http::Uri>() {
             Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() => {
                 if uri.path() != expected_callback {
@@ -483,7 +487,8 @@ impl<'a> Validator<'a> {
                     );
                 }
             }
-            _ => self.issue(format!("{key}.redirect_uri"), format!("{:?} is not an absolute http(s) URL", raw.redirect_uri)),
+            _ => self
+                .issue(format!("{key}.redirect_uri"), format!("{:?} is not an absolute http(s) URL", raw.redirect_uri)),
         }
         let authorize_url = raw.authorize_url.unwrap_or_else(|| format!("{origin}/api/v1/accounts/authorize"));
         if !matches!(authorize_url.parse::<http::Uri>(), Ok(u) if u.scheme().is_some() && u.authority().is_some()) {
@@ -499,7 +504,10 @@ impl<'a> Validator<'a> {
         };
         let token_store = self.token_store(key, raw.token_store.as_deref(), per_user);
         if per_user && raw.keepalive.is_some() {
-            self.issue(format!("{key}.keepalive"), "applies to type = \"oauth\" only (sessions end before a refresh token dies)");
+            self.issue(
+                format!("{key}.keepalive"),
+                "applies to type = \"oauth\" only (sessions end before a refresh token dies)",
+            );
         }
         if !per_user && (raw.session_idle_timeout.is_some() || raw.session_max_age.is_some()) {
             self.issue(key, "session_idle_timeout and session_max_age apply to type = \"oauth_user\" only");
@@ -545,7 +553,10 @@ impl<'a> Validator<'a> {
                 Some(TokenStoreConfig::Memory)
             }
             Some("redis") => {
-                self.issue(key, "\"redis\" needs the [redis] section, which this version does not have yet; use \"file:DIR\"");
+                self.issue(
+                    key,
+                    "\"redis\" needs the [redis] section, which this version does not have yet; use \"file:DIR\"",
+                );
                 None
             }
             Some(other) => match other.strip_prefix("file:") {

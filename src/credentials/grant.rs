@@ -95,7 +95,14 @@ impl Grant {
             id: id.to_owned(),
             client,
             store,
-            state: ArcSwap::from_pointee(GrantState { tokens: None, header: None, generation: 0, attempts: 0, failed_at: 0, status }),
+            state: ArcSwap::from_pointee(GrantState {
+                tokens: None,
+                header: None,
+                generation: 0,
+                attempts: 0,
+                failed_at: 0,
+                status,
+            }),
             refreshing: Mutex::new(()),
             attempted: watch::Sender::new(0),
             login_hint,
@@ -151,7 +158,9 @@ impl Grant {
         let state = self.state.load();
         match (state.usable_header(unix_millis()), &state.status) {
             (Some(header), _) => Ok((header.clone(), state.generation)),
-            (None, GrantStatus::LoginNeeded(reason) | GrantStatus::Degraded(reason)) => Err(Unavailable(reason.clone())),
+            (None, GrantStatus::LoginNeeded(reason) | GrantStatus::Degraded(reason)) => {
+                Err(Unavailable(reason.clone()))
+            }
             (None, GrantStatus::Ready) => Err(Unavailable(format!(
                 "no usable access token (expires {:?}, now {}, attempts {} seen {attempts})",
                 state.expires_at_ms(),
@@ -253,7 +262,14 @@ impl Grant {
         });
         let current = self.state.load();
         let (generation, attempts) = (current.generation + 1, current.attempts + 1);
-        self.state.store(Arc::new(GrantState { tokens: Some(tokens), header, generation, attempts, failed_at: 0, status }));
+        self.state.store(Arc::new(GrantState {
+            tokens: Some(tokens),
+            header,
+            generation,
+            attempts,
+            failed_at: 0,
+            status,
+        }));
         self.attempted.send_replace(attempts);
     }
 

@@ -73,7 +73,12 @@ pub struct Credentials {
 
 impl Credentials {
     /// Loads every API key and restores every stored grant and session.
-    pub fn load(config: &Config, env: Arc<dyn Env>, metrics: Arc<Metrics>, http: HttpClient) -> Result<Self, SetupError> {
+    pub fn load(
+        config: &Config,
+        env: Arc<dyn Env>,
+        metrics: Arc<Metrics>,
+        http: HttpClient,
+    ) -> Result<Self, SetupError> {
         let mut list = Vec::with_capacity(config.credentials.len());
         for c in &config.credentials {
             let credential = match &c.kind {
@@ -83,7 +88,8 @@ impl Credentials {
                 CredentialKind::OAuth(oauth) | CredentialKind::OAuthUser(oauth) => {
                     let store = TokenStore::open(&oauth.token_store)
                         .map_err(|e| SetupError { credential: c.name.clone(), reason: e.to_string() })?;
-                    let client = Arc::new(OAuthClient::new(&c.name, oauth.clone(), env.clone(), http.clone(), metrics.clone()));
+                    let client =
+                        Arc::new(OAuthClient::new(&c.name, oauth.clone(), env.clone(), http.clone(), metrics.clone()));
                     if matches!(c.kind, CredentialKind::OAuth(_)) {
                         let hint = format!(
                             "log in at http://{}/oauth/{}/login or run `awork-gateway login {}`",

@@ -111,7 +111,13 @@ pub struct OAuthClient {
 }
 
 impl OAuthClient {
-    pub fn new(credential: &str, config: OAuthConfig, env: Arc<dyn Env>, http: HttpClient, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        credential: &str,
+        config: OAuthConfig,
+        env: Arc<dyn Env>,
+        http: HttpClient,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self { credential: credential.to_owned(), config, env, http, metrics }
     }
 
@@ -234,8 +240,9 @@ impl OAuthClient {
         let body: TokenErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
         let code = body.code.or(body.error).unwrap_or_else(|| status.as_str().to_owned());
         let description = body.description.or(body.error_description).unwrap_or_default();
-        let final_refusal = matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-            && code != "temporarily_unavailable";
+        let final_refusal =
+            matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                && code != "temporarily_unavailable";
         if final_refusal {
             Err(TokenError::Rejected { code, description })
         } else {

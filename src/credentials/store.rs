@@ -120,7 +120,9 @@ impl TokenStore {
     /// Every stored grant whose name starts with `prefix`.
     pub fn list(&self, prefix: &str) -> std::io::Result<Vec<(String, Tokens)>> {
         let names: Vec<String> = match self {
-            Self::Memory(map) => map.lock().map_err(poisoned)?.keys().filter(|k| k.starts_with(prefix)).cloned().collect(),
+            Self::Memory(map) => {
+                map.lock().map_err(poisoned)?.keys().filter(|k| k.starts_with(prefix)).cloned().collect()
+            }
             Self::File(dir) => std::fs::read_dir(dir)?
                 .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
                 .filter_map(|name| name.strip_suffix(".json").map(str::to_owned))

@@ -132,10 +132,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let unavailable = |reason: String| GatewayError::CredentialUnavailable {
-                credential: attach.name().to_owned(),
-                reason,
-            };
+            let unavailable =
+                |reason: String| GatewayError::CredentialUnavailable { credential: attach.name().to_owned(), reason };
             let (auth, generation) = match attach.authorization().await {
                 Ok(found) => found,
                 Err(reason) => return Ok(unavailable(reason).to_response(&request_id)),
@@ -160,7 +158,11 @@ where
             let (Some(replay), Ok((auth, _))) = (replay, attach.authorization().await) else {
                 return Ok(response);
             };
-            tracing::info!(credential = attach.name(), request_id, "replaying a request refused by awork with the renewed credential");
+            tracing::info!(
+                credential = attach.name(),
+                request_id,
+                "replaying a request refused by awork with the renewed credential"
+            );
             let mut again = Request::new(RequestBody::empty());
             *again.method_mut() = replay.method;
             *again.uri_mut() = replay.uri;

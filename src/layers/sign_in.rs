@@ -175,13 +175,19 @@ impl SignInLayer {
                 } else {
                     match &return_to {
                         Some(path) => redirect(path),
-                        None => page(StatusCode::OK, "Signed in", "You are signed in to the awork gateway; you can close this window."),
+                        None => page(
+                            StatusCode::OK,
+                            "Signed in",
+                            "You are signed in to the awork gateway; you can close this window.",
+                        ),
                     }
                 };
                 self.set_cookie(&mut response, &token, self.session_max_age);
                 response
             }
-            Ok(LoginOutcome::Service { .. }) => page(StatusCode::BAD_REQUEST, "Login failed", "this login belongs to the admin listener"),
+            Ok(LoginOutcome::Service { .. }) => {
+                page(StatusCode::BAD_REQUEST, "Login failed", "this login belongs to the admin listener")
+            }
             Err(e) if wants_json => {
                 GatewayError::Unauthenticated(format!("sign-in failed: {e}")).to_response(request_id)
             }

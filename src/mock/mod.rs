@@ -52,7 +52,6 @@
 mod body;
 mod control;
 mod data;
-mod form;
 mod oauth;
 mod quota;
 mod respond;

@@ -2,6 +2,7 @@
 //! strings without trusting them: every malformed value becomes a 400 `validation-failed`
 //! answer instead of a panic.
 
+use crate::form::percent_decode;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -101,35 +102,6 @@ impl Query {
             _ => Err(Box::new(invalid(name, &format!("'{name}' must be a whole number from {min} to {max}.")))),
         }
     }
-}
-
-/// Decodes `%XX` escapes and `+` (as a space); `None` on a bad escape or invalid UTF-8.
-pub(crate) fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                if !hex.iter().all(u8::is_ascii_hexdigit) {
-                    return None;
-                }
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -21,10 +21,9 @@ use super::body::MockBody;
 use super::data;
 use super::oauth;
 use super::quota::Verdict;
-use super::respond::{
-    Query, Reject, Resp, code_for, error, invalid, json_response, not_found, percent_decode, with_body,
-};
+use super::respond::{Query, Reject, Resp, code_for, error, invalid, json_response, not_found, with_body};
 use super::state::{Shared, lock, unix_now};
+use crate::form::percent_decode;
 
 /// Default download size: 1 MiB.
 const DEFAULT_DOWNLOAD: u64 = 1 << 20;

@@ -17,9 +17,9 @@ use serde_json::json;
 
 use super::store::{CodeExchange, Issued, PendingCode};
 use super::{KNOWN_SCOPES, OAuth, register};
+use crate::form::{Form, FormError, with_query};
 use crate::mock::body::MockBody;
 use crate::mock::data::iso_datetime;
-use crate::mock::form::{Form, FormError, with_query};
 use crate::mock::respond::{Resp, code_for, error, json_response, with_body};
 use crate::mock::routes::Ctx;
 use crate::mock::state::Shared;

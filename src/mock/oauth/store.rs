@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::OAuthClient;
-use crate::mock::respond::percent_decode;
+use crate::form::percent_decode;
 use crate::mock::state::unix_now;
 
 /// How long an authorization code may wait for its exchange.
