@@ -212,7 +212,8 @@ async fn take_callback(listener: tokio::net::TcpListener) -> Option<String> {
     }
 }
 
-/// Reads lines from stdin until one is a URL (or query) with a `state`.
+/// Reads lines from stdin until one is a URL (or query) with a `state`. A closed stdin (a
+/// service manager, `< /dev/null`) never answers, so the callback can still arrive.
 async fn pasted_query() -> Option<String> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -225,7 +226,7 @@ async fn pasted_query() -> Option<String> {
             eprintln!("that is not the redirected URL (it has no state parameter); paste the whole URL");
         }
     }
-    None
+    std::future::pending().await
 }
 
 /// `awork-gateway register`: dynamic client registration (RFC 7591) at awork.

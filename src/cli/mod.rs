@@ -87,7 +87,12 @@ pub fn main() -> ExitCode {
 
 fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(fut),
+        Ok(runtime) => {
+            let code = runtime.block_on(fut);
+            // A pending read of stdin (login) must not hold the process open.
+            runtime.shutdown_background();
+            code
+        }
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             ExitCode::FAILURE
