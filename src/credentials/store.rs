@@ -1,6 +1,9 @@
 //! Where grants live between restarts. The file store writes each grant to its own file
 //! (0600, in a 0700 directory) by write-aside, fsync, rename, fsync of the directory: a
 //! crash at any moment leaves either the old or the new tokens on disk, never a torn file.
+//! A crash between writing the file aside and the rename leaves the newer tokens in the
+//! aside file only: loading takes them from there (with a rotating refresh token, the older
+//! file's token is already dead).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -73,13 +76,15 @@ impl TokenStore {
     pub fn load(&self, grant: &str) -> std::io::Result<Option<Tokens>> {
         match self {
             Self::Memory(map) => Ok(map.lock().map_err(poisoned)?.get(grant).cloned()),
-            Self::File(dir) => match std::fs::read(grant_path(dir, grant)) {
-                Ok(bytes) => serde_json::from_slice::<Stored>(&bytes)
-                    .map(|s| Some(s.into()))
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e),
-            },
+            Self::File(dir) => {
+                let target = grant_path(dir, grant);
+                let saved = match std::fs::read(&target) {
+                    Ok(bytes) => Some(parse(&bytes)?),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                };
+                Ok(recover_aside(dir, grant, &target, saved))
+            }
         }
     }
 
@@ -143,6 +148,54 @@ fn grant_path(dir: &Path, grant: &str) -> PathBuf {
     dir.join(format!("{grant}.json"))
 }
 
+fn parse(bytes: &[u8]) -> std::io::Result<Tokens> {
+    serde_json::from_slice::<Stored>(bytes)
+        .map(Tokens::from)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Finishes a save that a crash interrupted: a complete aside file newer than the grant's
+/// file replaces it; aside files that are older or torn are removed.
+fn recover_aside(dir: &Path, grant: &str, target: &Path, saved: Option<Tokens>) -> Option<Tokens> {
+    let prefix = format!(".{grant}.");
+    let asides: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
+        })
+        .collect();
+    let mut best = saved;
+    let mut promote = None;
+    for aside in asides {
+        let newer = std::fs::read(&aside).ok().and_then(|bytes| parse(&bytes).ok()).filter(|tokens| {
+            best.as_ref().is_none_or(|b| tokens.obtained_at_ms > b.obtained_at_ms)
+        });
+        match newer {
+            Some(tokens) => {
+                if let Some(older) = promote.replace(aside) {
+                    let _ = std::fs::remove_file(older);
+                }
+                best = Some(tokens);
+            }
+            None => {
+                let _ = std::fs::remove_file(&aside);
+            }
+        }
+    }
+    if let Some(aside) = promote {
+        tracing::warn!(grant, "finishing a token save that a crash interrupted");
+        if let Err(e) = std::fs::rename(&aside, target).and_then(|()| std::fs::File::open(dir)?.sync_all()) {
+            tracing::warn!(grant, error = %e, "cannot finish the interrupted save; the tokens are used from memory");
+        }
+    }
+    best
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -201,6 +254,24 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
         store.remove("service").expect("remove");
         assert!(store.load("service").expect("load").is_none());
+    }
+
+    #[test]
+    fn a_save_interrupted_before_the_rename_is_finished_on_load() {
+        let dir = std::env::temp_dir().join(format!("agw-store-{}", random()));
+        let store = TokenStore::open(&TokenStoreConfig::File(dir.clone())).expect("open");
+        store.save("service", &tokens("old")).expect("save");
+        let mut newer = tokens("new");
+        newer.obtained_at_ms += 1_000;
+        std::fs::write(dir.join(".service.abc.tmp"), serde_json::to_vec(&Stored::from(&newer)).expect("json"))
+            .expect("aside");
+        std::fs::write(dir.join(".service.torn.tmp"), b"{\"access_tok").expect("torn aside");
+        let loaded = store.load("service").expect("load").expect("present");
+        assert_eq!(loaded.access_token.expose(), "new");
+        let names: Vec<String> =
+            std::fs::read_dir(&dir).expect("dir").filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        assert_eq!(names, ["service.json"], "the aside file was promoted and the torn one removed");
+        assert_eq!(store.load("service").expect("reload").expect("present").access_token.expose(), "new");
     }
 
     #[test]
