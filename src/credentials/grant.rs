@@ -287,9 +287,11 @@ impl Grant {
         self.attempted.send_replace(attempts);
     }
 
+    /// Writes the tokens aside at once (a kill from here on cannot lose them), then makes
+    /// them durable off the async threads.
     async fn save(&self, tokens: &Tokens) -> std::io::Result<()> {
-        let (store, id, tokens) = (self.store.clone(), self.id.clone(), tokens.clone());
-        tokio::task::spawn_blocking(move || store.save(&id, &tokens)).await.map_err(std::io::Error::other)?
+        let pending = self.store.write_aside(&self.id, tokens)?;
+        tokio::task::spawn_blocking(move || pending.commit()).await.map_err(std::io::Error::other)?
     }
 
     /// Forgets the grant (logout).

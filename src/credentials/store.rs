@@ -90,21 +90,25 @@ impl TokenStore {
 
     /// Saves durably; returns only once the tokens would survive a crash.
     pub fn save(&self, grant: &str, tokens: &Tokens) -> std::io::Result<()> {
+        self.write_aside(grant, tokens)?.commit()
+    }
+
+    /// The quick first half of a save: the tokens are in a file beside the grant's (which a
+    /// killed process leaves behind for `load` to find), not yet fsynced or renamed.
+    pub fn write_aside(&self, grant: &str, tokens: &Tokens) -> std::io::Result<PendingSave> {
         match self {
             Self::Memory(map) => {
                 map.lock().map_err(poisoned)?.insert(grant.to_owned(), tokens.clone());
-                Ok(())
+                Ok(PendingSave(None))
             }
             Self::File(dir) => {
-                let target = grant_path(dir, grant);
                 let aside = dir.join(format!(".{grant}.{}.tmp", super::oauth::random_token(6)));
                 let bytes = serde_json::to_vec(&Stored::from(tokens)).map_err(std::io::Error::other)?;
-                let written = write_private(&aside, &bytes).and_then(|()| std::fs::rename(&aside, &target));
-                if written.is_err() {
+                if let Err(e) = write_private(&aside, &bytes) {
                     let _ = std::fs::remove_file(&aside);
+                    return Err(e);
                 }
-                written?;
-                std::fs::File::open(dir)?.sync_all()
+                Ok(PendingSave(Some(Aside { aside, target: grant_path(dir, grant), dir: dir.clone() })))
             }
         }
     }
@@ -141,6 +145,32 @@ impl TokenStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// A save written aside, to be made durable by `commit` (which may block on the disk).
+#[derive(Debug)]
+pub struct PendingSave(Option<Aside>);
+
+#[derive(Debug)]
+struct Aside {
+    aside: PathBuf,
+    target: PathBuf,
+    dir: PathBuf,
+}
+
+impl PendingSave {
+    /// fsync, rename over the grant's file, fsync the directory.
+    pub fn commit(self) -> std::io::Result<()> {
+        let Some(Aside { aside, target, dir }) = self.0 else { return Ok(()) };
+        let done = std::fs::File::open(&aside)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(&aside, &target))
+            .and_then(|()| std::fs::File::open(&dir)?.sync_all());
+        if done.is_err() {
+            let _ = std::fs::remove_file(&aside);
+        }
+        done
     }
 }
 
@@ -201,9 +231,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    options.open(path)?.write_all(bytes)
 }
 
 #[cfg(unix)]
