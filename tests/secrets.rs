@@ -570,3 +570,415 @@ async fn trace_level_run_leaks_no_secret() {
     }
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
 }
+
+// ---- OAuth: service grant, per-person sessions, refreshes, logout, revocation ----
+
+/// What a tokens-in-files store holds right now: every access and refresh token in it.
+fn store_tokens(store: &Path) -> Vec<(&'static str, String)> {
+    let Ok(entries) = std::fs::read_dir(store) else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        if !entry.file_name().to_string_lossy().ends_with(".json") {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(entry.path()) else { continue };
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+        for (kind, field) in [("access token", "access_token"), ("refresh token", "refresh_token")] {
+            if let Some(token) = json[field].as_str() {
+                found.push((kind, token.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// Watches the token store every 10 ms, so that each rotated token is seen while it is current.
+struct StoreWatch {
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(&'static str, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StoreWatch {
+    fn start(store: std::path::PathBuf) -> Self {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let sink = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let found = store_tokens(&store);
+                sink.lock().expect("store watch lock").extend(found);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        Self { seen, task }
+    }
+
+    fn stop(self, store: &Path) -> std::collections::BTreeSet<(&'static str, String)> {
+        self.task.abort();
+        let mut seen = self.seen.lock().expect("store watch lock").clone();
+        seen.extend(store_tokens(store));
+        seen
+    }
+}
+
+fn oauth_gateway_config(
+    mock_url: &str,
+    port: u16,
+    admin: u16,
+    store: &Path,
+    secret_file: &Path,
+    format: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+drain_timeout = "2s"
+
+[upstream]
+url = "{mock_url}"
+connect_timeout = "1s"
+request_timeout = "5s"
+
+[credentials.service]
+type = "oauth"
+client_id = "gw-service"
+redirect_uri = "http://127.0.0.1:{admin}/oauth/service/callback"
+token_store = "file:{store}"
+
+[credentials.people]
+type = "oauth_user"
+client_id = "gw-people"
+client_secret = {{ file = "{secret_file}" }}
+redirect_uri = "http://127.0.0.1:{port}/oauth2/callback"
+token_store = "file:{store}"
+
+[[clients]]
+name = "staff"
+credential = "people"
+allow = ["* /api/v1/**"]
+
+[[clients]]
+name = "sync"
+networks = ["127.0.0.0/8"]
+credential = "service"
+allow = ["* /api/v1/**"]
+
+[log]
+format = "{format}"
+"#,
+        store = store.display(),
+        secret_file = secret_file.display(),
+    )
+}
+
+/// The `code` in the callback URL of a recorded redirect chain.
+fn code_in(visited: &[String], callback_path: &str) -> String {
+    let callback = visited.iter().find(|u| u.contains(callback_path)).expect("the chain reached the callback");
+    let query = callback.split_once('?').map_or("", |(_, q)| q);
+    let form = awork_gateway::form::Form::parse(query).expect("callback query");
+    form.get("code").expect("a code in the callback").to_owned()
+}
+
+/// One OAuth run of the binary at trace level: what it printed and answered, and every
+/// secret of the run, named.
+struct OAuthRun {
+    output: String,
+    stderr: String,
+    transcript: String,
+    needles: Vec<(String, String)>,
+    sessions: Vec<String>,
+    upstream_headers: Vec<(String, String)>,
+}
+
+async fn oauth_run(format: &str) -> OAuthRun {
+    let dir = support::temp_dir(&format!("secrets-oauth-{format}"));
+    let store = dir.join("tokens");
+    let secret = format!("people-secret-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+    let secret_file = dir.join("people-client-secret");
+    write_key(&secret_file, &secret);
+    let (port, admin_port) = (support::free_port(), support::free_port());
+    let mock = MockAwork::builder()
+        .no_rate_limit()
+        .oauth_client("gw-service", None, format!("http://127.0.0.1:{admin_port}/oauth/service/callback"))
+        .oauth_client("gw-people", Some(&secret), format!("http://127.0.0.1:{port}/oauth2/callback"))
+        .token_lifetime(Duration::from_secs(2))
+        .start()
+        .await
+        .expect("mock awork starts");
+    let config = dir.join("gateway.toml");
+    let text = oauth_gateway_config(&mock.url(), port, admin_port, &store, &secret_file, format);
+    std::fs::write(&config, text).expect("write config");
+    let mut gateway =
+        BinaryGateway::spawn_on(&dir.join("gateway"), &config, port, admin_port, &[("RUST_LOG", "trace")]).await;
+    let watch = StoreWatch::start(store.clone());
+    let mut t = Transcript::default();
+    let h1 = support::client();
+    let mut codes = Vec::new();
+    let me = |extra: Vec<(&'static str, String)>, label: &'static str, expect: StatusCode| Call {
+        label,
+        client: &h1,
+        method: Method::GET,
+        path: "/api/v1/me",
+        headers: extra,
+        body: "",
+        expect,
+    };
+
+    // Before any login: 503 naming where to log in.
+    admin(&gateway, &mut t, "/readyz").await;
+    call(&gateway, &mut t, me(vec![], "service before login", StatusCode::SERVICE_UNAVAILABLE)).await;
+
+    // The admin grants the service credential.
+    let (page, visited) = support::follow_recording(&gateway.admin_url("/oauth/service/login"), &[]).await;
+    t.record("admin login page", &page);
+    assert_eq!(page.status, StatusCode::OK, "admin login: {}", String::from_utf8_lossy(&page.body));
+    let admin_callback = visited.last().expect("visited").clone();
+    codes.push(code_in(&visited, "/oauth/service/callback"));
+
+    // Loopback callers use it, through one refresh (2 s tokens are refreshed at 1.5 s).
+    call(&gateway, &mut t, me(vec![("authorization", "Bearer callers-stale-key".into())], "sync me", StatusCode::OK))
+        .await;
+    let users = Call {
+        label: "sync users",
+        client: &h1,
+        method: Method::GET,
+        path: "/api/v1/users?pageSize=2",
+        headers: vec![],
+        body: "",
+        expect: StatusCode::OK,
+    };
+    call(&gateway, &mut t, users).await;
+    let post = Call {
+        label: "sync post",
+        client: &h1,
+        method: Method::POST,
+        path: "/api/v1/echo/sync",
+        headers: vec![("content-type", "application/json".into())],
+        body: r#"{"name":"from sync"}"#,
+        expect: StatusCode::OK,
+    };
+    call(&gateway, &mut t, post).await;
+    let until = std::time::Instant::now() + Duration::from_millis(2600);
+    while std::time::Instant::now() < until {
+        call(&gateway, &mut t, me(vec![], "sync me during refresh", StatusCode::OK)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(mock.stats().token_requests.refresh_token >= 1, "the service grant was not refreshed");
+
+    // Two people sign in and use their sessions, as Bearer and as cookie, through a refresh.
+    let mut sessions = Vec::new();
+    for person in ["Ada Lovelace", "Grace Hopper"] {
+        mock.set_consent_user(person);
+        let (answer, visited) =
+            support::follow_recording(&gateway.url("/oauth2/start"), &[("accept", "application/json")]).await;
+        assert_eq!(answer.status, StatusCode::OK, "sign-in: {}", String::from_utf8_lossy(&answer.body));
+        sessions.push(answer.json()["session"].as_str().expect("session token").to_owned());
+        codes.push(code_in(&visited, "/oauth2/callback"));
+    }
+    let (ada, grace) = (sessions[0].clone(), sessions[1].clone());
+    let refreshes_before = mock.stats().token_requests.refresh_token;
+    for round in 0..2 {
+        let a =
+            call(&gateway, &mut t, me(vec![("authorization", format!("Bearer {ada}"))], "ada", StatusCode::OK)).await;
+        assert_eq!(a.json()["firstName"], "Ada");
+        let cookie = format!("awork_gateway_session={grace}; theme=dark");
+        let g = call(&gateway, &mut t, me(vec![("cookie", cookie)], "grace by cookie", StatusCode::OK)).await;
+        assert_eq!(g.json()["firstName"], "Grace");
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(1900)).await;
+        }
+    }
+    // The second round found both sessions' tokens due or expired; give the refreshes a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    call(&gateway, &mut t, me(vec![("authorization", format!("Bearer {ada}"))], "ada again", StatusCode::OK)).await;
+    let people_refreshes = mock.stats().token_requests.refresh_token - refreshes_before;
+    assert!(people_refreshes >= 2, "the people's grants were not refreshed ({people_refreshes} refreshes)");
+
+    // Ada logs out; her session is dead, Grace's lives.
+    let logout = Call {
+        label: "ada logout",
+        client: &h1,
+        method: Method::POST,
+        path: "/oauth2/logout",
+        headers: vec![("authorization", format!("Bearer {ada}"))],
+        body: "",
+        expect: StatusCode::OK,
+    };
+    call(&gateway, &mut t, logout).await;
+    call(
+        &gateway,
+        &mut t,
+        me(vec![("authorization", format!("Bearer {ada}"))], "ada after logout", StatusCode::UNAUTHORIZED),
+    )
+    .await;
+
+    // Callbacks replayed or forged, with real codes in them: refused without echoing them.
+    let replayed = support::get(&admin_callback, &[]).await;
+    t.record("admin callback replayed", &replayed);
+    assert_eq!(replayed.status, StatusCode::BAD_REQUEST);
+    let forged = format!("/oauth2/callback?code={}&state=forged", codes[1]);
+    let forged_json = Call {
+        label: "forged sign-in callback (json)",
+        client: &h1,
+        method: Method::GET,
+        path: &forged,
+        headers: vec![("accept", "application/json".into())],
+        body: "",
+        expect: StatusCode::UNAUTHORIZED,
+    };
+    call(&gateway, &mut t, forged_json).await;
+    let forged_page = Call {
+        label: "forged sign-in callback",
+        client: &h1,
+        method: Method::GET,
+        path: &forged,
+        headers: vec![],
+        body: "",
+        expect: StatusCode::BAD_REQUEST,
+    };
+    call(&gateway, &mut t, forged_page).await;
+
+    // awork revokes every grant: the service answers 503, Grace's session cannot go on either.
+    assert!(mock.revoke_all_grants() >= 2);
+    call(&gateway, &mut t, me(vec![], "service revoked", StatusCode::SERVICE_UNAVAILABLE)).await;
+    let grace_revoked = support::send(
+        &h1,
+        Method::GET,
+        &gateway.url("/api/v1/me"),
+        &[("authorization", &format!("Bearer {grace}"))],
+        "",
+    )
+    .await;
+    t.record("grace revoked", &grace_revoked);
+    assert!(
+        grace_revoked.status.is_client_error() || grace_revoked.status.is_server_error(),
+        "{}",
+        grace_revoked.status
+    );
+    for path in ["/healthz", "/readyz", "/metrics", "/status"] {
+        admin(&gateway, &mut t, path).await;
+    }
+
+    let status = gateway.terminate(Duration::from_secs(10)).expect("the gateway stops within 10 s of SIGTERM");
+    assert!(status.success(), "gateway exit status {status}");
+    let stored = watch.stop(&store);
+
+    // Every secret of the run: what the mock saw as bearer tokens, what the store held (every
+    // access and refresh token, rotated ones included), the codes, the sessions, the client secret.
+    let seen = mock.requests();
+    let token_answers =
+        seen.iter().filter(|r| r.path_and_query.starts_with("/api/v1/accounts/token") && r.status == 200).count();
+    let mut needles: Vec<(String, String)> = Vec::new();
+    let mut access_tokens = std::collections::BTreeSet::new();
+    for request in seen
+        .iter()
+        .filter(|r| r.path_and_query.starts_with("/api/v1/") && !r.path_and_query.contains("/accounts/token"))
+    {
+        if let Some(token) = request.header("authorization").and_then(|v| v.strip_prefix("Bearer ")) {
+            access_tokens.insert(token.to_owned());
+        }
+    }
+    access_tokens.extend(stored.iter().filter(|(kind, _)| *kind == "access token").map(|(_, t)| t.clone()));
+    let refresh_tokens: Vec<String> =
+        stored.iter().filter(|(kind, _)| *kind == "refresh token").map(|(_, t)| t.clone()).collect();
+    assert!(
+        access_tokens.len() >= token_answers && refresh_tokens.len() >= token_answers,
+        "the watch missed tokens: {} token answers, {} access and {} refresh tokens collected",
+        token_answers,
+        access_tokens.len(),
+        refresh_tokens.len()
+    );
+    assert_eq!(codes.len(), 3);
+    for (i, token) in access_tokens.iter().enumerate() {
+        needles.push((format!("access token #{i}"), token.clone()));
+    }
+    for (i, token) in refresh_tokens.iter().enumerate() {
+        needles.push((format!("refresh token #{i}"), token.clone()));
+    }
+    for (i, code) in codes.iter().enumerate() {
+        needles.push((format!("authorization code #{i}"), code.clone()));
+    }
+    let people_basic = format!("gw-people:{secret}");
+    for (name, text) in [
+        ("session of Ada", &ada),
+        ("session of Grace", &grace),
+        ("people client secret", &secret),
+        ("gw-people:<secret>", &people_basic),
+    ] {
+        needles.push((format!("base64({name})"), STANDARD_NO_PAD.encode(text.as_bytes())));
+        needles.push((format!("base64url({name})"), URL_SAFE_NO_PAD.encode(text.as_bytes())));
+        if name != "gw-people:<secret>" {
+            needles.push((name.to_owned(), text.clone()));
+        }
+    }
+    eprintln!(
+        "{format}: {} token answers, {} access tokens, {} refresh tokens, {} codes, 2 sessions",
+        token_answers,
+        access_tokens.len(),
+        refresh_tokens.len(),
+        codes.len()
+    );
+    let stderr = gateway.stderr();
+    OAuthRun {
+        output: format!("{}\n{stderr}", gateway.stdout()),
+        stderr,
+        transcript: t.text,
+        needles,
+        sessions: vec![ada, grace],
+        upstream_headers: seen.into_iter().flat_map(|r| r.headers).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_level_oauth_run_leaks_no_token() {
+    let mut leaks = Vec::new();
+    for format in ["pretty", "json"] {
+        let run = oauth_run(format).await;
+        // Not vacuous: the access log, trace events and the token manager's own lines are there.
+        let stderr = strip_ansi(&run.stderr);
+        let access = stderr.lines().filter(|l| l.contains("awork_gateway::access")).count();
+        assert!(access >= 20, "{format}: only {access} access log lines:\n{stderr}");
+        for status in [200, 401, 503] {
+            let field = if format == "json" { format!("\"status\":{status}") } else { format!("status={status}") };
+            assert!(
+                stderr.lines().any(|l| l.contains("awork_gateway::access") && l.contains(&field)),
+                "{format}: no access log line with {field}"
+            );
+        }
+        let trace = if format == "json" { "\"level\":\"TRACE\"" } else { "TRACE" };
+        assert!(stderr.contains(trace), "{format}: RUST_LOG=trace printed no trace event");
+        for event in ["token request succeeded", "grant installed", "person signed in", "login needed"] {
+            assert!(stderr.contains(event), "{format}: no {event:?} line, so the test saw less than it should");
+        }
+        eprintln!(
+            "{format}: searched {} bytes of gateway output and {} bytes of answers for {} needles",
+            run.output.len(),
+            run.transcript.len(),
+            run.needles.len()
+        );
+        let plain_output = strip_ansi(&run.output);
+        for (what, haystack) in [
+            ("gateway output", &run.output),
+            ("gateway output without colours", &plain_output),
+            ("answers", &run.transcript),
+        ] {
+            for (name, needle) in &run.needles {
+                if let Some(context) = find(haystack, needle) {
+                    leaks.push(format!("{format} run, {what}: {name} in ...{context}..."));
+                }
+            }
+        }
+        for (name, value) in &run.upstream_headers {
+            for session in &run.sessions {
+                if value.contains(session.as_str()) {
+                    leaks.push(format!("{format} run, sent to awork: a session token in header {name}"));
+                }
+            }
+            if value.contains("awork_gateway_session") {
+                leaks.push(format!("{format} run, sent to awork: the session cookie in header {name}"));
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+}

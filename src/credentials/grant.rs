@@ -225,7 +225,7 @@ impl Grant {
         }
         let Some(refresh_token) = state.tokens.as_ref().and_then(|t| t.refresh_token.clone()) else {
             let reason = format!("the grant has no refresh token: {}", self.login_hint);
-            self.set_status(&state, GrantStatus::LoginNeeded(reason), true);
+            self.login_needed(&state, reason);
             return;
         };
         match self.client.refresh(&refresh_token).await {
@@ -243,7 +243,7 @@ impl Grant {
             }
             Err(TokenError::Rejected { code, description }) => {
                 let reason = format!("awork refused the refresh ({code}: {description}); {}", self.login_hint);
-                self.set_status(&state, GrantStatus::LoginNeeded(reason), true);
+                self.login_needed(&state, reason);
                 if let Err(e) = self.store.remove(&self.id) {
                     tracing::warn!(grant = %self.id, error = %e, "cannot remove the dead grant from the store");
                 }
@@ -273,10 +273,12 @@ impl Grant {
         self.attempted.send_replace(attempts);
     }
 
+    fn login_needed(&self, state: &GrantState, reason: String) {
+        tracing::warn!(credential = self.client.credential(), grant = %self.id, reason = %reason, "login needed");
+        self.set_status(state, GrantStatus::LoginNeeded(reason), true);
+    }
+
     fn set_status(&self, state: &GrantState, status: GrantStatus, drop_tokens: bool) {
-        if let GrantStatus::LoginNeeded(reason) = &status {
-            tracing::warn!(credential = self.client.credential(), grant = %self.id, reason = %reason, "login needed");
-        }
         let (tokens, header, generation) = if drop_tokens {
             (None, None, state.generation + 1)
         } else {

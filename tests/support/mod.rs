@@ -409,3 +409,89 @@ pub async fn oauth_mock(port: u16, admin_port: u16, lifetime: Duration) -> MockA
         .await
         .expect("mock awork starts")
 }
+
+// ---- Added for tests/oauth_crash.rs, tests/oauth_cli.rs and tests/secrets.rs (OAuth) ----
+
+impl BinaryGateway {
+    /// The real binary serving an already written `config` on fixed ports (so OAuth redirect
+    /// URIs are known before start), output to files in `dir`. Waits for `/healthz` only: an
+    /// OAuth gateway is not ready before its first login.
+    pub async fn spawn_on(dir: &Path, config: &Path, port: u16, admin_port: u16, env: &[(&str, &str)]) -> Self {
+        std::fs::create_dir_all(dir).expect("gateway run dir");
+        let config = config.to_str().expect("utf-8 config path").to_owned();
+        let child = spawn_binary(dir, &["--config", &config], env);
+        let mut gateway = Self {
+            child,
+            dir: dir.to_owned(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            admin_addr: std::net::SocketAddr::from(([127, 0, 0, 1], admin_port)),
+        };
+        gateway.wait_healthy().await;
+        gateway
+    }
+
+    /// Waits until `/healthz` answers 200 (panicking with stderr after 20 s or an early exit).
+    pub async fn wait_healthy(&mut self) {
+        let client = client();
+        let url = self.admin_url("/healthz");
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                panic!("awork-gateway exited with {status} before it was up; stderr:\n{}", self.stderr());
+            }
+            let request = Request::get(&url).body(Full::new(Bytes::new())).expect("request");
+            if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_millis(500), client.request(request)).await {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("awork-gateway did not answer /healthz within 20 s; stderr:\n{}", self.stderr());
+    }
+
+    /// SIGKILL, then reaps the child: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        signal(&self.child, "KILL");
+        self.child.wait().expect("reap the killed gateway");
+    }
+}
+
+/// Like `send`, but a connection error or a timeout is an `Err` instead of a panic (for
+/// callers of a gateway that may be killed under them).
+pub async fn try_send(
+    client: &TestClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    within: Duration,
+) -> Result<Answer, String> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let exchange = async {
+        let response = client.request(req).await.map_err(|e| format!("request: {e}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+        Ok(Answer { status: parts.status, headers: parts.headers, body })
+    };
+    tokio::time::timeout(within, exchange).await.unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
+}
+
+/// `follow`, also returning every URL visited (the redirect chain), e.g. to learn the
+/// authorization code a login carried.
+pub async fn follow_recording(url: &str, headers: &[(&str, &str)]) -> (Answer, Vec<String>) {
+    let client = client();
+    let mut url = url.to_owned();
+    let mut visited = Vec::new();
+    for _ in 0..5 {
+        visited.push(url.clone());
+        let answer = send(&client, Method::GET, &url, headers, "").await;
+        if !answer.status.is_redirection() {
+            return (answer, visited);
+        }
+        url = answer.headers["location"].to_str().expect("ascii location").to_owned();
+    }
+    panic!("more than 5 redirects from {url}");
+}
