@@ -194,17 +194,16 @@ fn recover_aside(dir: &Path, grant: &str, target: &Path, saved: Option<Tokens>) 
         .filter_map(|entry| entry.ok())
         .map(|entry| entry.path())
         .filter(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
+            path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
         })
         .collect();
     let mut best = saved;
     let mut promote = None;
     for aside in asides {
-        let newer = std::fs::read(&aside).ok().and_then(|bytes| parse(&bytes).ok()).filter(|tokens| {
-            best.as_ref().is_none_or(|b| tokens.obtained_at_ms > b.obtained_at_ms)
-        });
+        let newer = std::fs::read(&aside)
+            .ok()
+            .and_then(|bytes| parse(&bytes).ok())
+            .filter(|tokens| best.as_ref().is_none_or(|b| tokens.obtained_at_ms > b.obtained_at_ms));
         match newer {
             Some(tokens) => {
                 if let Some(older) = promote.replace(aside) {
