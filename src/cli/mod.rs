@@ -135,7 +135,7 @@ pub fn summary(loaded: &Loaded) -> String {
     out += &format!("  upstream {}\n", c.upstream.origin());
     for cred in &c.credentials {
         let source = match &cred.kind {
-            crate::config::CredentialKind::ApiKey { key } => format!("key from {key}"),
+            crate::config::CredentialKind::ApiKey { key } => format!("from {key}"),
             crate::config::CredentialKind::OAuth(o) | crate::config::CredentialKind::OAuthUser(o) => {
                 format!("client {}, tokens in {:?}", o.client_id, o.token_store)
             }
