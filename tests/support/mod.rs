@@ -244,11 +244,17 @@ impl BinaryGateway {
     }
 
     async fn wait_ready(&mut self) {
+        self.wait_for("/readyz").await;
+    }
+
+    /// Waits until the admin `path` answers 200 (panicking with stderr after 20 s or an
+    /// early exit).
+    async fn wait_for(&mut self, path: &str) {
         let client = client();
-        let url = self.admin_url("/readyz");
+        let url = self.admin_url(path);
         for _ in 0..400 {
             if let Some(status) = self.child.try_wait().expect("child status") {
-                panic!("awork-gateway exited with {status} before it was ready; stderr:\n{}", self.stderr());
+                panic!("awork-gateway exited with {status} before {path} answered 200; stderr:\n{}", self.stderr());
             }
             let request = Request::get(&url).body(Full::new(Bytes::new())).expect("request");
             if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_millis(500), client.request(request)).await {
@@ -256,9 +262,9 @@ impl BinaryGateway {
                     return;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("awork-gateway was not ready within 20 s; stderr:\n{}", self.stderr());
+        panic!("awork-gateway did not answer {path} with 200 within 20 s; stderr:\n{}", self.stderr());
     }
 
     pub fn pid(&self) -> u32 {
@@ -430,23 +436,9 @@ impl BinaryGateway {
         gateway
     }
 
-    /// Waits until `/healthz` answers 200 (panicking with stderr after 20 s or an early exit).
+    /// Waits until `/healthz` answers 200 (an OAuth gateway is not ready before its login).
     pub async fn wait_healthy(&mut self) {
-        let client = client();
-        let url = self.admin_url("/healthz");
-        for _ in 0..400 {
-            if let Some(status) = self.child.try_wait().expect("child status") {
-                panic!("awork-gateway exited with {status} before it was up; stderr:\n{}", self.stderr());
-            }
-            let request = Request::get(&url).body(Full::new(Bytes::new())).expect("request");
-            if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_millis(500), client.request(request)).await {
-                if response.status() == StatusCode::OK {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("awork-gateway did not answer /healthz within 20 s; stderr:\n{}", self.stderr());
+        self.wait_for("/healthz").await;
     }
 
     /// SIGKILL, then reaps the child: no shutdown code runs.
