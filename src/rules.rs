@@ -79,14 +79,15 @@ fn parse_glob(glob: &str) -> Result<Vec<Segment>, String> {
         .collect()
 }
 
+/// Does any of `rules` allow `method` on the normalised `path`? The path is split once.
+pub fn allows_any(rules: &[Rule], method: &Method, path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    rules.iter().any(|rule| rule.allows(method, &segments))
+}
+
 impl Rule {
-    /// Does this rule allow `method` on the normalised `path`?
-    pub fn allows(&self, method: &Method, path: &str) -> bool {
-        let method_ok = self.methods.as_ref().is_none_or(|ms| ms.contains(method));
-        method_ok && {
-            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-            match_segments(&self.glob, &segments)
-        }
+    fn allows(&self, method: &Method, segments: &[&str]) -> bool {
+        self.methods.as_ref().is_none_or(|ms| ms.contains(method)) && match_segments(&self.glob, segments)
     }
 }
 
@@ -137,7 +138,7 @@ mod tests {
     use super::*;
 
     fn allows(rule: &str, method: Method, path: &str) -> bool {
-        parse(rule).expect("rule").iter().any(|r| r.allows(&method, path))
+        allows_any(&parse(rule).expect("rule"), &method, path)
     }
 
     #[test]

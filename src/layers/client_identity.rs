@@ -187,6 +187,15 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value.trim_matches('"'))
 }
 
+/// The session token a caller presented, as a Bearer token or the session cookie.
+pub fn presented_session(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| strip_scheme(v.as_bytes(), b"bearer "))
+        .and_then(|token| std::str::from_utf8(token).ok());
+    bearer.or_else(|| session_cookie(headers))
+}
+
 /// The credentials after an auth scheme (matched case-insensitively), trimmed.
 fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
     if value.len() < scheme.len() || !value[..scheme.len()].eq_ignore_ascii_case(scheme) {

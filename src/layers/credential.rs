@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version, he
 use http_body::Body;
 use tower::{Layer, Service, ServiceExt};
 
+use super::request_id::RequestId;
 use super::{ClientIdentity, GatewayRequest, GatewayResponse, UserSession, request_id_of};
 use crate::body::RequestBody;
 use crate::config::Config;
@@ -120,11 +121,15 @@ where
     }
 
     fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
-        let request_id = request_id_of(&req).to_owned();
         let attach = match self.credential_for(&req) {
             Ok(attach) => attach,
-            Err(e) => return Box::pin(async move { Ok(e.to_response(&request_id)) }),
+            Err(e) => {
+                let answer = e.to_response(request_id_of(&req));
+                return Box::pin(async move { Ok(answer) });
+            }
         };
+        // Only needed on the rare failure paths: a refcounted header, not a new string.
+        let request_id = req.extensions().get::<RequestId>().cloned();
         let headers = req.headers_mut();
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::PROXY_AUTHORIZATION);
@@ -132,11 +137,12 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
+            let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
             let unavailable =
                 |reason: String| GatewayError::CredentialUnavailable { credential: attach.name().to_owned(), reason };
             let (auth, generation) = match attach.authorization().await {
                 Ok(found) => found,
-                Err(reason) => return Ok(unavailable(reason).to_response(&request_id)),
+                Err(reason) => return Ok(unavailable(reason).to_response(request_id)),
             };
             req.headers_mut().insert(header::AUTHORIZATION, auth);
             let replay = req.body().is_end_stream().then(|| Replay {
@@ -151,7 +157,7 @@ where
             }
             if !attach.renewed_after_rejection(generation).await {
                 return Ok(match attach.login_needed() {
-                    Some(reason) => unavailable(reason).to_response(&request_id),
+                    Some(reason) => unavailable(reason).to_response(request_id),
                     None => response,
                 });
             }

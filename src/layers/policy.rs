@@ -83,7 +83,7 @@ impl<S> Policy<S> {
         else {
             return Err(GatewayError::Unauthenticated("no client identified".into()));
         };
-        if !client.allow.iter().any(|rule| rule.allows(req.method(), &normal)) {
+        if !crate::rules::allows_any(&client.allow, req.method(), &normal) {
             return Err(GatewayError::Forbidden {
                 client: client.name.clone(),
                 method: req.method().to_string(),

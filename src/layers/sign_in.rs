@@ -15,7 +15,7 @@ use pin_project_lite::pin_project;
 use serde_json::json;
 use tower::{Layer, Service};
 
-use super::client_identity::{SESSION_COOKIE, session_cookie};
+use super::client_identity::{SESSION_COOKIE, presented_session};
 use super::{GatewayResponse, request_id_of};
 use crate::admin::{callback_code, json_response, page, redirect};
 use crate::credentials::{Credential, Credentials, LoginOutcome};
@@ -112,7 +112,7 @@ where
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("application/json"));
         let request_id = request_id_of(&req).to_owned();
-        let session = bearer_or_cookie(&req).map(str::to_owned);
+        let session = presented_session(req.headers()).map(str::to_owned);
         let future: Pin<Box<dyn Future<Output = GatewayResponse> + Send>> = match (action, req.method()) {
             ("/oauth2/start", &Method::GET) => Box::pin(async move { config.start(&query, &request_id) }),
             ("/oauth2/callback", &Method::GET) => {
@@ -125,15 +125,6 @@ where
         };
         SignInFuture::Handled { future }
     }
-}
-
-fn bearer_or_cookie<B>(req: &Request<B>) -> Option<&str> {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.get(..7).filter(|s| s.eq_ignore_ascii_case("bearer ")).map(|_| v[7..].trim()));
-    bearer.or_else(|| session_cookie(req.headers()))
 }
 
 impl SignInLayer {
