@@ -3,19 +3,22 @@
 //! Both stream: a body from one side is handed to the other frame by frame, never buffered.
 //! Enums instead of boxed bodies keep the hot path free of allocations.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 
 pin_project! {
-    /// A request body on its way to awork: streamed from the caller, or empty (a replayed
-    /// bodiless request). It can tell when it has been sent in full, which is when the
-    /// wait for awork's answer starts.
+    /// A request body on its way to awork: streamed from the caller, held in memory (made by
+    /// the gateway, or buffered to be replayed), or the start of a caller's body that turned
+    /// out too long to buffer followed by the rest of it. It can tell when it has been sent in
+    /// full, which is when the wait for awork's answer starts.
     #[derive(Debug)]
     pub struct RequestBody {
         #[pin]
@@ -30,7 +33,17 @@ pin_project! {
     enum RequestInner {
         Incoming { #[pin] body: Incoming },
         Full { data: Option<Bytes> },
+        Prefixed { read: VecDeque<Frame<Bytes>>, #[pin] body: Incoming },
     }
+}
+
+/// A request body read for a possible replay.
+#[derive(Debug)]
+pub enum Buffered {
+    /// All of it, at most the limit: can be sent again.
+    Whole(Bytes),
+    /// Longer than the limit (or not just data): sent once, as it streams in.
+    Streaming(RequestBody),
 }
 
 impl RequestBody {
@@ -41,6 +54,37 @@ impl RequestBody {
     /// A body made by the gateway itself (a token request's form).
     pub fn full(data: Bytes) -> Self {
         Self { inner: RequestInner::Full { data: (!data.is_empty()).then_some(data) }, on_end: None }
+    }
+
+    /// Reads the body into memory when it is at most `max` bytes of data. A longer body comes
+    /// back as a stream that starts with what was read, so nothing is lost and at most `max`
+    /// bytes are held. A caller that hangs up mid-body is an error.
+    pub async fn buffer(self, max: usize) -> Result<Buffered, hyper::Error> {
+        let longer = self.size_hint().lower() > max as u64;
+        let mut body = match self.inner {
+            RequestInner::Incoming { body } => body,
+            RequestInner::Full { data } if !longer => return Ok(Buffered::Whole(data.unwrap_or_default())),
+            inner => return Ok(Buffered::Streaming(Self { inner, on_end: self.on_end })),
+        };
+        if longer {
+            return Ok(Buffered::Streaming(Self::from(body)));
+        }
+        let mut read = VecDeque::new();
+        let mut whole = BytesMut::new();
+        let mut only_data = true;
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            if let Some(data) = frame.data_ref() {
+                whole.extend_from_slice(data);
+            } else {
+                only_data = false;
+            }
+            read.push_back(frame);
+            if whole.len() > max || !only_data {
+                return Ok(Buffered::Streaming(Self { inner: RequestInner::Prefixed { read, body }, on_end: None }));
+            }
+        }
+        Ok(Buffered::Whole(whole.freeze()))
     }
 
     /// Resolves once the body has been read to its end, or dropped unfinished.
@@ -70,6 +114,10 @@ impl Body for RequestBody {
         let polled = match this.inner.as_mut().project() {
             RequestInnerProj::Incoming { body } => body.poll_frame(cx),
             RequestInnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestInnerProj::Prefixed { read, body } => match read.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => body.poll_frame(cx),
+            },
         };
         let ended = match &polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
@@ -90,6 +138,16 @@ impl Body for RequestBody {
         match &self.inner {
             RequestInner::Incoming { body } => body.size_hint(),
             RequestInner::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            RequestInner::Prefixed { read, body } => {
+                let buffered: u64 = read.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
+                let rest = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + buffered);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + buffered);
+                }
+                hint
+            }
         }
     }
 }
@@ -99,6 +157,7 @@ impl RequestInner {
         match self {
             Self::Incoming { body } => body.is_end_stream(),
             Self::Full { data } => data.is_none(),
+            Self::Prefixed { read, body } => read.is_empty() && body.is_end_stream(),
         }
     }
 }

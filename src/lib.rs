@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod path;
+pub mod ratelimit;
 pub mod rules;
 pub mod server;
 pub mod upstream;
@@ -33,14 +34,18 @@ use layers::access_log::{AccessLog, AccessLogLayer};
 use layers::client_identity::{ClientIdentityLayer, IdentifyClient, Identities};
 use layers::credential::{AttachCredential, CredentialLayer};
 use layers::policy::{Policy, PolicyLayer};
+use layers::rate_limit::{RateLimit, RateLimitLayer};
 use layers::request_id::{RequestIdLayer, SetRequestId};
+use layers::retry::{Retry, RetryLayer};
 use layers::sign_in::{SignIn, SignInLayer};
 use metrics::Metrics;
+use ratelimit::Quotas;
 use upstream::{HttpClient, Upstream};
 
 /// The request path as one service, outside in.
-pub type Stack =
-    SetSensitiveRequestHeaders<SetRequestId<AccessLog<SignIn<IdentifyClient<Policy<AttachCredential<Upstream>>>>>>>;
+pub type Stack = SetSensitiveRequestHeaders<
+    SetRequestId<AccessLog<SignIn<IdentifyClient<Policy<RateLimit<AttachCredential<Retry<Upstream>>>>>>>>,
+>;
 
 /// Why a gateway could not be built from a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,7 @@ pub struct Gateway {
     pub config: Arc<Config>,
     pub credentials: Credentials,
     pub metrics: Arc<Metrics>,
+    pub quotas: Arc<Quotas>,
     client: HttpClient,
     identities: Arc<Identities>,
     started: Instant,
@@ -69,7 +75,8 @@ impl Gateway {
         let client = upstream::build_client(&config.upstream)?;
         let credentials = Credentials::load(&config, env, metrics.clone(), client.clone())?;
         let identities = Arc::new(Identities::new(&config, &credentials));
-        Ok(Self { config: Arc::new(config), credentials, metrics, client, identities, started: Instant::now() })
+        let quotas = Arc::new(Quotas::new(&config, &metrics));
+        Ok(Self { config: Arc::new(config), credentials, metrics, quotas, client, identities, started: Instant::now() })
     }
 
     /// The request path as a tower service; cheap to clone.
@@ -85,7 +92,9 @@ impl Gateway {
             .layer(SignInLayer::new(&self.credentials, self.config.server.tls.is_some()))
             .layer(ClientIdentityLayer::new(self.identities.clone()))
             .layer(PolicyLayer::new(self.config.clone()))
+            .layer(RateLimitLayer::new(self.quotas.clone()))
             .layer(CredentialLayer::new(&self.config, &self.credentials))
+            .layer(RetryLayer::new(&self.config.retry, self.metrics.clone()))
             .service(Upstream::new(self.client.clone(), &self.config.upstream, self.metrics.clone()))
     }
 

@@ -29,6 +29,28 @@ pub struct ClientLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkspaceLabels {
+    pub workspace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemainingLabels {
+    pub workspace: String,
+    pub window: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub client: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -71,6 +93,22 @@ pub struct Metrics {
     credential_ready: Family<CredentialLabels, Gauge>,
     token_requests: Family<TokenLabels, Counter>,
     token_expiry: Family<CredentialLabels, Gauge>,
+    queue_wait: HistogramFamily<WorkspaceLabels>,
+    queue_length: Family<WorkspaceLabels, Gauge>,
+    rate_limited: Family<RejectLabels, Counter>,
+    upstream_rate_limited: Family<WorkspaceLabels, Counter>,
+    awork_remaining: Family<RemainingLabels, Gauge>,
+    retries: Family<ReasonLabels, Counter>,
+}
+
+/// The quota metrics of one workspace, looked up once so the request path does not build labels.
+#[derive(Debug, Clone)]
+pub struct WorkspaceMetrics {
+    pub queue_wait: Histogram,
+    pub queue_length: Gauge,
+    pub upstream_rate_limited: Counter,
+    pub remaining_second: Gauge,
+    pub remaining_minute: Gauge,
 }
 
 impl Default for Metrics {
@@ -128,6 +166,38 @@ impl Metrics {
             "Seconds until the current access token of each OAuth service grant expires",
             token_expiry.clone(),
         );
+        let queue_wait: HistogramFamily<WorkspaceLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "queue_wait_seconds",
+            "Time requests waited in the quota queue for a slot, by workspace",
+            queue_wait.clone(),
+        );
+        let queue_length = Family::default();
+        registry.register("queue_length", "Requests waiting in the quota queue, by workspace", queue_length.clone());
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Requests answered 429 by the gateway, by client and reason (deadline, queue_full, held)",
+            rate_limited.clone(),
+        );
+        let upstream_rate_limited = Family::default();
+        registry.register(
+            "upstream_rate_limited",
+            "429 answers from awork itself, by workspace (the quota was spent elsewhere too)",
+            upstream_rate_limited.clone(),
+        );
+        let awork_remaining = Family::default();
+        registry.register(
+            "awork_ratelimit_remaining",
+            "Requests left in awork's own window as its last answer said, by workspace and window",
+            awork_remaining.clone(),
+        );
+        let retries = Family::default();
+        registry.register(
+            "retries",
+            "Requests sent to awork again, by reason (connect, status_502, status_503, status_504, rate_limited), and retries refused by the budget (budget_exhausted)",
+            retries.clone(),
+        );
         Self {
             registry,
             requests,
@@ -139,7 +209,34 @@ impl Metrics {
             credential_ready,
             token_requests,
             token_expiry,
+            queue_wait,
+            queue_length,
+            rate_limited,
+            upstream_rate_limited,
+            awork_remaining,
+            retries,
         }
+    }
+
+    pub fn workspace(&self, workspace: &str) -> WorkspaceMetrics {
+        let labels = WorkspaceLabels { workspace: workspace.to_owned() };
+        let remaining = |window| RemainingLabels { workspace: workspace.to_owned(), window };
+        // One statement each: a family's read guard lives to the end of its statement, and a
+        // second new series of the same family would wait for it forever.
+        let remaining_second = self.awork_remaining.get_or_create(&remaining("second")).clone();
+        let remaining_minute = self.awork_remaining.get_or_create(&remaining("minute")).clone();
+        let queue_wait = self.queue_wait.get_or_create(&labels).clone();
+        let queue_length = self.queue_length.get_or_create(&labels).clone();
+        let upstream_rate_limited = self.upstream_rate_limited.get_or_create(&labels).clone();
+        WorkspaceMetrics { queue_wait, queue_length, upstream_rate_limited, remaining_second, remaining_minute }
+    }
+
+    pub fn record_rate_limited(&self, client: &str, reason: &'static str) {
+        self.rate_limited.get_or_create(&RejectLabels { client: client.to_owned(), reason }).inc();
+    }
+
+    pub fn record_retry(&self, reason: &'static str) {
+        self.retries.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn record_request(&self, client: &str, method: &Method, status: u16, elapsed: Duration) {

@@ -26,7 +26,7 @@ use crate::body::{GatewayBody, RequestBody};
 use crate::config::UpstreamConfig;
 use crate::error::{GatewayError, UpstreamErrorKind};
 use crate::layers::request_id::RequestId;
-use crate::layers::{GatewayRequest, GatewayResponse, UpstreamTiming};
+use crate::layers::{GatewayRequest, GatewayResponse, UpstreamFailure, UpstreamTiming};
 use crate::metrics::Metrics;
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -147,7 +147,9 @@ impl Service<GatewayRequest> for Upstream {
                     metrics.record_upstream_error(kind);
                     let detail = error_chain(&e);
                     tracing::warn!(request_id = request_id.as_ref().map_or("-", RequestId::as_str), kind = kind.as_str(), error = %detail, "upstream request failed");
-                    Ok(answer(GatewayError::UpstreamUnavailable { kind, detail }))
+                    let mut failed = answer(GatewayError::UpstreamUnavailable { kind, detail });
+                    failed.extensions_mut().insert(UpstreamFailure(kind));
+                    Ok(failed)
                 }
                 Err(_) => {
                     metrics.record_upstream_error(UpstreamErrorKind::Timeout);
@@ -156,7 +158,9 @@ impl Service<GatewayRequest> for Upstream {
                         timeout_ms = timeout.as_millis() as u64,
                         "upstream did not answer in time"
                     );
-                    Ok(answer(GatewayError::UpstreamTimeout { after: timeout }))
+                    let mut failed = answer(GatewayError::UpstreamTimeout { after: timeout });
+                    failed.extensions_mut().insert(UpstreamFailure(UpstreamErrorKind::Timeout));
+                    Ok(failed)
                 }
             }
         })

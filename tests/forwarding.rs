@@ -127,7 +127,9 @@ async fn h2c_callers_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_answers_504_after_request_timeout() {
-    let (_mock, gw) = setup().await;
+    let mock = mock().await;
+    // One attempt: a GET that timed out is retried by default (see tests/retry.rs).
+    let gw = gateway(&config_text(&mock.url(), "[retry]\nmax_attempts = 1\n")).await;
     let start = std::time::Instant::now();
     let answer = get(&url(&gw, "/api/v1/slow?ms=5000"), &[("x-request-id", "slow-1")]).await;
     assert_eq!(answer.status, 504);
@@ -149,7 +151,8 @@ async fn refused_upstream_answers_502_with_the_reason() {
     assert!(body["description"].as_str().expect("text").contains("(connect)"), "{body}");
     let metrics = get(&admin_url(&gw, "/metrics"), &[]).await;
     let text = String::from_utf8_lossy(&metrics.body);
-    assert!(text.contains("awork_gateway_upstream_errors_total{kind=\"connect\"} 1"), "{text}");
+    // Three attempts: a refused connection is retried (twice, by default) before the 502.
+    assert!(text.contains("awork_gateway_upstream_errors_total{kind=\"connect\"} 3"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

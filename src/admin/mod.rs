@@ -108,6 +108,9 @@ fn status(gateway: &Gateway) -> Response<GatewayBody> {
                 "token": c.token_sha256.is_some(),
                 "networks": c.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "rules": c.allow.len(),
+                "weight": c.weight,
+                "per_second": c.per_second,
+                "per_minute": c.per_minute,
             })
         })
         .collect();
@@ -117,10 +120,7 @@ fn status(gateway: &Gateway) -> Response<GatewayBody> {
         "upstream": config.upstream.origin(),
         "credentials": gateway.credentials.statuses(),
         "clients": clients,
-        "rate_limit": {
-            "per_second": config.rate_limit.per_second,
-            "per_minute": config.rate_limit.per_minute,
-        },
+        "quota": gateway.quotas.status(),
     });
     json_response(StatusCode::OK, &body)
 }

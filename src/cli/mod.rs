@@ -140,7 +140,11 @@ pub fn summary(loaded: &Loaded) -> String {
                 format!("client {}, tokens in {:?}", o.client_id, o.token_store)
             }
         };
-        out += &format!("  credential {} ({}, {source})\n", cred.name, cred.kind.type_name());
+        let quota = match &cred.rate_limit {
+            Some(q) => format!(", own quota {}/s {}/min", q.per_second, q.per_minute),
+            None => String::new(),
+        };
+        out += &format!("  credential {} ({}, {source}{quota})\n", cred.name, cred.kind.type_name());
     }
     for client in &c.clients {
         let mut how = Vec::new();
@@ -152,16 +156,29 @@ pub fn summary(loaded: &Loaded) -> String {
             how.push(format!("networks {}", nets.join(" ")));
         }
         let credential = c.credentials.get(client.credential).map_or("?", |cr| cr.name.as_str());
+        let mut share = format!("weight {}", client.weight);
+        if let Some(n) = client.per_second {
+            share += &format!(", cap {n}/s");
+        }
+        if let Some(n) = client.per_minute {
+            share += &format!(", cap {n}/min");
+        }
         out += &format!(
-            "  client {} ({}) -> credential {credential}, {} rule(s)\n",
+            "  client {} ({}) -> credential {credential}, {} rule(s), {share}\n",
             client.name,
             how.join(", "),
             client.allow.len()
         );
     }
+    let q = &c.rate_limit;
     out += &format!(
-        "  quota {}/s, {}/min (configured; the quota queue is not enforced by this version yet)\n",
-        c.rate_limit.per_second, c.rate_limit.per_minute
+        "  quota {}/s, {}/min, queue up to {} for {} (retries: {} attempts, bodies up to {} bytes replayed)\n",
+        q.per_second,
+        q.per_minute,
+        q.max_queue,
+        humantime::format_duration(q.max_wait),
+        c.retry.max_attempts,
+        c.retry.max_replay_bytes
     );
     for w in &loaded.warnings {
         out += &format!("warning: {w}\n");

@@ -25,6 +25,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub credentials: Vec<CredentialConfig>,
     pub rate_limit: RateLimitConfig,
+    pub retry: RetryConfig,
     pub clients: Vec<ClientConfig>,
     pub log: LogConfig,
 }
@@ -71,6 +72,8 @@ impl UpstreamConfig {
 pub struct CredentialConfig {
     pub name: String,
     pub kind: CredentialKind,
+    /// The quota of this credential's own workspace; `None` shares `[rate_limit]`.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,18 +141,40 @@ pub enum TokenStoreConfig {
     File(PathBuf),
 }
 
-/// The workspace quota (enforced by the quota issue's layer).
+/// A workspace quota and its queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitConfig {
     pub per_second: u32,
     pub per_minute: u32,
+    /// How long a request may wait for a slot before it is answered 429.
     pub max_wait: Duration,
+    /// How many requests may wait at once; more are answered 429 at once.
+    pub max_queue: usize,
 }
 
 impl Default for RateLimitConfig {
     /// awork's Basic plan.
     fn default() -> Self {
-        Self { per_second: 50, per_minute: 1000, max_wait: Duration::from_secs(30) }
+        Self { per_second: 50, per_minute: 1000, max_wait: Duration::from_secs(30), max_queue: 1000 }
+    }
+}
+
+/// Sending idempotent requests again when awork or the way to it fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Attempts per request, the first included (1: never retry).
+    pub max_attempts: u32,
+    /// The first backoff; doubled per retry (at most 2 s) and jittered.
+    pub backoff: Duration,
+    /// Larger request bodies are streamed and never retried.
+    pub max_replay_bytes: usize,
+    /// Retries allowed, in percent of the requests of the last 10 s (at least 3).
+    pub budget_percent: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { max_attempts: 3, backoff: Duration::from_millis(100), max_replay_bytes: 64 * 1024, budget_percent: 20 }
     }
 }
 
@@ -161,6 +186,10 @@ pub struct ClientConfig {
     /// Index into `Config::credentials`.
     pub credential: usize,
     pub allow: Vec<Rule>,
+    /// Share of the queue's slots when several clients wait (round robin, weighted).
+    pub weight: u32,
+    /// Hard caps inside the workspace quota.
+    pub per_second: Option<u32>,
     pub per_minute: Option<u32>,
 }
 
@@ -172,6 +201,9 @@ impl fmt::Debug for ClientConfig {
             .field("networks", &self.networks)
             .field("credential", &self.credential)
             .field("allow", &self.allow.len())
+            .field("weight", &self.weight)
+            .field("per_second", &self.per_second)
+            .field("per_minute", &self.per_minute)
             .finish()
     }
 }
@@ -291,11 +323,12 @@ impl<'a> Validator<'a> {
         let upstream = self.upstream(raw.upstream);
         self.upstream_origin =
             upstream.as_ref().map_or_else(|| "https://api.awork.com".to_owned(), UpstreamConfig::origin);
-        let credentials = self.credentials(raw.credentials);
-        let rate_limit = self.rate_limit(raw.rate_limit);
-        let clients = self.clients(raw.clients, &credentials);
+        let rate_limit = self.rate_limit("rate_limit", raw.rate_limit, &RateLimitConfig::default());
+        let credentials = self.credentials(raw.credentials, &rate_limit);
+        let retry = self.retry(raw.retry);
+        let clients = self.clients(raw.clients, &credentials, &rate_limit);
         let log = self.log(raw.log);
-        Some(Config { server: server?, upstream: upstream?, credentials, rate_limit, clients, log })
+        Some(Config { server: server?, upstream: upstream?, credentials, rate_limit, retry, clients, log })
     }
 
     fn duration(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
@@ -436,7 +469,11 @@ impl<'a> Validator<'a> {
         Some((scheme, authority))
     }
 
-    fn credentials(&mut self, raw: std::collections::BTreeMap<String, raw::RawCredential>) -> Vec<CredentialConfig> {
+    fn credentials(
+        &mut self,
+        raw: std::collections::BTreeMap<String, raw::RawCredential>,
+        shared: &RateLimitConfig,
+    ) -> Vec<CredentialConfig> {
         let mut out = Vec::with_capacity(raw.len());
         for (name, cred) in raw {
             let key = format!("credentials.{name}");
@@ -446,16 +483,19 @@ impl<'a> Validator<'a> {
             match cred {
                 raw::RawCredential::ApiKey(api) => {
                     let source = self.secret(&format!("{key}.key"), api.key);
-                    out.push(CredentialConfig { name, kind: CredentialKind::ApiKey { key: source } });
+                    let rate_limit = self.own_rate_limit(&key, api.rate_limit, shared);
+                    out.push(CredentialConfig { name, kind: CredentialKind::ApiKey { key: source }, rate_limit });
                 }
-                raw::RawCredential::Oauth(raw) => {
+                raw::RawCredential::Oauth(mut raw) => {
+                    let rate_limit = self.own_rate_limit(&key, raw.rate_limit.take(), shared);
                     if let Some(oauth) = self.oauth(&key, &name, raw, false) {
-                        out.push(CredentialConfig { name, kind: CredentialKind::OAuth(oauth) });
+                        out.push(CredentialConfig { name, kind: CredentialKind::OAuth(oauth), rate_limit });
                     }
                 }
-                raw::RawCredential::OauthUser(raw) => {
+                raw::RawCredential::OauthUser(mut raw) => {
+                    let rate_limit = self.own_rate_limit(&key, raw.rate_limit.take(), shared);
                     if let Some(oauth) = self.oauth(&key, &name, raw, true) {
-                        out.push(CredentialConfig { name, kind: CredentialKind::OAuthUser(oauth) });
+                        out.push(CredentialConfig { name, kind: CredentialKind::OAuthUser(oauth), rate_limit });
                     }
                 }
             }
@@ -587,25 +627,64 @@ impl<'a> Validator<'a> {
         source
     }
 
-    fn rate_limit(&mut self, raw: Option<raw::RawRateLimit>) -> RateLimitConfig {
-        let default = RateLimitConfig::default();
-        let Some(raw) = raw else { return default };
+    /// A quota table at `key`; what it leaves out comes from `default`.
+    fn rate_limit(&mut self, key: &str, raw: Option<raw::RawRateLimit>, default: &RateLimitConfig) -> RateLimitConfig {
+        let Some(raw) = raw else { return default.clone() };
         let per_second = raw.per_second.unwrap_or(default.per_second);
         let per_minute = raw.per_minute.unwrap_or(default.per_minute);
         if per_second == 0 {
-            self.issue("rate_limit.per_second", "must be at least 1");
+            self.issue(format!("{key}.per_second"), "must be at least 1");
         }
         if per_minute == 0 {
-            self.issue("rate_limit.per_minute", "must be at least 1");
+            self.issue(format!("{key}.per_minute"), "must be at least 1");
+        }
+        if per_second > 0 && per_minute > 0 && per_minute < per_second {
+            self.warn(format!("{key}.per_minute"), "is below per_second: the minute window alone limits this quota");
         }
         RateLimitConfig {
             per_second,
             per_minute,
-            max_wait: self.duration("rate_limit.max_wait", raw.max_wait, default.max_wait),
+            max_wait: self.duration(&format!("{key}.max_wait"), raw.max_wait, default.max_wait),
+            max_queue: self.positive(&format!("{key}.max_queue"), raw.max_queue, default.max_queue),
         }
     }
 
-    fn clients(&mut self, raw: Vec<raw::RawClient>, credentials: &[CredentialConfig]) -> Vec<ClientConfig> {
+    /// A credential's own workspace quota (awork's defaults for what it leaves out, the
+    /// queue settings of `[rate_limit]`).
+    fn own_rate_limit(
+        &mut self,
+        key: &str,
+        raw: Option<raw::RawRateLimit>,
+        shared: &RateLimitConfig,
+    ) -> Option<RateLimitConfig> {
+        let awork = RateLimitConfig { max_wait: shared.max_wait, max_queue: shared.max_queue, ..Default::default() };
+        raw.map(|raw| self.rate_limit(&format!("{key}.rate_limit"), Some(raw), &awork))
+    }
+
+    fn retry(&mut self, raw: raw::RawRetry) -> RetryConfig {
+        let default = RetryConfig::default();
+        let max_attempts = self.positive("retry.max_attempts", raw.max_attempts.map(|n| n as usize), 3);
+        if max_attempts > 10 {
+            self.issue("retry.max_attempts", "at most 10: more attempts only add load to a failing upstream");
+        }
+        let budget_percent = raw.budget_percent.unwrap_or(default.budget_percent);
+        if budget_percent > 100 {
+            self.issue("retry.budget_percent", "is a percentage of the requests: 0 to 100");
+        }
+        RetryConfig {
+            max_attempts: u32::try_from(max_attempts).unwrap_or(default.max_attempts),
+            backoff: self.duration("retry.backoff", raw.backoff, default.backoff),
+            max_replay_bytes: raw.max_replay_bytes.unwrap_or(default.max_replay_bytes),
+            budget_percent,
+        }
+    }
+
+    fn clients(
+        &mut self,
+        raw: Vec<raw::RawClient>,
+        credentials: &[CredentialConfig],
+        shared: &RateLimitConfig,
+    ) -> Vec<ClientConfig> {
         let mut out: Vec<ClientConfig> = Vec::with_capacity(raw.len());
         for (i, c) in raw.into_iter().enumerate() {
             let key = format!("clients[{i}]");
@@ -646,12 +725,34 @@ impl<'a> Validator<'a> {
                     "no rules: this client could do nothing; add e.g. allow = [\"read-only\"]",
                 );
             }
-            if c.per_minute == Some(0) {
-                self.issue(format!("{key}.per_minute"), "must be at least 1");
+            let quota = credentials.get(credential).and_then(|cr| cr.rate_limit.as_ref()).unwrap_or(shared);
+            for (field, cap, quota) in
+                [("per_second", c.per_second, quota.per_second), ("per_minute", c.per_minute, quota.per_minute)]
+            {
+                match cap {
+                    Some(0) => self.issue(format!("{key}.{field}"), "must be at least 1"),
+                    Some(n) if n >= quota => self.warn(
+                        format!("{key}.{field}"),
+                        format!("{n} is not below the workspace's {quota}: this cap never applies"),
+                    ),
+                    _ => {}
+                }
+            }
+            let weight = c.weight.unwrap_or(1);
+            if !(1..=100).contains(&weight) {
+                self.issue(format!("{key}.weight"), "must be 1 to 100 (its share of queue slots against weight 1)");
             }
             let per_user = matches!(credentials.get(credential).map(|c| &c.kind), Some(CredentialKind::OAuthUser(_)));
-            let client =
-                ClientConfig { name: c.name, token_sha256, networks, credential, allow, per_minute: c.per_minute };
+            let client = ClientConfig {
+                name: c.name,
+                token_sha256,
+                networks,
+                credential,
+                allow,
+                weight: weight.clamp(1, 100),
+                per_second: c.per_second,
+                per_minute: c.per_minute,
+            };
             self.reachable(&key, &client, &out, c.token_sha256.is_some(), !c.networks.is_empty(), per_user);
             out.push(client);
         }

@@ -19,6 +19,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
     #[serde(default)]
+    pub retry: RawRetry,
+    #[serde(default)]
     pub clients: Vec<RawClient>,
     #[serde(default)]
     pub log: RawLog,
@@ -97,12 +99,14 @@ pub struct RawOAuth {
     pub keepalive: Option<String>,
     pub session_idle_timeout: Option<String>,
     pub session_max_age: Option<String>,
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApiKey {
     pub key: RawSecret,
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +115,16 @@ pub struct RawRateLimit {
     pub per_second: Option<u32>,
     pub per_minute: Option<u32>,
     pub max_wait: Option<String>,
+    pub max_queue: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<String>,
+    pub max_replay_bytes: Option<usize>,
+    pub budget_percent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +137,8 @@ pub struct RawClient {
     pub credential: String,
     #[serde(default)]
     pub allow: Vec<String>,
+    pub weight: Option<u32>,
+    pub per_second: Option<u32>,
     pub per_minute: Option<u32>,
 }
 

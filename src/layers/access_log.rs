@@ -16,7 +16,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::request_id::RequestId;
-use super::{ClientIdentity, GatewayResponse, UpstreamTiming};
+use super::{ClientIdentity, GatewayResponse, QueueTiming, UpstreamTiming};
 use crate::body::GatewayBody;
 use crate::metrics::Metrics;
 
@@ -72,6 +72,7 @@ where
             client: None,
             status: 0,
             upstream_ms: None,
+            queue_ms: None,
             bytes_out: 0,
             complete: false,
         };
@@ -103,6 +104,7 @@ where
         record.complete = response.body().is_end_stream();
         record.client = response.extensions().get::<ClientIdentity>().map(|c| c.name.clone());
         record.upstream_ms = response.extensions().get::<UpstreamTiming>().map(|t| t.0.as_secs_f64() * 1000.0);
+        record.queue_ms = response.extensions().get::<QueueTiming>().map(|t| t.0.as_secs_f64() * 1000.0);
         Poll::Ready(Ok(response.map(|inner| AccessLogBody { inner, record })))
     }
 }
@@ -157,6 +159,7 @@ struct Record {
     client: Option<Arc<str>>,
     status: u16,
     upstream_ms: Option<f64>,
+    queue_ms: Option<f64>,
     bytes_out: u64,
     complete: bool,
 }
@@ -179,6 +182,7 @@ impl Drop for Record {
             status = self.status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             upstream_ms = self.upstream_ms,
+            queue_ms = self.queue_ms,
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
             complete = self.complete,

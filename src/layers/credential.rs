@@ -105,6 +105,8 @@ struct Replay {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
+    /// The quota ticket among them: the replay takes a slot of its own.
+    extensions: http::Extensions,
 }
 
 impl<S> Service<GatewayRequest> for AttachCredential<S>
@@ -150,6 +152,7 @@ where
                 uri: req.uri().clone(),
                 version: req.version(),
                 headers: req.headers().clone(),
+                extensions: req.extensions().clone(),
             });
             let response = inner.call(req).await?;
             if response.status() != StatusCode::UNAUTHORIZED {
@@ -174,6 +177,7 @@ where
             *again.uri_mut() = replay.uri;
             *again.version_mut() = replay.version;
             *again.headers_mut() = replay.headers;
+            *again.extensions_mut() = replay.extensions;
             again.headers_mut().insert(header::AUTHORIZATION, auth);
             inner.ready().await?.call(again).await
         })

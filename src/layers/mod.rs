@@ -1,5 +1,6 @@
 //! The request path, one tower layer per file, outside in:
-//! request id -> access log -> sign-in routes -> client identity -> policy -> credential -> upstream.
+//! request id -> access log -> sign-in routes -> client identity -> policy -> rate limit ->
+//! credential -> retry -> upstream.
 //!
 //! Every layer answers its own failures as HTTP responses, so the stack's error type is
 //! `Infallible`. What a layer learns for the ones outside it travels in extensions.
@@ -8,7 +9,9 @@ pub mod access_log;
 pub mod client_identity;
 pub mod credential;
 pub mod policy;
+pub mod rate_limit;
 pub mod request_id;
+pub mod retry;
 pub mod sign_in;
 
 use std::future::Future;
@@ -44,6 +47,14 @@ pub struct UserSession(pub Arc<crate::credentials::sessions::Session>);
 /// How long awork took to answer with headers; set on responses by the upstream service.
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamTiming(pub Duration);
+
+/// Set on the gateway's own answer when the exchange with awork failed, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamFailure(pub crate::error::UpstreamErrorKind);
+
+/// How long the request waited for quota slots; set on responses by the rate-limit layer.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueTiming(pub Duration);
 
 pin_project! {
     /// The future of a layer that either answers at once or defers to its inner service.

@@ -387,6 +387,11 @@ client_id = "gw-people"
 client_secret = {{ value = "{PEOPLE_SECRET}" }}
 redirect_uri = "http://127.0.0.1:{port}/oauth2/callback"
 
+# These tests load the token path, not the quota (tests/quota.rs covers that).
+[rate_limit]
+per_second = 100000
+per_minute = 6000000
+
 [[clients]]
 name = "staff"
 credential = "people"

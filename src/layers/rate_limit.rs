@@ -1,0 +1,97 @@
+//! Holds each request until its workspace's quota has a slot for it (see `ratelimit`): a
+//! burst waits in a queue instead of meeting awork's 429s. When no slot comes within
+//! `max_wait`, or the queue is full, the answer is 429 `gateway-rate-limited` with
+//! `Retry-After`. Every answer says how long the request waited, in `x-awork-gateway-queue-ms`.
+//!
+//! The request carries its `QuotaTicket` on, so that a retry or a replay further in takes a
+//! slot of its own from the same queue, within the same deadline.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::HeaderValue;
+use http::header::HeaderName;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::request_id::RequestId;
+use super::{ClientIdentity, GatewayRequest, GatewayResponse, QueueTiming};
+use crate::ratelimit::Quotas;
+
+/// How long the request waited for quota slots, in milliseconds.
+pub const QUEUE_MS: HeaderName = HeaderName::from_static("x-awork-gateway-queue-ms");
+
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    quotas: Arc<Quotas>,
+}
+
+impl RateLimitLayer {
+    pub fn new(quotas: Arc<Quotas>) -> Self {
+        Self { quotas }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit { inner, quotas: self.quotas.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    quotas: Arc<Quotas>,
+}
+
+impl<S> Service<GatewayRequest> for RateLimit<S>
+where
+    S: Service<GatewayRequest, Response = GatewayResponse, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = GatewayResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Without an identity the credential layer answers 401; that costs no quota.
+        let Some(client) = req.extensions().get::<ClientIdentity>().map(|c| c.index) else {
+            return Box::pin(inner.call(req));
+        };
+        let quotas = self.quotas.clone();
+        Box::pin(async move {
+            let start = Instant::now();
+            let ticket = match quotas.admit(client).await {
+                Ok(ticket) => ticket,
+                Err(refused) => {
+                    let request_id = req.extensions().get::<RequestId>().map_or("-", RequestId::as_str);
+                    let mut answer = refused.to_response(request_id);
+                    mark(&mut answer, start.elapsed());
+                    return Ok(answer);
+                }
+            };
+            req.extensions_mut().insert(ticket.clone());
+            let mut response = inner.call(req).await?;
+            mark(&mut response, ticket.queued());
+            Ok(response)
+        })
+    }
+}
+
+fn mark(response: &mut GatewayResponse, queued: Duration) {
+    let ms = u64::try_from(queued.as_millis()).unwrap_or(u64::MAX);
+    response.headers_mut().insert(QUEUE_MS, HeaderValue::from(ms));
+    response.extensions_mut().insert(QueueTiming(queued));
+}

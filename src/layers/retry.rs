@@ -1,0 +1,321 @@
+//! Sends a request to awork again when the failure says it is safe and worth it:
+//! - idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE) on connect errors, 502, 503 and 504,
+//!   after an exponential, jittered backoff, at most `max_attempts` times, and only while the
+//!   retry budget lasts: retries stay within `budget_percent` of the requests of the last 10 s
+//!   (at least 3), so a failing awork sees a trickle of retries, not a multiple of the load;
+//! - POST and PATCH only on a connect error, the one failure that proves awork never saw them;
+//! - idempotent requests answered 429 by awork go back into the quota queue, which holds the
+//!   workspace until awork's reset; they wait there within the request's deadline instead of
+//!   failing.
+//!
+//! A replay needs the body again: bodies of at most `max_replay_bytes` are read into memory
+//! first, longer ones stream through once and are never retried. Every attempt takes its own
+//! quota slot and tells the quota what awork's answer said about the remaining counts.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use rand::Rng;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use super::request_id::RequestId;
+use super::{GatewayRequest, GatewayResponse, UpstreamFailure, UpstreamTiming};
+use crate::body::{Buffered, RequestBody};
+use crate::config::RetryConfig;
+use crate::error::{GatewayError, UpstreamErrorKind};
+use crate::metrics::Metrics;
+use crate::ratelimit::QuotaTicket;
+
+/// The longest backoff between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    config: Arc<RetryConfig>,
+    budget: Arc<RetryBudget>,
+    metrics: Arc<Metrics>,
+}
+
+impl RetryLayer {
+    pub fn new(config: &RetryConfig, metrics: Arc<Metrics>) -> Self {
+        Self { config: Arc::new(config.clone()), budget: Arc::new(RetryBudget::new(config.budget_percent)), metrics }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry { inner, config: self.config.clone(), budget: self.budget.clone(), metrics: self.metrics.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    config: Arc<RetryConfig>,
+    budget: Arc<RetryBudget>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why an attempt failed in a way a retry may fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No connection to awork: the request was never sent.
+    Connect,
+    /// 502, 503 or 504, from awork or from the way to it.
+    Status(StatusCode),
+    /// awork's own 429.
+    RateLimited,
+}
+
+impl Failure {
+    fn of(response: &GatewayResponse) -> Option<Self> {
+        if let Some(UpstreamFailure(kind)) = response.extensions().get::<UpstreamFailure>() {
+            return match kind {
+                UpstreamErrorKind::Connect => Some(Self::Connect),
+                // A certificate does not get better by asking again.
+                UpstreamErrorKind::Tls => None,
+                _ => Some(Self::Status(response.status())),
+            };
+        }
+        let from_awork = response.extensions().get::<UpstreamTiming>().is_some();
+        match response.status() {
+            StatusCode::TOO_MANY_REQUESTS if from_awork => Some(Self::RateLimited),
+            s @ (StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
+                if from_awork =>
+            {
+                Some(Self::Status(s))
+            }
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Status(StatusCode::BAD_GATEWAY) => "status_502",
+            Self::Status(StatusCode::SERVICE_UNAVAILABLE) => "status_503",
+            Self::Status(_) => "status_504",
+            Self::RateLimited => "rate_limited",
+        }
+    }
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+}
+
+impl<S> Service<GatewayRequest> for Retry<S>
+where
+    S: Service<GatewayRequest, Response = GatewayResponse, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = GatewayResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: GatewayRequest) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let this =
+            Self { inner, config: self.config.clone(), budget: self.budget.clone(), metrics: self.metrics.clone() };
+        Box::pin(this.send(req))
+    }
+}
+
+impl<S> Retry<S>
+where
+    S: Service<GatewayRequest, Response = GatewayResponse, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    async fn send(mut self, req: GatewayRequest) -> Result<GatewayResponse, Infallible> {
+        let request_id = req.extensions().get::<RequestId>().cloned();
+        let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
+        let ticket = req.extensions().get::<QuotaTicket>().cloned();
+        let (parts, body) = req.into_parts();
+        let (replay, mut once) = match body.buffer(self.config.max_replay_bytes).await {
+            Ok(Buffered::Whole(bytes)) => (Some(bytes), None),
+            Ok(Buffered::Streaming(body)) => (None, Some(body)),
+            Err(e) => {
+                let refused = GatewayError::BadRequest(format!("the request body could not be read: {e}"));
+                return Ok(refused.to_response(request_id));
+            }
+        };
+        let idempotent = idempotent(&parts.method);
+        self.budget.record_request();
+        let mut attempt = 1;
+        loop {
+            let slot = match &ticket {
+                Some(ticket) => match ticket.slot().await {
+                    Ok(slot) => Some(slot),
+                    Err(refused) => return Ok(refused.to_response(request_id)),
+                },
+                None => None,
+            };
+            let body = match (&replay, once.take()) {
+                (Some(bytes), _) => RequestBody::full(Bytes::clone(bytes)),
+                (None, Some(body)) => body,
+                (None, None) => RequestBody::empty(), // unreachable: a streamed body is never retried
+            };
+            let mut request = Request::new(body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            *request.extensions_mut() = parts.extensions.clone();
+            let response = self.inner.ready().await?.call(request).await?;
+            if let Some(slot) = &slot
+                && response.extensions().get::<UpstreamTiming>().is_some()
+            {
+                slot.observe(response.status(), response.headers());
+            }
+            drop(slot);
+            let Some(failure) = Failure::of(&response) else { return Ok(response) };
+            if replay.is_none() {
+                return Ok(response);
+            }
+            match failure {
+                // Back into the queue, behind the hold awork asked for.
+                Failure::RateLimited if idempotent && ticket.is_some() => {
+                    self.metrics.record_retry(failure.label());
+                    tracing::info!(request_id, "awork answered 429: the request waits in the quota queue again");
+                }
+                Failure::Connect | Failure::Status(_)
+                    if (idempotent || failure == Failure::Connect) && attempt < self.config.max_attempts =>
+                {
+                    if !self.budget.try_withdraw() {
+                        self.metrics.record_retry("budget_exhausted");
+                        return Ok(response);
+                    }
+                    self.metrics.record_retry(failure.label());
+                    let pause = backoff(self.config.backoff, attempt);
+                    tracing::info!(
+                        request_id,
+                        attempt,
+                        status = response.status().as_u16(),
+                        backoff_ms = pause.as_millis() as u64,
+                        "retrying a failed request to awork"
+                    );
+                    drop(response);
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                _ => return Ok(response),
+            }
+        }
+    }
+}
+
+/// `base * 2^(attempt-1)`, at most `MAX_BACKOFF`, jittered down to as little as half, so
+/// that callers failing together do not come back together.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let full = base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(MAX_BACKOFF);
+    let half = full / 2;
+    half + rand::rng().random_range(Duration::ZERO..=half)
+}
+
+/// Retries allowed: `percent` of the first attempts of the last `WINDOW_SECS` seconds, and at
+/// least `MIN_RETRIES` so a lone failing request can still be retried.
+#[derive(Debug)]
+struct RetryBudget {
+    percent: u32,
+    start: Instant,
+    /// Per second of the window: (which second since `start`, requests, retries).
+    buckets: Mutex<[(u64, u32, u32); WINDOW_SECS as usize]>,
+}
+
+const WINDOW_SECS: u64 = 10;
+const MIN_RETRIES: u32 = 3;
+
+impl RetryBudget {
+    fn new(percent: u32) -> Self {
+        Self { percent, start: Instant::now(), buckets: Mutex::new([(u64::MAX, 0, 0); WINDOW_SECS as usize]) }
+    }
+
+    fn bucket<'a>(&self, buckets: &'a mut [(u64, u32, u32)], second: u64) -> &'a mut (u64, u32, u32) {
+        let bucket = &mut buckets[(second % WINDOW_SECS) as usize];
+        if bucket.0 != second {
+            *bucket = (second, 0, 0);
+        }
+        bucket
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_secs()
+    }
+
+    fn record_request(&self) {
+        let second = self.now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = self.bucket(&mut buckets[..], second);
+        bucket.1 = bucket.1.saturating_add(1);
+    }
+
+    /// Takes one retry from the budget, if any is left.
+    fn try_withdraw(&self) -> bool {
+        let second = self.now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let recent = buckets.iter().filter(|b| b.0 != u64::MAX && b.0 + WINDOW_SECS > second);
+        let (requests, retries) = recent.fold((0u64, 0u64), |(q, r), b| (q + u64::from(b.1), r + u64::from(b.2)));
+        let allowed = (requests * u64::from(self.percent) / 100).max(u64::from(MIN_RETRIES));
+        if retries >= allowed {
+            return false;
+        }
+        let bucket = self.bucket(&mut buckets[..], second);
+        bucket.2 = bucket.2.saturating_add(1);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_jittered_and_capped() {
+        let base = Duration::from_millis(100);
+        for _ in 0..100 {
+            let first = backoff(base, 1);
+            assert!(first >= Duration::from_millis(50) && first <= base, "{first:?}");
+            let third = backoff(base, 3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400), "{third:?}");
+            assert!(backoff(base, 30) <= MAX_BACKOFF);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_allows_a_fifth_of_recent_requests_and_refills_as_they_age() {
+        let budget = RetryBudget::new(20);
+        for _ in 0..100 {
+            budget.record_request();
+        }
+        let granted = (0..100).filter(|_| budget.try_withdraw()).count();
+        assert_eq!(granted, 20);
+        tokio::time::advance(Duration::from_secs(WINDOW_SECS)).await;
+        // The old requests and retries left the window: only the floor is left.
+        let granted = (0..100).filter(|_| budget.try_withdraw()).count();
+        assert_eq!(granted, MIN_RETRIES as usize);
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_retried_on_answers() {
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::PUT, Method::DELETE] {
+            assert!(idempotent(&m));
+        }
+        for m in [Method::POST, Method::PATCH] {
+            assert!(!idempotent(&m));
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The workspace quota: every request to awork takes a slot, and a slot is only granted when
+//! it keeps both of awork's windows (see `window`). A request that cannot go at once waits in
+//! its workspace's queue, up to `max_wait`; slots go round robin, weighted, across the clients
+//! that have requests waiting, so one greedy tool cannot starve the others.
+//!
+//! awork's answers correct the gateway's estimate (`feedback`): other apps of the workspace
+//! spend the same quota, so when awork reports less left than the gateway thinks, the gateway
+//! spends only what is really left until awork's window resets; an upstream 429 holds the
+//! whole workspace until awork's reset.
+//!
+//! A queue with waiters is served by one dispatcher task per workspace, started when the
+//! first request has to wait and ended when the queue is empty: an idle gateway runs none.
+
+mod feedback;
+pub mod window;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+use serde::Serialize;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{Config, RateLimitConfig};
+use crate::error::GatewayError;
+use crate::metrics::{Metrics, WorkspaceMetrics};
+use window::Limits;
+
+/// Every workspace quota of a config, and which one each client spends.
+#[derive(Debug)]
+pub struct Quotas {
+    workspaces: Vec<Arc<Workspace>>,
+    /// Per client index: its workspace and its position among that workspace's clients.
+    by_client: Vec<(usize, usize)>,
+}
+
+impl Quotas {
+    /// The `[rate_limit]` workspace (named "default") and one per credential with its own quota.
+    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Self {
+        let mut workspaces: Vec<(String, &RateLimitConfig, Vec<ClientSlot>)> =
+            vec![("default".to_owned(), &config.rate_limit, Vec::new())];
+        let mut by_client = Vec::with_capacity(config.clients.len());
+        for client in &config.clients {
+            let credential = &config.credentials[client.credential];
+            let ws = match &credential.rate_limit {
+                None => 0,
+                Some(own) => match workspaces.iter().position(|(name, ..)| *name == credential.name) {
+                    Some(i) => i,
+                    None => {
+                        workspaces.push((credential.name.clone(), own, Vec::new()));
+                        workspaces.len() - 1
+                    }
+                },
+            };
+            let clients = &mut workspaces[ws].2;
+            by_client.push((ws, clients.len()));
+            let caps = (client.per_second.is_some() || client.per_minute.is_some())
+                .then(|| Limits::new(client.per_second, client.per_minute));
+            clients.push(ClientSlot {
+                name: client.name.as_str().into(),
+                weight: client.weight,
+                caps,
+                waiters: VecDeque::new(),
+            });
+        }
+        let workspaces = workspaces
+            .into_iter()
+            .map(|(name, limits, clients)| Arc::new(Workspace::new(name, limits, clients, metrics)))
+            .collect();
+        Self { workspaces, by_client }
+    }
+
+    /// Admits a request of client `client` (an index into `Config::clients`): its first slot
+    /// now or after a wait in the queue, or a 429 when none comes in time.
+    pub async fn admit(&self, client: usize) -> Result<QuotaTicket, GatewayError> {
+        let (ws, local) = self.by_client.get(client).copied().unwrap_or((0, usize::MAX));
+        let workspace = self.workspaces[ws].clone();
+        let deadline = Instant::now() + workspace.max_wait;
+        let (slot, waited) = workspace.acquire(local, deadline).await?;
+        Ok(QuotaTicket(Arc::new(Ticket {
+            workspace,
+            client: local,
+            deadline,
+            prepaid: Mutex::new(Some(slot)),
+            queued_micros: AtomicU64::new(micros(waited)),
+        })))
+    }
+
+    /// What `/status` shows of each workspace.
+    pub fn status(&self) -> Vec<WorkspaceStatus> {
+        self.workspaces.iter().map(|ws| ws.status()).collect()
+    }
+}
+
+/// A request's right to the quota: its first slot (taken by the rate-limit layer) and its
+/// place in line for more (a retry, a replay after awork's 429), all within one deadline.
+#[derive(Debug, Clone)]
+pub struct QuotaTicket(Arc<Ticket>);
+
+#[derive(Debug)]
+struct Ticket {
+    workspace: Arc<Workspace>,
+    client: usize,
+    deadline: Instant,
+    prepaid: Mutex<Option<Slot>>,
+    queued_micros: AtomicU64,
+}
+
+impl QuotaTicket {
+    /// A slot for one exchange with awork: the first one is already granted, later ones wait
+    /// in the queue again (behind any hold awork asked for), until the ticket's deadline.
+    pub async fn slot(&self) -> Result<Slot, GatewayError> {
+        if let Some(slot) = lock(&self.0.prepaid).take() {
+            return Ok(slot);
+        }
+        let (slot, waited) = self.0.workspace.acquire(self.0.client, self.0.deadline).await?;
+        self.0.queued_micros.fetch_add(micros(waited), Ordering::Relaxed);
+        Ok(slot)
+    }
+
+    /// All the time this request spent waiting for slots.
+    pub fn queued(&self) -> Duration {
+        Duration::from_micros(self.0.queued_micros.load(Ordering::Relaxed))
+    }
+}
+
+/// One granted exchange with awork, in flight until dropped.
+#[derive(Debug)]
+pub struct Slot {
+    workspace: Arc<Workspace>,
+}
+
+impl Slot {
+    /// Learns from awork's answer to this exchange: its remaining counts and its 429s.
+    pub fn observe(&self, status: StatusCode, headers: &HeaderMap) {
+        self.workspace.observe(status, headers);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.workspace.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One workspace's quota, queue and what awork last said about it.
+#[derive(Debug)]
+struct Workspace {
+    name: String,
+    per_second: u32,
+    per_minute: u32,
+    max_wait: Duration,
+    max_queue: usize,
+    state: Mutex<State>,
+    /// Wakes the dispatcher: a new waiter, or awork allowing more than before.
+    wake: Notify,
+    /// Slots granted whose answer has not been seen yet.
+    in_flight: AtomicU32,
+    metrics: WorkspaceMetrics,
+    all_metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+struct State {
+    limits: Limits,
+    /// awork answered 429: nothing goes before this instant.
+    hold_until: Option<Instant>,
+    /// awork reported less left than the gateway's own count: at most `left` more until `until`.
+    budget: Option<Budget>,
+    clients: Vec<ClientSlot>,
+    /// Waiters in all client queues (some may have hung up since).
+    queued: usize,
+    /// Round robin: the client whose turn it is, and how many slots it had in this turn.
+    turn: usize,
+    served_in_turn: u32,
+    dispatching: bool,
+    /// awork's last reported remaining counts, for `/status`.
+    awork_remaining_minute: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    left: u32,
+    until: Instant,
+}
+
+#[derive(Debug)]
+struct ClientSlot {
+    name: Arc<str>,
+    weight: u32,
+    caps: Option<Limits>,
+    waiters: VecDeque<oneshot::Sender<()>>,
+}
+
+/// `/status` of one workspace.
+#[derive(Debug, Serialize)]
+pub struct WorkspaceStatus {
+    pub workspace: String,
+    pub per_second: u32,
+    pub per_minute: u32,
+    /// Slots granted in the gateway's own (sliding) minute window.
+    pub used_last_minute: u32,
+    pub queued: usize,
+    pub in_flight: u32,
+    /// Milliseconds left of a hold after awork answered 429.
+    pub held_for_ms: Option<u64>,
+    /// What awork's last answer said was left of its minute window.
+    pub awork_remaining_minute: Option<u32>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The state stays consistent across a panic elsewhere: every update is a single step.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Workspace {
+    fn new(name: String, config: &RateLimitConfig, clients: Vec<ClientSlot>, metrics: &Arc<Metrics>) -> Self {
+        let state = State {
+            limits: Limits::new(Some(config.per_second), Some(config.per_minute)),
+            hold_until: None,
+            budget: None,
+            clients,
+            queued: 0,
+            turn: 0,
+            served_in_turn: 0,
+            dispatching: false,
+            awork_remaining_minute: None,
+        };
+        Self {
+            metrics: metrics.workspace(&name),
+            all_metrics: metrics.clone(),
+            name,
+            per_second: config.per_second,
+            per_minute: config.per_minute,
+            max_wait: config.max_wait,
+            max_queue: config.max_queue,
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    /// A slot for a request of `client`, now or from the queue before `deadline`.
+    async fn acquire(self: &Arc<Self>, client: usize, deadline: Instant) -> Result<(Slot, Duration), GatewayError> {
+        let start = Instant::now();
+        let mut granted = {
+            let mut st = lock(&self.state);
+            if client >= st.clients.len() {
+                // Only a config the validator let through can get here; nothing to queue for.
+                return Err(GatewayError::RateLimited { retry_after: self.max_wait });
+            }
+            if st.queued == 0 && st.ready_at(start) <= start && st.client_ready_at(client, start) <= start {
+                st.grant(client, start, &self.in_flight);
+                drop(st);
+                self.metrics.queue_wait.observe(0.0);
+                return Ok((Slot { workspace: self.clone() }, Duration::ZERO));
+            }
+            if st.queued >= self.max_queue {
+                st.prune();
+            }
+            if st.queued >= self.max_queue {
+                let retry_after = st.estimate_wait(start, self.per_second);
+                drop(st);
+                return Err(self.reject(client, "queue_full", retry_after));
+            }
+            let blocked = st.blocked_until(start);
+            if blocked > deadline {
+                drop(st);
+                return Err(self.reject(client, "held", blocked - start));
+            }
+            let (tx, rx) = oneshot::channel();
+            st.clients[client].waiters.push_back(tx);
+            st.queued += 1;
+            self.metrics.queue_length.set(i64::try_from(st.queued).unwrap_or(i64::MAX));
+            if st.dispatching {
+                self.wake.notify_one();
+            } else {
+                st.dispatching = true;
+                tokio::spawn(self.clone().dispatch());
+            }
+            rx
+        };
+        let got = match tokio::time::timeout_at(deadline, &mut granted).await {
+            Ok(result) => result.is_ok(),
+            Err(_) => {
+                // The deadline passed; a grant sent at the same moment still counts.
+                granted.close();
+                granted.try_recv().is_ok()
+            }
+        };
+        let waited = start.elapsed();
+        self.metrics.queue_wait.observe(waited.as_secs_f64());
+        if got {
+            return Ok((Slot { workspace: self.clone() }, waited));
+        }
+        let now = Instant::now();
+        let retry_after = lock(&self.state).estimate_wait(now, self.per_second);
+        Err(self.reject(client, "deadline", retry_after))
+    }
+
+    fn reject(&self, client: usize, reason: &'static str, retry_after: Duration) -> GatewayError {
+        let name = lock(&self.state).clients.get(client).map(|c| c.name.clone());
+        self.all_metrics.record_rate_limited(name.as_deref().unwrap_or("-"), reason);
+        GatewayError::RateLimited { retry_after }
+    }
+
+    /// Grants slots to waiters as the quota allows, until the queue is empty.
+    async fn dispatch(self: Arc<Self>) {
+        loop {
+            let next = {
+                let mut st = lock(&self.state);
+                st.prune();
+                self.metrics.queue_length.set(i64::try_from(st.queued).unwrap_or(i64::MAX));
+                if st.queued == 0 {
+                    st.dispatching = false;
+                    return;
+                }
+                let now = Instant::now();
+                let ready = st.ready_at(now);
+                if ready > now {
+                    ready
+                } else {
+                    match st.grant_next(now, &self.in_flight) {
+                        None => continue,
+                        Some(at) => at,
+                    }
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {}
+                () = self.wake.notified() => {}
+            }
+        }
+    }
+
+    fn observe(&self, status: StatusCode, headers: &HeaderMap) {
+        let Some(seen) = feedback::Seen::read(status, headers) else { return };
+        let now = Instant::now();
+        if let Some(left) = seen.remaining_second {
+            self.metrics.remaining_second.set(i64::from(left));
+        }
+        if let Some(left) = seen.remaining_minute {
+            self.metrics.remaining_minute.set(i64::from(left));
+        }
+        let mut st = lock(&self.state);
+        if let Some(hold) = seen.hold {
+            self.metrics.upstream_rate_limited.inc();
+            let until = now + hold;
+            st.hold_until = Some(st.hold_until.map_or(until, |h| h.max(until)));
+            tracing::warn!(
+                workspace = %self.name,
+                hold_ms = hold.as_millis() as u64,
+                "awork answered 429: holding the workspace's queue until its window resets"
+            );
+            return;
+        }
+        let (Some(remaining), Some(reset)) = (seen.remaining_minute, seen.minute_reset) else { return };
+        st.awork_remaining_minute = Some(remaining);
+        // Requests in flight besides this one may not have reached awork's count yet.
+        let others = self.in_flight.load(Ordering::Relaxed).saturating_sub(1);
+        let really_left = remaining.saturating_sub(others);
+        let own_estimate = self.per_minute.saturating_sub(st.limits.used_in_minute(now));
+        let relaxed = if really_left < own_estimate {
+            st.budget = Some(Budget { left: really_left, until: now + reset });
+            false
+        } else {
+            st.budget.take().is_some()
+        };
+        drop(st);
+        if relaxed {
+            self.wake.notify_one();
+        }
+    }
+
+    fn status(&self) -> WorkspaceStatus {
+        let now = Instant::now();
+        let st = lock(&self.state);
+        WorkspaceStatus {
+            workspace: self.name.clone(),
+            per_second: self.per_second,
+            per_minute: self.per_minute,
+            used_last_minute: st.limits.used_in_minute(now),
+            queued: st.queued,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            held_for_ms: st.hold_until.filter(|h| *h > now).map(|h| (h - now).as_millis() as u64),
+            awork_remaining_minute: st.awork_remaining_minute,
+        }
+    }
+}
+
+impl State {
+    /// When the workspace as a whole may grant its next slot.
+    fn ready_at(&mut self, now: Instant) -> Instant {
+        self.limits.earliest(now).max(self.blocked_until(now))
+    }
+
+    /// The end of awork's hold or of an exhausted budget, whichever is later (`now` if none).
+    fn blocked_until(&mut self, now: Instant) -> Instant {
+        if self.hold_until.is_some_and(|h| h <= now) {
+            self.hold_until = None;
+        }
+        if self.budget.is_some_and(|b| b.until <= now) {
+            self.budget = None;
+        }
+        let held = self.hold_until.unwrap_or(now);
+        let spent = self.budget.filter(|b| b.left == 0).map_or(now, |b| b.until);
+        held.max(spent)
+    }
+
+    fn client_ready_at(&self, client: usize, now: Instant) -> Instant {
+        self.clients[client].caps.as_ref().map_or(now, |caps| caps.earliest(now))
+    }
+
+    fn grant(&mut self, client: usize, now: Instant, in_flight: &AtomicU32) {
+        self.limits.record(now);
+        if let Some(caps) = &mut self.clients[client].caps {
+            caps.record(now);
+        }
+        if let Some(budget) = &mut self.budget {
+            budget.left = budget.left.saturating_sub(1);
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Grants one slot to the next waiter in weighted round-robin order among the clients
+    /// whose own caps allow it now. `None` when one was granted (or a hung-up waiter was
+    /// dropped), else the instant to look again.
+    fn grant_next(&mut self, now: Instant, in_flight: &AtomicU32) -> Option<Instant> {
+        let count = self.clients.len();
+        let mut soonest: Option<Instant> = None;
+        for step in 0..count {
+            let i = (self.turn + step) % count;
+            if self.clients[i].waiters.is_empty() {
+                continue;
+            }
+            let ready = self.client_ready_at(i, now);
+            if ready > now {
+                soonest = Some(soonest.map_or(ready, |s| s.min(ready)));
+                continue;
+            }
+            let Some(waiter) = self.clients[i].waiters.pop_front() else { continue };
+            self.queued -= 1;
+            if waiter.send(()).is_err() {
+                return None; // hung up: its place is given back, nothing spent
+            }
+            self.grant(i, now, in_flight);
+            if i == self.turn {
+                self.served_in_turn += 1;
+            } else {
+                self.turn = i;
+                self.served_in_turn = 1;
+            }
+            if self.served_in_turn >= self.clients[i].weight {
+                self.turn = (i + 1) % count;
+                self.served_in_turn = 0;
+            }
+            return None;
+        }
+        Some(soonest.unwrap_or(now))
+    }
+
+    /// Drops the waiters that hung up.
+    fn prune(&mut self) {
+        let mut queued = 0;
+        for client in &mut self.clients {
+            client.waiters.retain(|w| !w.is_closed());
+            queued += client.waiters.len();
+        }
+        self.queued = queued;
+    }
+
+    /// A guess at how long a new request would wait: the queue ahead at the paced rate.
+    fn estimate_wait(&mut self, now: Instant, per_second: u32) -> Duration {
+        let ahead = u32::try_from(self.queued).unwrap_or(u32::MAX);
+        let paced = window::SECOND.saturating_mul(ahead) / per_second.max(1);
+        (self.ready_at(now) - now) + paced
+    }
+}
+
+#[cfg(test)]
+mod tests;
