@@ -254,6 +254,140 @@ async fn unauthorized_requests_cost_no_quota_and_quota_can_change_at_runtime() {
     }
 }
 
+/// Sleeps into the next wall-clock minute when less than 3 s of this one are left, so that a
+/// test counting the minute window does not see it start afresh under it.
+async fn clear_of_minute_end() {
+    let into_minute = now_micros() / 1000 % 60_000;
+    if into_minute >= 57_000 {
+        tokio::time::sleep(Duration::from_millis(60_050 - into_minute)).await;
+    }
+}
+
+const QUOTA_HEADERS: [&str; 7] = [
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "x-ratelimit-limit-second",
+    "x-ratelimit-remaining-second",
+    "x-ratelimit-limit-minute",
+    "x-ratelimit-remaining-minute",
+];
+
+fn assert_quota_headers(what: &str, headers: &HeaderMap) {
+    for name in QUOTA_HEADERS {
+        assert!(header(headers, name).is_some_and(|v| v.parse::<u64>().is_ok()), "{what}: {name} missing");
+    }
+}
+
+#[tokio::test]
+async fn quota_spent_by_another_app_through_the_handle_lowers_remaining_until_a_429() {
+    let mock = start(MockAwork::builder().api_key(KEY).rate_limit(1000, 10).retry_after(true)).await;
+    clear_of_minute_end().await;
+    let c = client();
+    let me = format!("{}/me", mock.api_url());
+    let (status, headers, _) = get(&c, &me, Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header_u64(&headers, "x-ratelimit-remaining-minute"), 9);
+    let usage = mock.spend_quota(4);
+    assert_eq!((usage.minute_used, usage.minute_remaining), (5, Some(5)));
+    let (status, headers, _) = get(&c, &me, Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header_u64(&headers, "x-ratelimit-remaining-minute"), 4);
+    assert_eq!(header_u64(&headers, "ratelimit-remaining"), 4);
+    // More than is left just exhausts the window, as the other app would have met 429s.
+    let usage = mock.spend_quota(100);
+    assert_eq!((usage.per_minute, usage.minute_used, usage.minute_remaining), (10, 10, Some(0)));
+    let (status, headers, body) = get(&c, &me, Some(KEY)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_awork_error(&body, "too-many-requests");
+    assert_eq!(header_u64(&headers, "x-ratelimit-remaining-minute"), 0);
+    assert_eq!(header_u64(&headers, "ratelimit-remaining"), 0);
+    let reset = header_u64(&headers, "ratelimit-reset");
+    assert!((1..=60).contains(&reset), "reset {reset}");
+    assert_eq!(header_u64(&headers, "retry-after"), reset);
+    // The other app's requests are not the mock's: neither logged nor counted.
+    let stats = mock.stats();
+    assert_eq!((stats.requests_total, stats.rate_limited), (3, 1));
+    assert_eq!(mock.requests().len(), 3);
+    assert_eq!(mock.quota_usage().minute_used, 10);
+}
+
+#[tokio::test]
+async fn quota_spent_through_the_control_surface_lowers_remaining_until_a_429() {
+    let mock = start(MockAwork::builder().api_key(KEY).rate_limit(5, 20).retry_after(true)).await;
+    clear_of_minute_end().await;
+    let c = client();
+    let me = format!("{}/me", mock.api_url());
+    let quota = format!("{}/_mock/quota", mock.url());
+    let (status, _, usage) = get(&c, &quota, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((&usage["perSecond"], &usage["perMinute"]), (&json!(5), &json!(20)));
+    assert_eq!((&usage["minuteUsed"], &usage["minuteRemaining"]), (&json!(0), &json!(20)));
+    assert!(usage["minuteResetSecs"].as_u64().is_some_and(|s| (1..=60).contains(&s)), "{usage}");
+    let spend = |n: Value| send(&c, Method::POST, &quota, None, full(json!({ "spend": n }).to_string()));
+    let (status, _, bytes) = read_all(spend(json!(3)).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let usage: Value = serde_json::from_slice(&bytes).expect("json");
+    // One lock: the second window in the answer is the one the spend went to.
+    assert_eq!((&usage["secondUsed"], &usage["secondRemaining"]), (&json!(3), &json!(2)), "{usage}");
+    assert_eq!((&usage["minuteUsed"], &usage["minuteRemaining"]), (&json!(3), &json!(17)), "{usage}");
+    let (status, headers, _) = get(&c, &me, Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header_u64(&headers, "x-ratelimit-remaining-minute"), 16);
+    let (status, _, bytes) = read_all(spend(json!(50)).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let usage: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!((&usage["minuteUsed"], &usage["minuteRemaining"]), (&json!(20), &json!(0)), "{usage}");
+    let (status, headers, body) = get(&c, &me, Some(KEY)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_awork_error(&body, "too-many-requests");
+    assert_eq!(header_u64(&headers, "x-ratelimit-remaining-minute"), 0);
+    assert!(header(&headers, "retry-after").is_some());
+    for bad in [json!(-1), json!("ten"), json!(null)] {
+        assert_eq!(spend(bad).await.status(), StatusCode::BAD_REQUEST);
+    }
+    let unknown = send(&c, Method::POST, &quota, None, full(r#"{"spent": 1}"#)).await;
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+    let stats = mock.stats();
+    assert_eq!((stats.requests_total, stats.rate_limited), (2, 1), "control requests are not counted");
+    send(&c, Method::POST, &format!("{}/_mock/reset", mock.url()), None, empty()).await;
+    assert_eq!(get(&c, &quota, None).await.2["minuteUsed"], 0);
+}
+
+#[tokio::test]
+async fn every_api_answer_carries_the_rate_limit_headers() {
+    let mock = start(MockAwork::builder().api_key(KEY).rate_limit(1000, 8).retry_after(true)).await;
+    clear_of_minute_end().await;
+    let c = client();
+    let api = mock.api_url();
+    let cases = [
+        (Method::GET, format!("{api}/me"), Some(KEY), StatusCode::OK),
+        (Method::GET, format!("{api}/users?page=0"), Some(KEY), StatusCode::BAD_REQUEST),
+        (Method::GET, format!("{api}/nowhere"), Some(KEY), StatusCode::NOT_FOUND),
+        (Method::GET, api.clone(), Some(KEY), StatusCode::NOT_FOUND),
+        (Method::DELETE, format!("{api}/status/503"), Some(KEY), StatusCode::SERVICE_UNAVAILABLE),
+        (Method::GET, format!("{api}/me"), Some("bad"), StatusCode::UNAUTHORIZED),
+        (Method::POST, mock.token_url(), None, StatusCode::BAD_REQUEST),
+        (Method::GET, mock.token_url(), None, StatusCode::METHOD_NOT_ALLOWED),
+    ];
+    for (method, url, token, expected) in cases {
+        let what = format!("{method} {url}");
+        let (status, headers, _) = read_all(send(&c, method, &url, token, empty()).await).await;
+        assert_eq!(status, expected, "{what}");
+        assert_quota_headers(&what, &headers);
+        assert!(header(&headers, "retry-after").is_none(), "{what}: Retry-After only on 429s");
+    }
+    assert_eq!(mock.quota_usage().minute_used, 5, "401s and the OAuth endpoints cost no quota");
+    mock.spend_quota(100);
+    let (status, headers, _) = get(&c, &format!("{api}/me"), Some(KEY)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_quota_headers("429", &headers);
+    assert_eq!(header_u64(&headers, "retry-after"), header_u64(&headers, "ratelimit-reset"));
+    let (status, headers, _) = get(&c, &format!("{api}/me"), Some("bad")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(header_u64(&headers, "x-ratelimit-remaining-minute"), 0);
+}
+
 #[tokio::test]
 async fn pages_carry_aw_headers_and_short_last_page() {
     let mock = start(basic().users(120)).await;

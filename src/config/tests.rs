@@ -198,3 +198,60 @@ fn the_commented_example_config_is_valid() {
     assert_eq!(loaded.config.clients.len(), 3);
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
+
+/// `BASE` with one network client carrying `client` and the extra tables in `extra`.
+fn with_client(client: &str, extra: &str) -> String {
+    format!(
+        "{BASE}\n{extra}\n[[clients]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\ncredential = \"main\"\nallow = [\"read-only\"]\n{client}\n"
+    )
+}
+
+#[test]
+fn quota_and_retry_keys_are_refused_by_name() {
+    let cases = [
+        (with_client("weight = 0", ""), "clients[0].weight: must be 1 to 100"),
+        (with_client("per_second = 0", ""), "clients[0].per_second: must be at least 1"),
+        (with_client("", "[rate_limit]\nmax_queue = 0"), "rate_limit.max_queue: must be at least 1"),
+        (with_client("", "[rate_limit]\nmax_wait = \"soon\""), "rate_limit.max_wait: \"soon\" is not a duration"),
+        (with_client("", "[retry]\nmax_attempts = 11"), "retry.max_attempts: at most 10"),
+        (with_client("", "[retry]\nbudget_percent = 150"), "retry.budget_percent: is a percentage"),
+        (with_client("", "[retry]\nmax_replay_bytes = \"1MB\""), "(syntax)"),
+        (
+            "[credentials.main]\ntype = \"api_key\"\nkey = { env = \"AWORK_API_KEY\" }\nrate_limit = { per_second = 0 }\n"
+                .to_owned(),
+            "credentials.main.rate_limit.per_second: must be at least 1",
+        ),
+    ];
+    for (text, expected) in cases {
+        let msg = first_issue(&text);
+        assert!(msg.starts_with(expected), "{msg:?} should start with {expected:?}");
+    }
+}
+
+#[test]
+fn a_credential_of_another_workspace_has_its_own_quota_and_shares_the_queue_settings() {
+    let text = format!(
+        "{}\n[credentials.enterprise]\ntype = \"api_key\"\nkey = {{ env = \"AWORK_API_KEY\" }}\nrate_limit = {{ per_minute = 3000 }}\n",
+        with_client("", "[rate_limit]\nmax_wait = \"5s\"\nmax_queue = 50")
+    );
+    let loaded = parse(&text).expect("valid");
+    let c = &loaded.config;
+    let own = c.credentials.iter().find(|cr| cr.name == "enterprise").and_then(|cr| cr.rate_limit.clone());
+    assert_eq!(
+        own,
+        Some(RateLimitConfig { per_second: 50, per_minute: 3000, max_wait: Duration::from_secs(5), max_queue: 50 })
+    );
+    assert_eq!(c.credentials.iter().find(|cr| cr.name == "main").map(|cr| cr.rate_limit.is_none()), Some(true));
+    assert_eq!(c.retry, RetryConfig::default());
+    assert_eq!(c.clients[0].weight, 1);
+}
+
+#[test]
+fn a_client_cap_that_can_never_bite_is_a_warning() {
+    let loaded = parse(&with_client("per_minute = 5000", "")).expect("valid");
+    let warning = loaded.warnings.iter().map(ToString::to_string).find(|w| w.starts_with("clients[0].per_minute"));
+    assert_eq!(
+        warning.as_deref(),
+        Some("clients[0].per_minute: 5000 is not below the workspace's 1000: this cap never applies")
+    );
+}

@@ -156,11 +156,14 @@ where
         let idempotent = idempotent(&parts.method);
         self.budget.record_request();
         let mut attempt = 1;
+        // The failed answer a retry is waiting to improve on.
+        let mut failed: Option<GatewayResponse> = None;
         loop {
             let slot = match &ticket {
                 Some(ticket) => match ticket.slot().await {
                     Ok(slot) => Some(slot),
-                    Err(refused) => return Ok(refused.to_response(request_id)),
+                    // No slot before the deadline: awork's own failure says more than a 429.
+                    Err(refused) => return Ok(failed.unwrap_or_else(|| refused.to_response(request_id))),
                 },
                 None => None,
             };
@@ -191,6 +194,7 @@ where
                 Failure::RateLimited if idempotent && ticket.is_some() => {
                     self.metrics.record_retry(failure.label());
                     tracing::info!(request_id, "awork answered 429: the request waits in the quota queue again");
+                    failed = None;
                 }
                 Failure::Connect | Failure::Status(_)
                     if (idempotent || failure == Failure::Connect) && attempt < self.config.max_attempts =>
@@ -208,8 +212,8 @@ where
                         backoff_ms = pause.as_millis() as u64,
                         "retrying a failed request to awork"
                     );
-                    drop(response);
                     tokio::time::sleep(pause).await;
+                    failed = Some(response);
                     attempt += 1;
                 }
                 _ => return Ok(response),

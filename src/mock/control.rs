@@ -1,7 +1,8 @@
 //! The unauthenticated `/_mock/` control surface, so that tests in other processes (and the
 //! demo) can read what the mock saw and rotate its tokens. It is never logged or counted, so
 //! looking at the mock does not change what it reports. `/_mock/oauth` steers the OAuth
-//! server (see `oauth::control`).
+//! server (see `oauth::control`); `/_mock/quota` shows the quota windows and spends them as
+//! other apps of the workspace would.
 
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -35,6 +36,13 @@ struct TokenGrant {
     user: Option<String>,
 }
 
+/// `POST /_mock/quota` body: requests of another app to count against the current windows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaSpend {
+    spend: u32,
+}
+
 /// Answers a `/_mock/...` request.
 pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
@@ -46,6 +54,11 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
             json_response(StatusCode::OK, &json!({ "reset": true }))
         }
         ("POST", "/_mock/tokens") => tokens(shared, req).await,
+        ("GET", "/_mock/quota") => json_response(StatusCode::OK, &json!(shared.quota_usage())),
+        ("POST", "/_mock/quota") => match read_json::<QuotaSpend>(req, "{\"spend\": N}").await {
+            Ok(QuotaSpend { spend }) => json_response(StatusCode::OK, &json!(shared.spend_quota(spend))),
+            Err(reject) => *reject,
+        },
         ("GET" | "POST", "/_mock/oauth") => oauth::control(shared, req).await,
         _ => not_found(&path),
     }

@@ -25,7 +25,29 @@
 //! `/temporaryfiles`, `GET|POST /mcp?events=N&interval_ms=M`, `/echo/**`, `GET /slow?ms=N`,
 //! `GET /redirect?to=URL`, `/status/{code}`; other writes are echoed, other reads are 404.
 //! Control (no auth, not logged): `GET /_mock/stats`, `GET /_mock/requests`,
-//! `POST /_mock/reset`, `POST /_mock/tokens`, `GET|POST /_mock/oauth`.
+//! `POST /_mock/reset`, `POST /_mock/tokens`, `GET|POST /_mock/quota`, `GET|POST /_mock/oauth`.
+//!
+//! The quota: fixed windows aligned to the wall-clock second and minute (as awork's Kong
+//! counts), shared by the whole workspace. Every `/api/v1/**` answer (200s, 4xx, 429s, the
+//! anonymous OAuth endpoints' too) carries `ratelimit-limit`/`-remaining`/`-reset` and
+//! `x-ratelimit-{limit,remaining}-{second,minute}` unless the quota is off; 429s add
+//! `Retry-After` when [`MockAworkBuilder::retry_after`] is on. Requests without a valid token
+//! and the OAuth endpoints cost no quota. Other apps of the workspace spend it too:
+//! [`MockAwork::spend_quota`], or from another process `POST /_mock/quota` with
+//! `{"spend": N}`, counts N of their requests against the current second and minute (each
+//! window fills up to its limit at most) without logging them. Both `GET` and `POST
+//! /_mock/quota` answer a [`QuotaUsage`]: `{"perSecond", "perMinute", "secondUsed",
+//! "minuteUsed", "secondRemaining", "minuteRemaining", "minuteResetSecs"}` (a remaining count
+//! is `null` for an unlimited window).
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let mock = awork_gateway::mock::MockAwork::builder().api_key("k-123").rate_limit(20, 300).start().await?;
+//! let usage = mock.spend_quota(100); // another app's 100 requests, this minute
+//! assert_eq!(usage.minute_remaining, Some(200));
+//! assert_eq!(mock.stats().requests_total, 0);
+//! # Ok(()) }
+//! ```
 //!
 //! OAuth 2.0 as awork does it (see the `oauth` module), all anonymous and free of quota:
 //! `GET /api/v1/accounts/authorize` (PKCE S256, auto-consent for the consent user, 302 with a
@@ -71,7 +93,7 @@ use tokio::task::JoinHandle;
 
 pub use body::{PATTERN_PERIOD, download_byte};
 pub use oauth::{ClientSpecError, DEFAULT_REFRESH_TOKEN_LIFETIME, DEFAULT_TOKEN_LIFETIME, KNOWN_SCOPES, OAuthClient};
-pub use quota::RateLimit;
+pub use quota::{QuotaUsage, RateLimit};
 pub use state::{DEFAULT_USER, MockStats, SeenRequest, TokenRequests};
 
 use oauth::{OAuth, OAuthConfig};
@@ -282,6 +304,21 @@ impl MockAwork {
     /// Changes the quota from now on (current window counts are kept).
     pub fn set_rate_limit(&self, limit: RateLimit) {
         lock(&self.shared.quota).set_limit(limit);
+    }
+
+    /// Spends `n` requests of the current wall-clock second and minute as another app of the
+    /// workspace would: they are neither logged nor counted in [`MockAwork::stats`], but the
+    /// next answers show less remaining. Each window fills up to its limit at most (spending
+    /// more than is left exhausts it), so 100 against 20/s and 300/min takes the rest of this
+    /// second and 100 of this minute. Returns the usage afterwards.
+    pub fn spend_quota(&self, n: u32) -> QuotaUsage {
+        self.shared.spend_quota(n)
+    }
+
+    /// The quota's limits and how much of the current second and minute is used (by the
+    /// mock's answers and spent quota).
+    pub fn quota_usage(&self) -> QuotaUsage {
+        self.shared.quota_usage()
     }
 
     /// Registers an OAuth client (replacing one with the same id).

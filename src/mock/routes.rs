@@ -80,6 +80,13 @@ fn unauthorized<B>(req: &Request<B>) -> Resp {
     resp
 }
 
+/// The quota headers on an answer that cost no quota (the anonymous OAuth endpoints under
+/// `/api/v1`): awork sends them on every API answer.
+pub(crate) fn free_of_quota(shared: &Shared, resp: Resp) -> Resp {
+    let verdict = lock(&shared.quota).peek(unix_now());
+    with_quota(resp, &verdict, false)
+}
+
 fn with_quota(mut resp: Resp, verdict: &Verdict, retry_after: bool) -> Resp {
     let headers = resp.headers_mut();
     for (name, value) in &verdict.headers {

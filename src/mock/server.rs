@@ -82,9 +82,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBod
     let id = shared.record(seen(&req));
     let ctx = Ctx { shared: shared.clone(), id };
     // OAuth's anonymous endpoints come first: they need no bearer token and cost no quota.
+    let api = routes::is_api(req.uri().path());
     let resp = match oauth::Endpoint::of(req.uri().path()) {
+        Some(endpoint) if api => routes::free_of_quota(&shared, oauth::serve(&ctx, endpoint, req).await),
         Some(endpoint) => oauth::serve(&ctx, endpoint, req).await,
-        None if routes::is_api(req.uri().path()) => routes::api(&ctx, req).await,
+        None if api => routes::api(&ctx, req).await,
         None => not_found(req.uri().path()),
     };
     shared.record_status(id, resp.status().as_u16());

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::oauth::OAuth;
-use super::quota::Quota;
+use super::quota::{Quota, QuotaUsage};
 
 /// The display name of the user behind a token when none is given.
 pub const DEFAULT_USER: &str = "Ada Lovelace";
@@ -212,6 +212,15 @@ impl Shared {
         let mut stats = self.counters.snapshot();
         self.oauth.counters.fill(&mut stats);
         stats
+    }
+
+    /// Counts `n` requests of another app against the current quota windows (not logged).
+    pub fn spend_quota(&self, n: u32) -> QuotaUsage {
+        lock(&self.quota).spend(unix_now(), n)
+    }
+
+    pub fn quota_usage(&self) -> QuotaUsage {
+        lock(&self.quota).usage(unix_now())
     }
 
     /// Clears the log, the counters and the quota windows (OAuth clients and grants stay).

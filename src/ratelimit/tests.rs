@@ -270,3 +270,43 @@ async fn a_flood_from_many_clients_never_exceeds_either_window() {
     let first_minute = grants.iter().filter(|t| **t - start < Duration::from_secs(60)).count();
     assert_eq!(first_minute, 300, "the whole minute quota is used");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_credential_of_another_workspace_spends_its_own_quota() {
+    let text = r#"
+[credentials.main]
+type = "api_key"
+key = { value = "k" }
+
+[credentials.other]
+type = "api_key"
+key = { value = "k2" }
+rate_limit = { per_second = 50, per_minute = 2 }
+
+[rate_limit]
+per_second = 50
+per_minute = 2
+
+[[clients]]
+name = "a"
+networks = ["10.0.0.1/32"]
+credential = "main"
+allow = ["read-only"]
+
+[[clients]]
+name = "b"
+networks = ["10.0.0.2/32"]
+credential = "other"
+allow = ["read-only"]
+"#;
+    let loaded = Config::parse(text, "test", &HashMap::<String, String>::new()).expect("valid config");
+    let quotas = Quotas::new(&loaded.config, &Arc::new(Metrics::new()));
+    let start = Instant::now();
+    let mut tickets = Vec::new();
+    for client in [0, 0, 1, 1] {
+        tickets.push(quotas.admit(client).await.expect("a slot"));
+    }
+    assert!(Instant::now() - start < Duration::from_secs(1), "b did not wait for a's spent minute");
+    let names: Vec<(String, u32)> = quotas.status().into_iter().map(|w| (w.workspace, w.used_last_minute)).collect();
+    assert_eq!(names, vec![("default".to_owned(), 2), ("other".to_owned(), 2)]);
+}
