@@ -54,6 +54,8 @@ pub enum SetupError {
     Upstream(#[from] upstream::SetupError),
     #[error(transparent)]
     Credentials(#[from] credentials::SetupError),
+    #[error("redis: {0}")]
+    Redis(String),
 }
 
 /// Everything that outlives a single request.
@@ -68,14 +70,32 @@ pub struct Gateway {
     started: Instant,
 }
 
+/// The Redis client behind the shared quota (it connects on first use).
+fn shared_quota(
+    config: &config::RedisConfig,
+    env: &dyn Env,
+    metrics: &Metrics,
+) -> Result<Arc<ratelimit::shared::Shared>, SetupError> {
+    use redis::IntoConnectionInfo;
+    let mut info = config.url.as_str().into_connection_info().map_err(|e| SetupError::Redis(e.to_string()))?;
+    if let Some(source) = &config.password {
+        let password = source.read(env).map_err(|e| SetupError::Redis(e.to_string()))?;
+        info.redis.password = Some(password.expose().to_owned());
+    }
+    let client = redis::Client::open(info).map_err(|e| SetupError::Redis(e.to_string()))?;
+    let up = metrics.redis_up(&config.url);
+    Ok(Arc::new(ratelimit::shared::Shared::new(client, &config.key_prefix, config.timeout, up)))
+}
+
 impl Gateway {
     /// Loads the credentials and builds the upstream pool for a validated config.
     pub fn new(config: Config, env: Arc<dyn Env>) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::new());
         let client = upstream::build_client(&config.upstream)?;
+        let shared = config.redis.as_ref().map(|redis| shared_quota(redis, env.as_ref(), &metrics)).transpose()?;
         let credentials = Credentials::load(&config, env, metrics.clone(), client.clone())?;
         let identities = Arc::new(Identities::new(&config, &credentials));
-        let quotas = Arc::new(Quotas::new(&config, &metrics));
+        let quotas = Arc::new(Quotas::new(&config, &metrics, shared));
         Ok(Self { config: Arc::new(config), credentials, metrics, quotas, client, identities, started: Instant::now() })
     }
 

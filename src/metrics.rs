@@ -46,6 +46,11 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisLabels {
+    pub redis: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -99,6 +104,7 @@ pub struct Metrics {
     upstream_rate_limited: Family<WorkspaceLabels, Counter>,
     awork_remaining: Family<RemainingLabels, Gauge>,
     retries: Family<ReasonLabels, Counter>,
+    redis_up: Family<RedisLabels, Gauge>,
 }
 
 /// The quota metrics of one workspace, looked up once so the request path does not build labels.
@@ -198,6 +204,12 @@ impl Metrics {
             "Requests sent to awork again, by reason (connect, status_502, status_503, status_504, rate_limited), and retries refused by the budget (budget_exhausted)",
             retries.clone(),
         );
+        let redis_up = Family::default();
+        registry.register(
+            "redis_up",
+            "1 while the Redis that shares the quota answers, 0 while each replica falls back to its share",
+            redis_up.clone(),
+        );
         Self {
             registry,
             requests,
@@ -215,7 +227,13 @@ impl Metrics {
             upstream_rate_limited,
             awork_remaining,
             retries,
+            redis_up,
         }
+    }
+
+    /// The gauge that says whether the Redis at `url` (never with a password) answers.
+    pub fn redis_up(&self, url: &str) -> Gauge {
+        self.redis_up.get_or_create(&RedisLabels { redis: url.to_owned() }).clone()
     }
 
     pub fn workspace(&self, workspace: &str) -> WorkspaceMetrics {

@@ -76,10 +76,16 @@ fn readyz(gateway: &Gateway) -> Response<GatewayBody> {
             .collect()
     };
     let (not_ready, degraded) = (listed(false), listed(true));
-    if not_ready.is_empty() && degraded.is_empty() {
+    // Redis down: requests still go, each replica at its share of the quota.
+    let redis_down = gateway.quotas.redis_up() == Some(false);
+    if not_ready.is_empty() && degraded.is_empty() && !redis_down {
         json_response(StatusCode::OK, &json!({"status": "ready"}))
     } else if not_ready.is_empty() {
-        json_response(StatusCode::OK, &json!({"status": "degraded", "credentials": degraded}))
+        let mut body = json!({"status": "degraded", "credentials": degraded});
+        if redis_down {
+            body["redis"] = json!("unreachable: this replica spends quota / redis.fallback_replicas");
+        }
+        json_response(StatusCode::OK, &body)
     } else {
         json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "not ready", "credentials": not_ready}))
     }
@@ -121,6 +127,7 @@ fn status(gateway: &Gateway) -> Response<GatewayBody> {
         "credentials": gateway.credentials.statuses(),
         "clients": clients,
         "quota": gateway.quotas.status(),
+        "redis": gateway.quotas.redis_up().map(|up| if up { "up" } else { "unreachable" }),
     });
     json_response(StatusCode::OK, &body)
 }

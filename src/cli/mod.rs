@@ -1,7 +1,10 @@
-//! The command line: `serve` (the default), `check`, `hash-token`, `login`, `register`, `demo`.
+//! The command line: `serve` (the default), `check`, `hash-token`, `login`, `register`, `demo`,
+//! `healthcheck`, `completions`.
 //!
-//! Exit codes: 0 done, 1 runtime failure (a port in use), 2 bad config or usage.
+//! Exit codes: 0 done, 1 runtime failure (a port in use), 2 bad config or usage
+//! (`healthcheck` only 0 or 1: Docker reserves 2).
 
+mod healthcheck;
 mod login;
 
 use std::path::PathBuf;
@@ -9,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use base64::Engine;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError, Loaded, ProcessEnv};
@@ -19,8 +22,33 @@ use crate::{Gateway, logging};
 /// Exit code of a config or usage error.
 pub const EXIT_CONFIG: u8 = 2;
 
+/// The top-level help's tail: examples, where the config comes from, signals, exit codes.
+const AFTER_HELP: &str = "\
+Examples:
+  AWORK_API_KEY=... awork-gateway                     serve the embedded default on 127.0.0.1:8080
+  awork-gateway --config /etc/awork-gateway/gateway.toml
+  awork-gateway check --config gateway.toml           validate before a deploy or a reload
+  awork-gateway demo                                  a mock awork and the gateway, on loopback
+  awork-gateway <COMMAND> --help                      examples for each command
+
+The config comes from --config FILE or AWORK_GATEWAY_CONFIG, else the embedded default
+(listen 127.0.0.1:8080, admin 127.0.0.1:9090, the key from AWORK_API_KEY, loopback callers).
+RUST_LOG filters the logs on stderr (default info).
+Signals: SIGTERM or SIGINT stop accepting, drain in-flight requests and exit 0; SIGHUP re-reads the secrets.
+
+Exit codes:
+  0  done; serve: stopped by SIGTERM or SIGINT after draining
+  1  runtime failure: a listener cannot bind, the TLS files are unusable, a login did not finish,
+     healthcheck found the gateway unhealthy
+  2  config or usage error: every key at fault is named on stderr (healthcheck never exits 2)";
+
 #[derive(Debug, Parser)]
-#[command(name = "awork-gateway", version, about = "Authenticating gateway for the awork API")]
+#[command(
+    name = "awork-gateway",
+    version,
+    about = "Authenticating gateway for the awork API",
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     /// Config file (TOML); without it the embedded default serves.
     #[arg(long, short, global = true, env = "AWORK_GATEWAY_CONFIG")]
@@ -32,17 +60,50 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the gateway (the default).
+    #[command(after_help = "\
+Examples:
+  AWORK_API_KEY=... awork-gateway serve
+  awork-gateway serve --config /etc/awork-gateway/gateway.toml
+  AWORK_GATEWAY_CONFIG=/etc/awork-gateway/gateway.toml awork-gateway
+
+SIGTERM or SIGINT: stop accepting, drain in-flight requests (server.drain_timeout), exit 0.
+SIGHUP: re-read the secrets. Exit 1 when a listener cannot bind, 2 on a config error.")]
     Serve,
     /// Validate the config (keys, credentials, rules, secrets) and print a summary.
+    #[command(after_help = "\
+Examples:
+  awork-gateway check --config /etc/awork-gateway/gateway.toml
+  AWORK_API_KEY=... awork-gateway check                the embedded default
+
+Secret sources are read ({ env = ... } set, { file = ... } readable) but never printed.
+Exit 0 when valid (warnings are printed), 2 naming every key at fault on stderr.")]
     Check,
     /// Make a random client token and print it with the sha256 that goes into the config.
+    #[command(after_help = "\
+Examples:
+  awork-gateway hash-token
+
+Give the token to the caller (Authorization: Bearer <token>, or Basic with the client's name);
+put only the printed [[clients]] snippet with its token_sha256 into the config.")]
     HashToken,
     /// Grant an `oauth` credential: prints the authorize URL and takes the callback.
+    #[command(after_help = "\
+Examples:
+  awork-gateway login service --config /etc/awork-gateway/gateway.toml
+
+Uses a running gateway's admin listener when there is one, else takes the callback itself at
+the credential's redirect_uri; on a headless server paste the URL the browser was sent to.
+Exit 0 once the credential is ready, 1 if the login did not finish, 2 for an unknown credential.")]
     Login {
         /// The credential's name in the config.
         credential: String,
     },
     /// Register an OAuth client application at awork and print the config to paste.
+    #[command(after_help = "\
+Examples:
+  awork-gateway register --redirect-uri http://127.0.0.1:9090/oauth/service/callback
+  awork-gateway register --name \"Gateway sign-in\" --public \\
+      --redirect-uri https://gateway.internal/oauth2/callback")]
     Register {
         /// The application's name, shown to people when they grant access.
         #[arg(long, default_value = "awork-gateway")]
@@ -56,6 +117,10 @@ enum Command {
         public: bool,
     },
     /// Start a mock awork and a gateway in front of it on loopback, and print curl commands.
+    #[command(after_help = "\
+Examples:
+  awork-gateway demo
+  awork-gateway demo --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090")]
     Demo {
         /// Where the demo gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -63,6 +128,39 @@ enum Command {
         /// Where the demo admin endpoints listen.
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: std::net::SocketAddr,
+    },
+    /// Probe a running gateway's admin listener: exit 0 when healthy, 1 when not (no curl needed).
+    #[command(after_help = "\
+Examples:
+  awork-gateway healthcheck                       /healthz on the config's server.admin_listen
+  awork-gateway healthcheck --ready               /readyz: fails while a credential needs a login
+  awork-gateway healthcheck --url http://127.0.0.1:9090/healthz
+  HEALTHCHECK CMD [\"awork-gateway\", \"healthcheck\"]   in a Dockerfile
+
+An unspecified admin address (0.0.0.0, [::]) is probed on loopback. Only server.admin_listen
+is read from the config, so a probe never fails on what check is for.
+Exit 0 on a 2xx answer, 1 otherwise (never 2: Docker reserves it).")]
+    Healthcheck {
+        /// The URL to probe (plain http); default /healthz on the config's admin listener.
+        #[arg(long, conflicts_with = "ready")]
+        url: Option<String>,
+        /// Probe /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  awork-gateway completions bash > /etc/bash_completion.d/awork-gateway
+  awork-gateway completions zsh > \"${fpath[1]}/_awork-gateway\"
+  awork-gateway completions fish > ~/.config/fish/completions/awork-gateway.fish")]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -82,6 +180,30 @@ pub fn main() -> ExitCode {
         },
         Command::Serve => with_runtime(serve(cli.config)),
         Command::Demo { listen, admin_listen } => with_runtime(demo(listen, admin_listen)),
+        Command::Healthcheck { url, ready, timeout } => {
+            match healthcheck::targets(url.as_deref(), ready, cli.config.as_deref()) {
+                Ok(targets) => with_runtime(healthcheck::probe(targets, timeout)),
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Completions { shell } => completions(shell),
+    }
+}
+
+/// Prints the completion script (written whole, so `| head` is no panic).
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "awork-gateway", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the completion script: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -180,6 +302,12 @@ pub fn summary(loaded: &Loaded) -> String {
         c.retry.max_attempts,
         c.retry.max_replay_bytes
     );
+    if let Some(redis) = &c.redis {
+        out += &format!(
+            "  redis {} (keys {}*): the quota is shared by the replicas; {} replica(s) assumed while it is down\n",
+            redis.url, redis.key_prefix, redis.fallback_replicas
+        );
+    }
     for w in &loaded.warnings {
         out += &format!("warning: {w}\n");
     }

@@ -26,6 +26,7 @@ pub struct Config {
     pub credentials: Vec<CredentialConfig>,
     pub rate_limit: RateLimitConfig,
     pub retry: RetryConfig,
+    pub redis: Option<RedisConfig>,
     pub clients: Vec<ClientConfig>,
     pub log: LogConfig,
 }
@@ -157,6 +158,20 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         Self { per_second: 50, per_minute: 1000, max_wait: Duration::from_secs(30), max_queue: 1000 }
     }
+}
+
+/// The Redis that several replicas share the quota through.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS), without a password.
+    pub url: String,
+    pub password: Option<SecretSource>,
+    /// Put in front of every key, so several gateways can share one Redis.
+    pub key_prefix: String,
+    /// Longest wait for Redis; past it, Redis counts as down.
+    pub timeout: Duration,
+    /// While Redis is down, each replica spends `quota / fallback_replicas`.
+    pub fallback_replicas: u32,
 }
 
 /// Sending idempotent requests again when awork or the way to it fails.
@@ -326,9 +341,10 @@ impl<'a> Validator<'a> {
         let rate_limit = self.rate_limit("rate_limit", raw.rate_limit, &RateLimitConfig::default());
         let credentials = self.credentials(raw.credentials, &rate_limit);
         let retry = self.retry(raw.retry);
+        let redis = raw.redis.map(|r| self.redis(r));
         let clients = self.clients(raw.clients, &credentials, &rate_limit);
         let log = self.log(raw.log);
-        Some(Config { server: server?, upstream: upstream?, credentials, rate_limit, retry, clients, log })
+        Some(Config { server: server?, upstream: upstream?, credentials, rate_limit, retry, redis, clients, log })
     }
 
     fn duration(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
@@ -595,7 +611,7 @@ impl<'a> Validator<'a> {
             Some("redis") => {
                 self.issue(
                     key,
-                    "\"redis\" needs the [redis] section, which this version does not have yet; use \"file:DIR\"",
+                    "tokens in Redis are not built yet ([redis] shares the quota only); use \"file:DIR\" and let one replica hold OAuth credentials",
                 );
                 None
             }
@@ -659,6 +675,35 @@ impl<'a> Validator<'a> {
     ) -> Option<RateLimitConfig> {
         let awork = RateLimitConfig { max_wait: shared.max_wait, max_queue: shared.max_queue, ..Default::default() };
         raw.map(|raw| self.rate_limit(&format!("{key}.rate_limit"), Some(raw), &awork))
+    }
+
+    fn redis(&mut self, raw: raw::RawRedis) -> RedisConfig {
+        let url = raw.url.trim().to_owned();
+        match url.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("redis" | "rediss")) && uri.authority().is_some() => {
+                let userinfo = uri.authority().and_then(|a| a.as_str().rsplit_once('@')).map(|(user, _)| user);
+                if userinfo.is_some_and(|user| user.contains(':')) {
+                    self.issue(
+                        "redis.url",
+                        "must not carry a password: write it as redis.password = { env = \"REDIS_PASSWORD\" }",
+                    );
+                }
+            }
+            _ => self
+                .issue("redis.url", format!("{url:?} is not a redis:// or rediss:// URL, e.g. \"redis://redis:6379\"")),
+        }
+        let password = raw.password.map(|p| self.secret("redis.password", p));
+        let fallback_replicas = raw.fallback_replicas.unwrap_or(3);
+        if fallback_replicas == 0 {
+            self.issue("redis.fallback_replicas", "must be at least 1: the number of replicas sharing the quota");
+        }
+        RedisConfig {
+            url,
+            password,
+            key_prefix: raw.key_prefix.unwrap_or_else(|| "awork-gateway:".to_owned()),
+            timeout: self.duration("redis.timeout", raw.timeout, Duration::from_millis(250)),
+            fallback_replicas: fallback_replicas.max(1),
+        }
     }
 
     fn retry(&mut self, raw: raw::RawRetry) -> RetryConfig {

@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     pub retry: RawRetry,
+    pub redis: Option<RawRedis>,
     #[serde(default)]
     pub clients: Vec<RawClient>,
     #[serde(default)]
@@ -116,6 +117,16 @@ pub struct RawRateLimit {
     pub per_minute: Option<u32>,
     pub max_wait: Option<String>,
     pub max_queue: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+    pub password: Option<RawSecret>,
+    pub key_prefix: Option<String>,
+    pub timeout: Option<String>,
+    pub fallback_replicas: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

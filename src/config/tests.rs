@@ -255,3 +255,28 @@ fn a_client_cap_that_can_never_bite_is_a_warning() {
         Some("clients[0].per_minute: 5000 is not below the workspace's 1000: this cap never applies")
     );
 }
+
+#[test]
+fn redis_takes_a_url_without_password_and_its_password_from_a_secret_source() {
+    let ok = parse(&with_client(
+        "",
+        "[redis]\nurl = \"rediss://cache.internal:6380/2\"\npassword = { env = \"AWORK_API_KEY\" }\nfallback_replicas = 2",
+    ))
+    .expect("valid");
+    let redis = ok.config.redis.expect("redis section");
+    assert_eq!(redis.url, "rediss://cache.internal:6380/2");
+    assert_eq!(redis.key_prefix, "awork-gateway:");
+    assert_eq!(redis.timeout, Duration::from_millis(250));
+    assert_eq!(redis.fallback_replicas, 2);
+    let cases = [
+        ("url = \"redis://:hunter2@cache:6379\"", "redis.url: must not carry a password"),
+        ("url = \"http://cache:6379\"", "redis.url: \"http://cache:6379\" is not a redis:// or rediss:// URL"),
+        ("url = \"redis://cache\"\nfallback_replicas = 0", "redis.fallback_replicas: must be at least 1"),
+        ("url = \"redis://cache\"\ntimeout = \"0s\"", "redis.timeout: must be longer than zero"),
+    ];
+    for (table, expected) in cases {
+        let msg = first_issue(&with_client("", &format!("[redis]\n{table}")));
+        assert!(msg.starts_with(expected), "{msg:?} should start with {expected:?}");
+        assert!(!msg.contains("hunter2"), "the password is not repeated: {msg}");
+    }
+}

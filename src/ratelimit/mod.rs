@@ -12,6 +12,7 @@
 //! first request has to wait and ended when the queue is empty: an idle gateway runs none.
 
 mod feedback;
+pub mod shared;
 pub mod window;
 
 use std::collections::VecDeque;
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 use crate::config::{Config, RateLimitConfig};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, WorkspaceMetrics};
+use shared::{ScriptLimits, Shared, Verdict};
 use window::Limits;
 
 /// Every workspace quota of a config, and which one each client spends.
@@ -39,7 +41,10 @@ pub struct Quotas {
 
 impl Quotas {
     /// The `[rate_limit]` workspace (named "default") and one per credential with its own quota.
-    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Self {
+    ///
+    /// With `shared`, every replica's slots come from Redis; each replica's own limiter (at
+    /// `1/fallback_replicas` of the quota) only decides while Redis is unreachable.
+    pub fn new(config: &Config, metrics: &Arc<Metrics>, shared: Option<Arc<Shared>>) -> Self {
         let mut workspaces: Vec<(String, &RateLimitConfig, Vec<ClientSlot>)> =
             vec![("default".to_owned(), &config.rate_limit, Vec::new())];
         let mut by_client = Vec::with_capacity(config.clients.len());
@@ -57,18 +62,29 @@ impl Quotas {
             };
             let clients = &mut workspaces[ws].2;
             by_client.push((ws, clients.len()));
-            let caps = (client.per_second.is_some() || client.per_minute.is_some())
-                .then(|| Limits::new(client.per_second, client.per_minute));
+            let capped = client.per_second.is_some() || client.per_minute.is_some();
+            let share = |n: Option<u32>| n.map(|n| fallback_share(n, shared.is_some(), config));
+            let caps = capped.then(|| Limits::new(share(client.per_second), share(client.per_minute)));
+            let script_caps = capped.then(|| ScriptLimits::new(client.per_second, client.per_minute));
             clients.push(ClientSlot {
                 name: client.name.as_str().into(),
                 weight: client.weight,
                 caps,
+                script_caps,
+                blocked_until: None,
                 waiters: VecDeque::new(),
             });
         }
         let workspaces = workspaces
             .into_iter()
-            .map(|(name, limits, clients)| Arc::new(Workspace::new(name, limits, clients, metrics)))
+            .map(|(name, limits, clients)| {
+                let local = RateLimitConfig {
+                    per_second: fallback_share(limits.per_second, shared.is_some(), config),
+                    per_minute: fallback_share(limits.per_minute, shared.is_some(), config),
+                    ..limits.clone()
+                };
+                Arc::new(Workspace::new(name, limits, &local, clients, metrics, shared.clone()))
+            })
             .collect();
         Self { workspaces, by_client }
     }
@@ -89,9 +105,23 @@ impl Quotas {
         })))
     }
 
+    /// Whether the shared quota's Redis answered last time (`None`: no Redis configured).
+    pub fn redis_up(&self) -> Option<bool> {
+        self.workspaces.first().and_then(|ws| ws.shared.as_ref()).map(|shared| shared.is_up())
+    }
+
     /// What `/status` shows of each workspace.
     pub fn status(&self) -> Vec<WorkspaceStatus> {
         self.workspaces.iter().map(|ws| ws.status()).collect()
+    }
+}
+
+/// A replica's own share of `quota` while Redis is down: `quota / redis.fallback_replicas`
+/// (at least 1); the whole quota without Redis.
+fn fallback_share(quota: u32, shared: bool, config: &Config) -> u32 {
+    match (&config.redis, shared) {
+        (Some(redis), true) => (quota / redis.fallback_replicas.max(1)).max(1),
+        _ => quota,
     }
 }
 
@@ -161,6 +191,9 @@ struct Workspace {
     in_flight: AtomicU32,
     metrics: WorkspaceMetrics,
     all_metrics: Arc<Metrics>,
+    /// The replicas' shared decision, when `[redis]` is configured.
+    shared: Option<Arc<Shared>>,
+    script_limits: ScriptLimits,
 }
 
 #[derive(Debug)]
@@ -192,6 +225,9 @@ struct ClientSlot {
     name: Arc<str>,
     weight: u32,
     caps: Option<Limits>,
+    script_caps: Option<ScriptLimits>,
+    /// Redis said this client's own cap holds it until then.
+    blocked_until: Option<Instant>,
     waiters: VecDeque<oneshot::Sender<()>>,
 }
 
@@ -221,9 +257,16 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl Workspace {
-    fn new(name: String, config: &RateLimitConfig, clients: Vec<ClientSlot>, metrics: &Arc<Metrics>) -> Self {
+    fn new(
+        name: String,
+        config: &RateLimitConfig,
+        local: &RateLimitConfig,
+        clients: Vec<ClientSlot>,
+        metrics: &Arc<Metrics>,
+        shared: Option<Arc<Shared>>,
+    ) -> Self {
         let state = State {
-            limits: Limits::new(Some(config.per_second), Some(config.per_minute)),
+            limits: Limits::new(Some(local.per_second), Some(local.per_minute)),
             hold_until: None,
             budget: None,
             clients,
@@ -244,24 +287,43 @@ impl Workspace {
             state: Mutex::new(state),
             wake: Notify::new(),
             in_flight: AtomicU32::new(0),
+            shared,
+            script_limits: ScriptLimits::new(Some(config.per_second), Some(config.per_minute)),
         }
+    }
+
+    /// Redis, when configured and worth asking (up, or due for a probe).
+    fn shared(&self) -> Option<&Shared> {
+        self.shared.as_deref().filter(|s| s.worth_asking())
+    }
+
+    /// Asks Redis for a slot for `client`; `None` when Redis did not answer.
+    async fn ask_shared(&self, shared: &Shared, client: usize) -> Option<Verdict> {
+        let (name, caps) = {
+            let st = lock(&self.state);
+            let slot = &st.clients[client];
+            (slot.name.clone(), slot.script_caps)
+        };
+        shared.decide(&self.name, self.script_limits, &name, caps).await
     }
 
     /// A slot for a request of `client`, now or from the queue before `deadline`.
     async fn acquire(self: &Arc<Self>, client: usize, deadline: Instant) -> Result<(Slot, Duration), GatewayError> {
         let start = Instant::now();
-        let mut granted = {
+        let idle = {
             let mut st = lock(&self.state);
             if client >= st.clients.len() {
                 // Only a config the validator let through can get here; nothing to queue for.
                 return Err(GatewayError::RateLimited { retry_after: self.max_wait });
             }
-            if st.queued == 0 && st.ready_at(start) <= start && st.client_ready_at(client, start) <= start {
-                st.grant(client, start, &self.in_flight);
-                drop(st);
-                self.metrics.queue_wait.observe(0.0);
-                return Ok((Slot { workspace: self.clone() }, Duration::ZERO));
-            }
+            st.queued == 0 && st.blocked_until(start) <= start
+        };
+        if idle && self.try_now(client, start).await {
+            self.metrics.queue_wait.observe(0.0);
+            return Ok((Slot { workspace: self.clone() }, Duration::ZERO));
+        }
+        let mut granted = {
+            let mut st = lock(&self.state);
             if st.queued >= self.max_queue {
                 st.prune();
             }
@@ -305,6 +367,26 @@ impl Workspace {
         Err(self.reject(client, "deadline", retry_after))
     }
 
+    /// A slot at once, if the quota (shared or local) has one now.
+    async fn try_now(&self, client: usize, now: Instant) -> bool {
+        if let Some(shared) = self.shared() {
+            match self.ask_shared(shared, client).await {
+                Some(Verdict::Granted) => {
+                    lock(&self.state).grant(client, Instant::now(), &self.in_flight);
+                    return true;
+                }
+                Some(_) => return false,
+                None => {} // Redis is down: this replica's share decides
+            }
+        }
+        let mut st = lock(&self.state);
+        if st.queued == 0 && st.ready_at(now) <= now && st.client_ready_at(client, now) <= now {
+            st.grant(client, now, &self.in_flight);
+            return true;
+        }
+        false
+    }
+
     fn reject(&self, client: usize, reason: &'static str, retry_after: Duration) -> GatewayError {
         let name = lock(&self.state).clients.get(client).map(|c| c.name.clone());
         self.all_metrics.record_rate_limited(name.as_deref().unwrap_or("-"), reason);
@@ -314,7 +396,7 @@ impl Workspace {
     /// Grants slots to waiters as the quota allows, until the queue is empty.
     async fn dispatch(self: Arc<Self>) {
         loop {
-            let next = {
+            let step = {
                 let mut st = lock(&self.state);
                 st.prune();
                 self.metrics.queue_length.set(i64::try_from(st.queued).unwrap_or(i64::MAX));
@@ -323,18 +405,46 @@ impl Workspace {
                     return;
                 }
                 let now = Instant::now();
-                let ready = st.ready_at(now);
-                if ready > now {
-                    ready
+                let blocked = st.blocked_until(now);
+                if blocked > now {
+                    Step::Sleep(blocked)
+                } else if self.shared().is_some() {
+                    match st.next_unblocked(now) {
+                        Ok(client) => Step::Ask(client),
+                        Err(until) => Step::Sleep(until),
+                    }
                 } else {
-                    match st.grant_next(now, &self.in_flight) {
-                        None => continue,
-                        Some(at) => at,
+                    let ready = st.ready_at(now);
+                    if ready > now {
+                        Step::Sleep(ready)
+                    } else {
+                        match st.grant_next(now, &self.in_flight) {
+                            None => continue,
+                            Some(at) => Step::Sleep(at),
+                        }
+                    }
+                }
+            };
+            let sleep_until = match step {
+                Step::Sleep(until) => until,
+                Step::Ask(client) => {
+                    let Some(shared) = self.shared() else { continue };
+                    match self.ask_shared(shared, client).await {
+                        Some(Verdict::Granted) => {
+                            lock(&self.state).hand_to(client, Instant::now(), &self.in_flight);
+                            continue;
+                        }
+                        Some(Verdict::Client(wait)) => {
+                            lock(&self.state).clients[client].blocked_until = Some(Instant::now() + wait);
+                            continue;
+                        }
+                        Some(Verdict::Workspace(wait)) => Instant::now() + wait,
+                        None => continue, // Redis is down: the next round decides locally
                     }
                 }
             };
             tokio::select! {
-                () = tokio::time::sleep_until(next) => {}
+                () = tokio::time::sleep_until(sleep_until) => {}
                 () = self.wake.notified() => {}
             }
         }
@@ -354,6 +464,7 @@ impl Workspace {
             self.metrics.upstream_rate_limited.inc();
             let until = now + hold;
             st.hold_until = Some(st.hold_until.map_or(until, |h| h.max(until)));
+            self.share(move |shared, workspace| async move { shared.hold(&workspace, hold).await });
             tracing::warn!(
                 workspace = %self.name,
                 hold_ms = hold.as_millis() as u64,
@@ -374,8 +485,22 @@ impl Workspace {
             st.budget.take().is_some()
         };
         drop(st);
+        // The shared log is not visible here: every replica takes awork's word, which each
+        // answer renews.
+        self.share(move |shared, workspace| async move { shared.budget(&workspace, really_left, reset).await });
         if relaxed {
             self.wake.notify_one();
+        }
+    }
+
+    /// Tells the other replicas, in the background (a slow Redis must not hold the answer).
+    fn share<F, Fut>(&self, tell: F)
+    where
+        F: FnOnce(Arc<Shared>, String) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if let Some(shared) = &self.shared {
+            tokio::spawn(tell(shared.clone(), self.name.clone()));
         }
     }
 
@@ -412,6 +537,52 @@ impl State {
         let held = self.hold_until.unwrap_or(now);
         let spent = self.budget.filter(|b| b.left == 0).map_or(now, |b| b.until);
         held.max(spent)
+    }
+
+    /// The next client in round-robin order with a waiter and no cap holding it, or the
+    /// instant the first cap lets go.
+    fn next_unblocked(&mut self, now: Instant) -> Result<usize, Instant> {
+        let count = self.clients.len();
+        let mut soonest: Option<Instant> = None;
+        for step in 0..count {
+            let i = (self.turn + step) % count;
+            let client = &mut self.clients[i];
+            if client.waiters.is_empty() {
+                continue;
+            }
+            match client.blocked_until {
+                Some(until) if until > now => soonest = Some(soonest.map_or(until, |s| s.min(until))),
+                _ => {
+                    client.blocked_until = None;
+                    return Ok(i);
+                }
+            }
+        }
+        Err(soonest.unwrap_or(now))
+    }
+
+    /// Gives a slot granted by Redis to `client`'s first waiter. A waiter that hung up in the
+    /// meantime leaves the slot spent: Redis cannot take a grant back.
+    fn hand_to(&mut self, client: usize, now: Instant, in_flight: &AtomicU32) {
+        let Some(waiter) = self.clients[client].waiters.pop_front() else { return };
+        self.queued -= 1;
+        if waiter.send(()).is_ok() {
+            self.grant(client, now, in_flight);
+            self.advance_turn(client);
+        }
+    }
+
+    fn advance_turn(&mut self, client: usize) {
+        if client == self.turn {
+            self.served_in_turn += 1;
+        } else {
+            self.turn = client;
+            self.served_in_turn = 1;
+        }
+        if self.served_in_turn >= self.clients[client].weight {
+            self.turn = (client + 1) % self.clients.len();
+            self.served_in_turn = 0;
+        }
     }
 
     fn client_ready_at(&self, client: usize, now: Instant) -> Instant {
@@ -451,16 +622,7 @@ impl State {
                 return None; // hung up: its place is given back, nothing spent
             }
             self.grant(i, now, in_flight);
-            if i == self.turn {
-                self.served_in_turn += 1;
-            } else {
-                self.turn = i;
-                self.served_in_turn = 1;
-            }
-            if self.served_in_turn >= self.clients[i].weight {
-                self.turn = (i + 1) % count;
-                self.served_in_turn = 0;
-            }
+            self.advance_turn(i);
             return None;
         }
         Some(soonest.unwrap_or(now))
@@ -482,6 +644,12 @@ impl State {
         let paced = window::SECOND.saturating_mul(ahead) / per_second.max(1);
         (self.ready_at(now) - now) + paced
     }
+}
+
+/// What the dispatcher does next.
+enum Step {
+    Sleep(Instant),
+    Ask(usize),
 }
 
 #[cfg(test)]

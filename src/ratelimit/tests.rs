@@ -46,7 +46,7 @@ allow = ["read-only"]
 "#
     );
     let loaded = Config::parse(&text, "test", &HashMap::<String, String>::new()).expect("valid config");
-    Arc::new(Quotas::new(&loaded.config, &Arc::new(Metrics::new())))
+    Arc::new(Quotas::new(&loaded.config, &Arc::new(Metrics::new()), None))
 }
 
 type Log = Arc<Mutex<Vec<(usize, Instant)>>>;
@@ -300,7 +300,7 @@ credential = "other"
 allow = ["read-only"]
 "#;
     let loaded = Config::parse(text, "test", &HashMap::<String, String>::new()).expect("valid config");
-    let quotas = Quotas::new(&loaded.config, &Arc::new(Metrics::new()));
+    let quotas = Quotas::new(&loaded.config, &Arc::new(Metrics::new()), None);
     let start = Instant::now();
     let mut tickets = Vec::new();
     for client in [0, 0, 1, 1] {
