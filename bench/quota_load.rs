@@ -49,6 +49,9 @@ const MIN_MINUTE_USE: f64 = 0.97;
 const OTHER_APP_MAX_429: u64 = 3;
 /// Share of the 200s the single-loop client must get against the 8-loop one.
 const MIN_FAIR_SHARE: f64 = 0.40;
+/// Gateways in the `replicas` scenario, and the share of the minute they must serve together.
+const REPLICAS: usize = 3;
+const MIN_REPLICA_MINUTE_USE: f64 = 0.95;
 /// Allowance for loopback latency jitter when counting upstream requests in sliding windows:
 /// a window of 1 s (60 s) is counted as 0.95 s (59.95 s) on the mock's clock.
 const JITTER: Duration = Duration::from_millis(50);
@@ -86,6 +89,8 @@ enum Scenario {
     OtherApp,
     /// Client `flood` with 8 loops against client `single` with 1, for 30 s.
     Fairness,
+    /// Three gateways sharing one quota through a redis-server of their own, flooded for 65 s.
+    Replicas,
     /// All three, one after the other, each against a fresh mock and gateway.
     All,
 }
@@ -101,7 +106,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let scenarios = match args.scenario {
-        Scenario::All => vec![Scenario::Flood, Scenario::OtherApp, Scenario::Fairness],
+        Scenario::All => vec![Scenario::Flood, Scenario::OtherApp, Scenario::Fairness, Scenario::Replicas],
         one => vec![one],
     };
     let mut verdicts = Vec::new();
@@ -110,6 +115,7 @@ async fn main() -> ExitCode {
             Scenario::Flood => flood(scale, false).await,
             Scenario::OtherApp => flood(scale, true).await,
             Scenario::Fairness => fairness(scale).await,
+            Scenario::Replicas => replicas(scale).await,
             Scenario::All => continue,
         };
         match result {
@@ -136,6 +142,7 @@ fn name_of(scenario: Scenario) -> &'static str {
         Scenario::Flood => "flood",
         Scenario::OtherApp => "other-app",
         Scenario::Fairness => "fairness",
+        Scenario::Replicas => "replicas",
         Scenario::All => "all",
     }
 }
@@ -161,7 +168,7 @@ async fn flood(scale: f64, other_app: bool) -> Result<Report, String> {
     let duration = scaled(65.0, scale);
     let window = scaled(60.0, scale).min(Duration::from_secs(60));
     progress(name, duration);
-    let bench = Bench::start().await?;
+    let bench = Bench::start(1).await?;
     let mut title = format!(
         "{name}: 10 callers GET /api/v1/me as fast as they can for {:.1} s (quota {PER_SECOND}/s, {PER_MINUTE}/min)",
         duration.as_secs_f64()
@@ -207,7 +214,7 @@ async fn fairness(scale: f64) -> Result<Report, String> {
     let duration = scaled(30.0, scale);
     let window = scaled(60.0, scale).min(Duration::from_secs(60)).min(duration);
     progress("fairness", duration);
-    let bench = Bench::start().await?;
+    let bench = Bench::start(1).await?;
     let title = format!(
         "fairness: client flood with 8 loops, client single with 1 loop, GET /api/v1/me for {:.1} s (quota {PER_SECOND}/s, {PER_MINUTE}/min)",
         duration.as_secs_f64()
@@ -232,19 +239,51 @@ async fn fairness(scale: f64) -> Result<Report, String> {
     Ok(report)
 }
 
-// === Bench: one mock and one gateway ===
+/// `replicas`: three gateways with one shared quota (Redis), 10 callers spread over them, 65 s.
+async fn replicas(scale: f64) -> Result<Report, String> {
+    let duration = scaled(65.0, scale);
+    let window = scaled(60.0, scale).min(Duration::from_secs(60));
+    progress("replicas", duration);
+    let bench = Bench::start(REPLICAS).await?;
+    let title = format!(
+        "replicas: {REPLICAS} gateways sharing one quota through Redis, 10 callers spread over them for {:.1} s (quota {PER_SECOND}/s, {PER_MINUTE}/min)",
+        duration.as_secs_f64()
+    );
+    let run = bench.load(&[("flood", FLOOD_TOKEN, 10)], duration, window, None).await;
+    let upstream = bench.upstream(&run);
+    bench.stop().await;
+
+    let mut report = Report::new("replicas", title, &run, &upstream);
+    report.caller_checks(&run.total());
+    report.check("mock 429s = 0", upstream.rate_limited.to_string(), Some(upstream.rate_limited == 0));
+    let need = (f64::from(PER_MINUTE) * MIN_REPLICA_MINUTE_USE).ceil();
+    let what = format!("mock served 200s in the first {:.1} s", window.as_secs_f64());
+    if window >= Duration::from_secs(60) {
+        let served = upstream.served_in_window as f64;
+        report.check(format!("{what} >= {need:.0}"), upstream.served_text(), Some(served >= need));
+    } else {
+        report.check(format!("{what} (>= {need:.0} judged only for a full minute)"), upstream.served_text(), None);
+    }
+    report.window_checks(&upstream);
+    Ok(report)
+}
+
+// === Bench: one mock and one gateway (or several sharing a Redis) ===
 
 type BenchClient = Client<HttpConnector, Empty<Bytes>>;
 
 struct Bench {
     mock: MockAwork,
-    gateway: Running,
+    gateways: Vec<Running>,
     client: BenchClient,
+    /// The redis-server the replicas share, if there are several.
+    redis: Option<std::process::Child>,
 }
 
 impl Bench {
-    /// A fresh mock (20/s, 300/min, `Retry-After` on 429s) and a gateway in front of it.
-    async fn start() -> Result<Self, String> {
+    /// A fresh mock (20/s, 300/min, `Retry-After` on 429s) and `replicas` gateways in front of
+    /// it; several share the quota through a redis-server started for them.
+    async fn start(replicas: usize) -> Result<Self, String> {
         let mock = MockAwork::builder()
             .api_key(MOCK_KEY)
             .rate_limit(PER_SECOND, PER_MINUTE)
@@ -252,30 +291,65 @@ impl Bench {
             .start()
             .await
             .map_err(|e| format!("the mock awork does not start: {e}"))?;
-        let text = config_text(&mock.url());
-        // The key comes from an env map, as in production; inline it would earn a warning.
-        let env: HashMap<String, String> = HashMap::from([(KEY_ENV.to_owned(), MOCK_KEY.to_owned())]);
-        let loaded = Config::parse(&text, "bench", &env)
-            .map_err(|e| format!("the gateway rejects the bench config: {e}\n--- config ---{text}"))?;
-        for warning in &loaded.warnings {
-            eprintln!("quota-load: config warning: {warning}");
+        let redis = if replicas > 1 { Some(start_redis().await?) } else { None };
+        let text = config_text(&mock.url(), redis.as_ref().map(|(_, url)| url.as_str()));
+        let mut gateways = Vec::new();
+        for _ in 0..replicas {
+            gateways.push(start_gateway(&text).await?);
         }
-        // Off the runtime and bounded: a gateway that hangs while building must not hang the bench.
-        let config = loaded.config;
-        let build = tokio::task::spawn_blocking(move || Gateway::new(config, Arc::new(env)));
-        let gateway = match tokio::time::timeout(SETUP_TIMEOUT, build).await {
-            Ok(Ok(built)) => built.map_err(|e| format!("the gateway cannot be built: {e}"))?,
-            Ok(Err(e)) => return Err(format!("building the gateway failed: {e}")),
-            Err(_) => return Err(format!("the gateway was not built within {SETUP_TIMEOUT:?} (a deadlock?)")),
-        };
-        let gateway = match tokio::time::timeout(SETUP_TIMEOUT, server::start(Arc::new(gateway))).await {
-            Ok(started) => started.map_err(|e| format!("the gateway does not start: {e}"))?,
-            Err(_) => return Err(format!("the gateway did not start within {SETUP_TIMEOUT:?}")),
-        };
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(Self { mock, gateway, client })
+        Ok(Self { mock, gateways, client, redis: redis.map(|(child, _)| child) })
     }
+}
 
+/// A redis-server on a free loopback port, without persistence.
+async fn start_redis() -> Result<(std::process::Child, String), String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let mut child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("redis-server does not start (apt-get install redis-server): {e}"))?;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok((child, format!("redis://127.0.0.1:{port}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("redis-server did not listen on port {port} within 5 s"))
+}
+
+/// A gateway from the bench config, built and started within `SETUP_TIMEOUT`.
+async fn start_gateway(text: &str) -> Result<Running, String> {
+    // The key comes from an env map, as in production; inline it would earn a warning.
+    let env: HashMap<String, String> = HashMap::from([(KEY_ENV.to_owned(), MOCK_KEY.to_owned())]);
+    let loaded = Config::parse(text, "bench", &env)
+        .map_err(|e| format!("the gateway rejects the bench config: {e}\n--- config ---{text}"))?;
+    for warning in &loaded.warnings {
+        eprintln!("quota-load: config warning: {warning}");
+    }
+    // Off the runtime and bounded: a gateway that hangs while building must not hang the bench.
+    let config = loaded.config;
+    let build = tokio::task::spawn_blocking(move || Gateway::new(config, Arc::new(env)));
+    let gateway = match tokio::time::timeout(SETUP_TIMEOUT, build).await {
+        Ok(Ok(built)) => built.map_err(|e| format!("the gateway cannot be built: {e}"))?,
+        Ok(Err(e)) => return Err(format!("building the gateway failed: {e}")),
+        Err(_) => return Err(format!("the gateway was not built within {SETUP_TIMEOUT:?} (a deadlock?)")),
+    };
+    let gateway = match tokio::time::timeout(SETUP_TIMEOUT, server::start(Arc::new(gateway))).await {
+        Ok(started) => started.map_err(|e| format!("the gateway does not start: {e}"))?,
+        Err(_) => return Err(format!("the gateway did not start within {SETUP_TIMEOUT:?}")),
+    };
+    Ok(gateway)
+}
+
+impl Bench {
     /// Runs `loops` caller tasks per client for `duration`; `spend` makes another app spend
     /// that much of the mock's quota after that delay.
     async fn load(
@@ -285,14 +359,15 @@ impl Bench {
         window: Duration,
         spend: Option<(Duration, u32)>,
     ) -> Run {
-        let url = format!("http://{}/api/v1/me", self.gateway.addr);
+        let urls: Vec<String> = self.gateways.iter().map(|g| format!("http://{}/api/v1/me", g.addr)).collect();
         let started_wall = SystemTime::now();
         let started = Instant::now();
         let plan = Plan { deadline: started + duration, window_end: started + window };
         let mut tasks = Vec::new();
         for (client, token, loops) in clients {
-            for _ in 0..*loops {
-                let caller = caller(self.client.clone(), url.clone(), token, plan);
+            for i in 0..*loops {
+                let url = urls[i % urls.len()].clone();
+                let caller = caller(self.client.clone(), url, token, plan);
                 tasks.push((*client, tokio::spawn(caller)));
             }
         }
@@ -345,14 +420,22 @@ impl Bench {
 
     async fn stop(self) {
         drop(self.client);
-        if tokio::time::timeout(Duration::from_secs(5), self.gateway.shutdown()).await.is_err() {
-            eprintln!("quota-load: the gateway did not stop within 5 s; leaving it behind");
+        for gateway in self.gateways {
+            if tokio::time::timeout(Duration::from_secs(5), gateway.shutdown()).await.is_err() {
+                eprintln!("quota-load: a gateway did not stop within 5 s; leaving it behind");
+            }
         }
         self.mock.shutdown().await;
+        if let Some(mut redis) = self.redis {
+            let _ = redis.kill();
+            let _ = redis.wait();
+        }
     }
 }
 
-fn config_text(upstream: &str) -> String {
+fn config_text(upstream: &str, redis: Option<&str>) -> String {
+    let redis =
+        redis.map_or(String::new(), |url| format!("\n[redis]\nurl = \"{url}\"\nfallback_replicas = {REPLICAS}\n"));
     format!(
         r#"
 [server]
@@ -386,7 +469,7 @@ token_sha256 = "{single}"
 credential = "main"
 allow = ["read-only"]
 weight = 1
-"#,
+{redis}"#,
         flood = sha256_hex(FLOOD_TOKEN),
         single = sha256_hex(SINGLE_TOKEN),
     )
