@@ -107,3 +107,68 @@ async fn with_redis_down_each_replica_spends_its_share_and_the_shared_quota_retu
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_mid_load_fails_almost_nothing_and_sharing_resumes_when_it_returns() {
+    let mut redis = RedisServer::start().await;
+    let mock = MockAwork::builder().api_key(API_KEY).rate_limit(0, 0).start().await.expect("mock");
+    let text = replica_config(&mock.url(), &redis.url(), "per_second = 60\nper_minute = 100000\nmax_wait = \"5s\"");
+    let replicas = vec![gateway(&text).await, gateway(&text).await];
+    let load = tokio::spawn({
+        let replicas: Vec<(std::net::SocketAddr, std::net::SocketAddr)> =
+            replicas.iter().map(|r| (r.addr, r.admin_addr)).collect();
+        async move {
+            let urls: Vec<String> = replicas.iter().map(|(addr, _)| format!("http://{addr}/api/v1/me")).collect();
+            let end = Instant::now() + Duration::from_secs(6);
+            let mut tasks = Vec::new();
+            for i in 0..6 {
+                let url = urls[i % urls.len()].clone();
+                tasks.push(tokio::spawn(async move {
+                    let client = client();
+                    let mut statuses = Vec::new();
+                    while Instant::now() < end {
+                        statuses.push(send(&client, Method::GET, &url, &[], "").await.status);
+                    }
+                    statuses
+                }));
+            }
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.expect("caller"));
+            }
+            all
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _back = RedisServer::start_on(redis.port).await;
+    let statuses = load.await.expect("load");
+    let failed = statuses.iter().filter(|s| s.is_server_error()).count();
+    eprintln!("redis killed mid-load: {failed} of {} answers were 5xx", statuses.len());
+    assert!(statuses.len() > 100, "the load ran: {} answers", statuses.len());
+    assert!(failed * 20 < statuses.len(), "{failed} of {} answers were 5xx", statuses.len());
+    let metrics = String::from_utf8(get(&admin_url(&replicas[0], "/metrics"), &[]).await.body.to_vec()).expect("utf-8");
+    assert!(metrics.contains(&format!("awork_gateway_redis_up{{redis=\"{}\"}} 1", redis.url())), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn awork_remaining_seen_by_one_replica_holds_the_other() {
+    let redis = RedisServer::start().await;
+    let mock = MockAwork::builder().api_key(API_KEY).rate_limit(0, 30).retry_after(true).start().await.expect("mock");
+    let text = replica_config(&mock.url(), &redis.url(), "per_second = 50\nper_minute = 1000\nmax_wait = \"1s\"");
+    let (a, b) = (gateway(&text).await, gateway(&text).await);
+    if mock.quota_usage().minute_reset_secs < 15 {
+        tokio::time::sleep(Duration::from_secs(mock.quota_usage().minute_reset_secs + 1)).await;
+    }
+    // Another app spent 25 of awork's 30; replica a learns what is left from awork's answer.
+    mock.spend_quota(25);
+    assert_eq!(get(&url(&a, "/api/v1/me"), &[]).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get(&url(&b, "/api/v1/me"), &[]).await.status.as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 200, 429, 429], "b spent only the 4 awork had left");
+    assert_eq!(mock.stats().rate_limited, 0);
+}
