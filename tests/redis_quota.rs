@@ -113,7 +113,7 @@ async fn redis_killed_mid_load_fails_almost_nothing_and_sharing_resumes_when_it_
     let mut redis = RedisServer::start().await;
     let mock = MockAwork::builder().api_key(API_KEY).rate_limit(0, 0).start().await.expect("mock");
     let text = replica_config(&mock.url(), &redis.url(), "per_second = 60\nper_minute = 100000\nmax_wait = \"5s\"");
-    let replicas = vec![gateway(&text).await, gateway(&text).await];
+    let replicas = [gateway(&text).await, gateway(&text).await];
     let load = tokio::spawn({
         let replicas: Vec<(std::net::SocketAddr, std::net::SocketAddr)> =
             replicas.iter().map(|r| (r.addr, r.admin_addr)).collect();
