@@ -1,5 +1,7 @@
 //! The awork mock over real sockets: what the gateway's tests rely on it to do.
 
+mod support;
+
 use std::convert::Infallible;
 use std::io::BufRead;
 use std::pin::Pin;
@@ -186,7 +188,7 @@ async fn answers_429_with_rate_limit_headers_past_per_second_quota() {
     let c = client();
     let me = format!("{}/me", mock.api_url());
     let calls = (0..12).map(|_| get(&c, &me, Some(KEY))).collect();
-    let answers = futures_join(calls).await;
+    let answers = support::join_all(calls).await;
     let ok: Vec<_> = answers.iter().filter(|a| a.0 == StatusCode::OK).collect();
     let limited: Vec<_> = answers.iter().filter(|a| a.0 == StatusCode::TOO_MANY_REQUESTS).collect();
     // Twelve concurrent requests span at most two wall-clock seconds: at most 10 pass.
@@ -645,7 +647,7 @@ async fn slow_requests_count_as_concurrently_in_flight() {
     let started = Instant::now();
     let calls = (0..5).map(|_| get(&c, &url, Some(KEY))).collect();
     let mut statuses = Vec::new();
-    for answer in futures_join(calls).await {
+    for answer in support::join_all(calls).await {
         statuses.push(answer.0);
         assert_eq!(answer.2["sleptMs"], 300);
     }
@@ -655,26 +657,6 @@ async fn slow_requests_count_as_concurrently_in_flight() {
     let stats = mock.stats();
     assert_eq!(stats.max_in_flight, 5);
     assert_eq!(stats.in_flight, 0);
-}
-
-/// Runs futures concurrently on the current task (no `futures` crate here).
-async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut pinned: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending { Poll::Pending } else { Poll::Ready(()) }
-    })
-    .await;
-    outputs.into_iter().map(|o| o.expect("done")).collect()
 }
 
 #[tokio::test]

@@ -1,10 +1,10 @@
 //! The mock's OAuth 2.0 server over real sockets: what the gateway's OAuth tests rely on.
 
+mod support;
+
 use std::convert::Infallible;
 use std::io::BufRead;
-use std::pin::Pin;
 use std::process::{Command, Stdio};
-use std::task::Poll;
 use std::time::Duration;
 
 use awork_gateway::mock::{MockAwork, MockAworkBuilder};
@@ -190,26 +190,6 @@ fn assert_oauth_error(body: &Value, code: &str) {
     assert_eq!(body["code"], code, "body: {body}");
     assert!(body["description"].as_str().is_some_and(|d| !d.is_empty()), "body: {body}");
     assert!(body["traceId"].is_string() && body["validationErrors"].is_array(), "awork-shaped: {body}");
-}
-
-/// Runs futures concurrently on the current task (no `futures` crate here).
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut pinned: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending { Poll::Pending } else { Poll::Ready(()) }
-    })
-    .await;
-    outputs.into_iter().map(|o| o.expect("done")).collect()
 }
 
 // === authorize ===
@@ -449,7 +429,7 @@ async fn concurrent_token_requests_are_counted() {
     let old = text(&first, "refresh_token").to_owned();
     mock.set_token_delay(Duration::from_millis(300));
     let racers = (0..6).map(|_| refresh(&c, &mock, &old)).collect();
-    let answers = join_all(racers).await;
+    let answers = support::join_all(racers).await;
     let winners = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
     assert_eq!(winners, 1, "exactly one replica wins a rotating refresh token");
     for (status, body) in answers.iter().filter(|(s, _)| *s != StatusCode::OK) {
