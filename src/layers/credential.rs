@@ -18,7 +18,7 @@ use http_body::Body;
 use tower::{Layer, Service, ServiceExt};
 
 use super::request_id::RequestId;
-use super::{ClientIdentity, GatewayRequest, GatewayResponse, UserSession, request_id_of};
+use super::{ClientIdentity, GatewayRequest, GatewayResponse, UserSession, request_id_of, take_ready};
 use crate::body::RequestBody;
 use crate::config::Config;
 use crate::credentials::{ApiKey, Credential, Credentials, Grant, GrantStatus};
@@ -136,8 +136,7 @@ where
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::PROXY_AUTHORIZATION);
         headers.remove(header::COOKIE);
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         Box::pin(async move {
             let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
             let unavailable =

@@ -88,6 +88,13 @@ where
     }
 }
 
+/// The inner service for a call whose future outlives `&mut self`: the one that was polled
+/// ready goes with the call, a fresh clone stays behind (tower's rule for such layers).
+pub fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
 /// The request id a layer puts in `traceId` of its answers.
 pub fn request_id_of<B>(req: &Request<B>) -> &str {
     req.extensions().get::<request_id::RequestId>().map_or("-", request_id::RequestId::as_str)

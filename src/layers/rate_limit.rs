@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::request_id::RequestId;
-use super::{ClientIdentity, GatewayRequest, GatewayResponse, QueueTiming};
+use super::{ClientIdentity, GatewayRequest, GatewayResponse, QueueTiming, take_ready};
 use crate::ratelimit::Quotas;
 
 /// How long the request waited for quota slots, in milliseconds.
@@ -64,8 +64,7 @@ where
     }
 
     fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         // Without an identity the credential layer answers 401; that costs no quota.
         let Some(client) = req.extensions().get::<ClientIdentity>().map(|c| c.index) else {
             return Box::pin(inner.call(req));

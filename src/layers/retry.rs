@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use super::request_id::RequestId;
-use super::{GatewayRequest, GatewayResponse, UpstreamFailure, UpstreamTiming};
+use super::{GatewayRequest, GatewayResponse, UpstreamFailure, UpstreamTiming, take_ready};
 use crate::body::{Buffered, RequestBody};
 use crate::config::RetryConfig;
 use crate::error::{GatewayError, UpstreamErrorKind};
@@ -38,14 +38,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
-    config: Arc<RetryConfig>,
-    budget: Arc<RetryBudget>,
+    shared: Arc<Shared>,
+}
+
+/// What every call of the layer uses: one `Arc` to clone per request.
+#[derive(Debug)]
+struct Shared {
+    config: RetryConfig,
+    budget: RetryBudget,
     metrics: Arc<Metrics>,
 }
 
 impl RetryLayer {
     pub fn new(config: &RetryConfig, metrics: Arc<Metrics>) -> Self {
-        Self { config: Arc::new(config.clone()), budget: Arc::new(RetryBudget::new(config.budget_percent)), metrics }
+        let budget = RetryBudget::new(config.budget_percent);
+        Self { shared: Arc::new(Shared { config: config.clone(), budget, metrics }) }
     }
 }
 
@@ -53,16 +60,14 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry { inner, config: self.config.clone(), budget: self.budget.clone(), metrics: self.metrics.clone() }
+        Retry { inner, shared: self.shared.clone() }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,
-    config: Arc<RetryConfig>,
-    budget: Arc<RetryBudget>,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
 }
 
 /// Why an attempt failed in a way a retry may fix.
@@ -127,10 +132,7 @@ where
     }
 
     fn call(&mut self, req: GatewayRequest) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let this =
-            Self { inner, config: self.config.clone(), budget: self.budget.clone(), metrics: self.metrics.clone() };
+        let this = Self { inner: take_ready(&mut self.inner), shared: self.shared.clone() };
         Box::pin(this.send(req))
     }
 }
@@ -145,7 +147,7 @@ where
         let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
         let ticket = req.extensions().get::<QuotaTicket>().cloned();
         let (parts, body) = req.into_parts();
-        let (replay, mut once) = match body.buffer(self.config.max_replay_bytes).await {
+        let (replay, mut once) = match body.buffer(self.shared.config.max_replay_bytes).await {
             Ok(Buffered::Whole(bytes)) => (Some(bytes), None),
             Ok(Buffered::Streaming(body)) => (None, Some(body)),
             Err(e) => {
@@ -154,7 +156,7 @@ where
             }
         };
         let idempotent = idempotent(&parts.method);
-        self.budget.record_request();
+        self.shared.budget.record_request();
         let mut attempt = 1;
         // The failed answer a retry is waiting to improve on.
         let mut failed: Option<GatewayResponse> = None;
@@ -192,19 +194,19 @@ where
             match failure {
                 // Back into the queue, behind the hold awork asked for.
                 Failure::RateLimited if idempotent && ticket.is_some() => {
-                    self.metrics.record_retry(failure.label());
+                    self.shared.metrics.record_retry(failure.label());
                     tracing::info!(request_id, "awork answered 429: the request waits in the quota queue again");
                     failed = None;
                 }
                 Failure::Connect | Failure::Status(_)
-                    if (idempotent || failure == Failure::Connect) && attempt < self.config.max_attempts =>
+                    if (idempotent || failure == Failure::Connect) && attempt < self.shared.config.max_attempts =>
                 {
-                    if !self.budget.try_withdraw() {
-                        self.metrics.record_retry("budget_exhausted");
+                    if !self.shared.budget.try_withdraw() {
+                        self.shared.metrics.record_retry("budget_exhausted");
                         return Ok(response);
                     }
-                    self.metrics.record_retry(failure.label());
-                    let pause = backoff(self.config.backoff, attempt);
+                    self.shared.metrics.record_retry(failure.label());
+                    let pause = backoff(self.shared.config.backoff, attempt);
                     tracing::info!(
                         request_id,
                         attempt,

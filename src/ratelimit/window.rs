@@ -97,8 +97,9 @@ impl SlidingLog {
     }
 
     fn used(&self, now: Instant) -> u32 {
-        let inside = self.grants.iter().rev().take_while(|t| now.saturating_duration_since(**t) < self.window).count();
-        u32::try_from(inside).unwrap_or(u32::MAX)
+        // Oldest first: the grants still inside the window are a suffix.
+        let left = self.grants.partition_point(|t| now.saturating_duration_since(*t) >= self.window);
+        u32::try_from(self.grants.len() - left).unwrap_or(u32::MAX)
     }
 }
 
