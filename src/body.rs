@@ -4,8 +4,11 @@
 //! Enums instead of boxed bodies keep the hot path free of allocations.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -13,6 +16,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::GatewayError;
 
 pin_project! {
     /// A request body on its way to awork: streamed from the caller, held in memory (made by
@@ -31,9 +37,121 @@ pin_project! {
     #[project = RequestInnerProj]
     #[derive(Debug)]
     enum RequestInner {
-        Incoming { #[pin] body: Incoming },
+        Caller { #[pin] body: CallerBody },
         Full { data: Option<Bytes> },
-        Prefixed { read: VecDeque<Frame<Bytes>>, #[pin] body: Incoming },
+        Prefixed { read: VecDeque<Frame<Bytes>>, #[pin] body: CallerBody },
+    }
+}
+
+/// What a caller's request body may do: carry at most `max_bytes`, and never go
+/// `stall_timeout` without sending anything while the gateway waits for it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BodyLimits {
+    pub max_bytes: Option<u64>,
+    pub stall_timeout: Option<Duration>,
+}
+
+/// Why a caller's request body could not be read: all the caller's doing.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body could not be read: {0}")]
+    Read(#[from] hyper::Error),
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the caller sent no request body data for {} ms", after.as_millis())]
+    Stalled { after: Duration },
+}
+
+impl BodyError {
+    /// The answer the caller gets: 400, 413 or 408.
+    pub fn to_gateway_error(&self) -> GatewayError {
+        match self {
+            Self::Read(e) => GatewayError::BadRequest(format!("the request body could not be read: {e}")),
+            Self::TooLarge { limit } => GatewayError::BodyTooLarge { limit: *limit },
+            Self::Stalled { after } => GatewayError::BodyTimeout { after: *after },
+        }
+    }
+}
+
+/// Where a streamed caller body records why it failed, for the layer that answers: the
+/// exchange with awork then fails too, but it was not awork's fault.
+pub type BodyFault = Arc<OnceLock<GatewayError>>;
+
+/// A caller's body as hyper delivers it, held to [`BodyLimits`].
+#[derive(Debug)]
+pub struct CallerBody {
+    body: Incoming,
+    limits: BodyLimits,
+    read: u64,
+    /// Armed when the body last returned `Pending`; disarmed by the next frame.
+    stall: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+    fault: Option<BodyFault>,
+    failed: bool,
+}
+
+impl CallerBody {
+    fn new(body: Incoming, limits: BodyLimits) -> Self {
+        // Most requests have no body: they need no fault cell.
+        let fault = (!body.is_end_stream()).then(BodyFault::default);
+        Self { body, limits, read: 0, stall: None, waiting: false, fault, failed: false }
+    }
+
+    fn fail(&mut self, error: BodyError) -> BodyError {
+        self.failed = true;
+        if let Some(fault) = &self.fault {
+            let _ = fault.set(error.to_gateway_error());
+        }
+        error
+    }
+}
+
+impl Body for CallerBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.waiting = false;
+                if let Some(data) = frame.data_ref() {
+                    this.read += data.len() as u64;
+                    if let Some(limit) = this.limits.max_bytes
+                        && this.read > limit
+                    {
+                        return Poll::Ready(Some(Err(this.fail(BodyError::TooLarge { limit }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(this.fail(BodyError::Read(e))))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let Some(after) = this.limits.stall_timeout else { return Poll::Pending };
+                if !this.waiting {
+                    this.waiting = true;
+                    let deadline = Instant::now() + after;
+                    match &mut this.stall {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                let stalled = this.stall.as_mut().is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+                if stalled { Poll::Ready(Some(Err(this.fail(BodyError::Stalled { after })))) } else { Poll::Pending }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -51,6 +169,20 @@ impl RequestBody {
         Self::full(Bytes::new())
     }
 
+    /// A caller's body, held to `limits`.
+    pub fn caller(body: Incoming, limits: BodyLimits) -> Self {
+        Self { inner: RequestInner::Caller { body: CallerBody::new(body, limits) }, on_end: None }
+    }
+
+    /// Where a caller's body records why it failed (`None` for bodies made by the gateway
+    /// and empty ones).
+    pub fn fault(&self) -> Option<BodyFault> {
+        match &self.inner {
+            RequestInner::Caller { body } | RequestInner::Prefixed { body, .. } => body.fault.clone(),
+            RequestInner::Full { .. } => None,
+        }
+    }
+
     /// A body made by the gateway itself (a token request's form).
     pub fn full(data: Bytes) -> Self {
         Self { inner: RequestInner::Full { data: (!data.is_empty()).then_some(data) }, on_end: None }
@@ -58,16 +190,16 @@ impl RequestBody {
 
     /// Reads the body into memory when it is at most `max` bytes of data. A longer body comes
     /// back as a stream that starts with what was read, so nothing is lost and at most `max`
-    /// bytes are held. A caller that hangs up mid-body is an error.
-    pub async fn buffer(self, max: usize) -> Result<Buffered, hyper::Error> {
+    /// bytes are held. A caller that hangs up mid-body, stalls or sends too much is an error.
+    pub async fn buffer(self, max: usize) -> Result<Buffered, BodyError> {
         let longer = self.size_hint().lower() > max as u64;
         let mut body = match self.inner {
-            RequestInner::Incoming { body } => body,
+            RequestInner::Caller { body } => body,
             RequestInner::Full { data } if !longer => return Ok(Buffered::Whole(data.unwrap_or_default())),
             inner => return Ok(Buffered::Streaming(Self { inner, on_end: self.on_end })),
         };
         if longer {
-            return Ok(Buffered::Streaming(Self::from(body)));
+            return Ok(Buffered::Streaming(Self { inner: RequestInner::Caller { body }, on_end: None }));
         }
         let mut read = VecDeque::new();
         let mut whole = BytesMut::new();
@@ -100,19 +232,20 @@ impl RequestBody {
 }
 
 impl From<Incoming> for RequestBody {
+    /// A caller's body without limits.
     fn from(body: Incoming) -> Self {
-        Self { inner: RequestInner::Incoming { body }, on_end: None }
+        Self::caller(body, BodyLimits::default())
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
         let polled = match this.inner.as_mut().project() {
-            RequestInnerProj::Incoming { body } => body.poll_frame(cx),
+            RequestInnerProj::Caller { body } => body.poll_frame(cx),
             RequestInnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RequestInnerProj::Prefixed { read, body } => match read.pop_front() {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
@@ -136,7 +269,7 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            RequestInner::Incoming { body } => body.size_hint(),
+            RequestInner::Caller { body } => body.size_hint(),
             RequestInner::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             RequestInner::Prefixed { read, body } => {
                 let buffered: u64 = read.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
@@ -155,7 +288,7 @@ impl Body for RequestBody {
 impl RequestInner {
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Incoming { body } => body.is_end_stream(),
+            Self::Caller { body } => body.is_end_stream(),
             Self::Full { data } => data.is_none(),
             Self::Prefixed { read, body } => read.is_empty() && body.is_end_stream(),
         }

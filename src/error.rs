@@ -40,6 +40,8 @@ pub enum GatewayError {
     Forbidden { client: String, method: String, path: String },
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    #[error("the request body stalled: nothing arrived for {} ms", after.as_millis())]
+    BodyTimeout { after: Duration },
     #[error("the workspace quota is used up; retry after {} s", retry_after.as_secs().max(1))]
     RateLimited { retry_after: Duration },
     #[error("credential {credential:?} has no usable secret: {reason}")]
@@ -57,6 +59,7 @@ impl GatewayError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             Self::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -70,6 +73,7 @@ impl GatewayError {
             Self::Unauthenticated(_) => "gateway-unauthenticated",
             Self::Forbidden { .. } => "gateway-forbidden",
             Self::BodyTooLarge { .. } => "gateway-body-too-large",
+            Self::BodyTimeout { .. } => "gateway-request-timeout",
             Self::RateLimited { .. } => "gateway-rate-limited",
             Self::UpstreamUnavailable { .. } => "gateway-upstream-unavailable",
             Self::CredentialUnavailable { .. } => "gateway-credential-unavailable",

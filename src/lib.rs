@@ -19,6 +19,7 @@ pub mod path;
 pub mod ratelimit;
 pub mod rules;
 pub mod server;
+pub mod smuggling;
 pub mod upstream;
 
 use std::sync::Arc;

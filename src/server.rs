@@ -4,6 +4,8 @@
 //!
 //! Shutdown stops accepting, lets in-flight requests finish within `drain_timeout`, and
 //! returns. A connection limit bounds memory: past it, new connections wait in the backlog.
+//! Every main-listener connection reads through the request-smuggling guard
+//! (`crate::smuggling`); a head it refuses is answered 400 here, before the stack.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,7 +14,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -26,10 +29,12 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::body::RequestBody;
+use crate::body::{BodyLimits, GatewayBody, RequestBody};
 use crate::config::TlsConfig;
+use crate::error::GatewayError;
 use crate::layers::PeerAddr;
 use crate::layers::access_log::AccessLogBody;
+use crate::smuggling::{Guarded, Refusals};
 use crate::{Gateway, Stack, admin, upstream};
 
 /// Why the gateway could not start serving.
@@ -103,7 +108,7 @@ pub(crate) fn connection_builder(server: &crate::config::ServerConfig) -> auto::
         .timer(TokioTimer::new())
         .header_read_timeout(server.idle_timeout)
         .max_headers(server.max_headers)
-        .max_buf_size(server.max_header_bytes.max(8192));
+        .max_buf_size(head_buffer(server));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -111,6 +116,11 @@ pub(crate) fn connection_builder(server: &crate::config::ServerConfig) -> auto::
         .keep_alive_interval(server.idle_timeout)
         .keep_alive_timeout(server.idle_timeout);
     builder
+}
+
+/// hyper's HTTP/1 read buffer, the longest request head it can parse (at least 8 KiB).
+fn head_buffer(server: &crate::config::ServerConfig) -> usize {
+    server.max_header_bytes.max(8192)
 }
 
 async fn serve_main(
@@ -124,6 +134,7 @@ async fn serve_main(
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(server.max_connections));
     let stack = gateway.service();
+    let limits = BodyLimits { max_bytes: server.max_body_bytes, stall_timeout: Some(server.idle_timeout) };
     loop {
         let permit = tokio::select! {
             _ = shutdown.changed() => break,
@@ -145,10 +156,13 @@ async fn serve_main(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = ConnectionService { stack: stack.clone(), peer };
+        let refusals = Arc::new(Refusals::default());
+        let service = ConnectionService { stack: stack.clone(), peer, limits, refusals: refusals.clone() };
         let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (max_head, idle_timeout) = (head_buffer(server), server.idle_timeout);
         match &tls {
             None => {
+                let stream = Guarded::new(stream, max_head, idle_timeout, refusals, peer);
                 let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                 tokio::spawn(finish(connection, peer, permit));
             }
@@ -158,6 +172,7 @@ async fn serve_main(
                 tokio::spawn(async move {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
+                            let stream = Guarded::new(stream, max_head, idle_timeout, refusals, peer);
                             let connection =
                                 watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                             finish(connection, peer, permit).await;
@@ -225,22 +240,42 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Per connection: tags requests with the peer address, drops hop-by-hop headers, and
-/// hands them to a clone of the stack.
+/// Per connection: answers the stand-in of a head the smuggling guard refused, tags requests
+/// with the peer address, drops hop-by-hop headers, holds request bodies to the limits, and
+/// hands requests to a clone of the stack.
 #[derive(Debug, Clone)]
 struct ConnectionService {
     stack: Stack,
     peer: SocketAddr,
+    limits: BodyLimits,
+    refusals: Arc<Refusals>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
-    type Response = Response<AccessLogBody>;
+    type Response = Response<Either<AccessLogBody, GatewayBody>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if let Some(reason) = self.refusals.next_request() {
+            return Box::pin(std::future::ready(Ok(refused(reason).map(Either::Right))));
+        }
         upstream::strip_hop_by_hop(req.headers_mut());
         req.extensions_mut().insert(PeerAddr(self.peer));
-        Box::pin(self.stack.clone().oneshot(req.map(RequestBody::from)))
+        let limits = self.limits;
+        let answer = self.stack.clone().oneshot(req.map(|body| RequestBody::caller(body, limits)));
+        Box::pin(async move { Ok(answer.await?.map(Either::Left)) })
     }
+}
+
+/// The 400 for a request head the smuggling guard refused; the connection closes after it.
+fn refused(reason: &str) -> Response<GatewayBody> {
+    let request_id = format!("{:032x}", rand::random::<u128>());
+    let mut response = GatewayError::BadRequest(format!("request refused: {reason}")).to_response(&request_id);
+    let headers = response.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", id);
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

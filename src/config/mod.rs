@@ -39,11 +39,15 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after SIGTERM.
     pub drain_timeout: Duration,
     /// A connection that sends no complete request head for this long is closed: idle
-    /// keep-alive connections and slow (slowloris) clients alike.
+    /// keep-alive connections and slow (slowloris) clients alike. A request body that sends
+    /// nothing for this long while the gateway waits for it is cut (408).
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// A request body longer than this is refused (413); `None`: no limit (bodies stream,
+    /// so their size costs no memory).
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -415,6 +419,10 @@ impl<'a> Validator<'a> {
         if max_header_bytes < 8 * 1024 {
             self.issue("server.max_header_bytes", "must be at least 8192 (8 KiB)");
         }
+        let max_body_bytes = raw.max_body_bytes;
+        if max_body_bytes == Some(0) {
+            self.issue("server.max_body_bytes", "must be at least 1 (leave it out for no limit)");
+        }
         Some(ServerConfig {
             listen: listen?,
             admin_listen: admin_listen?,
@@ -424,6 +432,7 @@ impl<'a> Validator<'a> {
             max_connections: self.positive("server.max_connections", raw.max_connections, 20_000),
             max_header_bytes,
             max_headers: self.positive("server.max_headers", raw.max_headers, 100),
+            max_body_bytes,
         })
     }
 

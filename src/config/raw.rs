@@ -38,6 +38,7 @@ pub struct RawServer {
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,
     pub max_headers: Option<usize>,
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,7 +2,8 @@
 //! forwarded, so `..`, `%2e%2e` or `//` cannot slip a request past a rule.
 //!
 //! Also refuses what would make the gateway an open proxy: `CONNECT` and absolute-form
-//! targets naming a host other than the one the caller addressed.
+//! targets naming a host other than the one the caller addressed; and a `Content-Length`
+//! over `server.max_body_bytes` (413).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -89,6 +90,14 @@ impl<S> Policy<S> {
                 method: req.method().to_string(),
                 path: normal.into_owned(),
             });
+        }
+        // A body announced longer than the limit is refused before a byte of it is read; a
+        // chunked one is cut where it passes the limit (`body::CallerBody`).
+        if let Some(limit) = self.config.server.max_body_bytes
+            && let Some(length) = req.headers().get(header::CONTENT_LENGTH)
+            && length.to_str().ok().and_then(|l| l.parse::<u64>().ok()).is_some_and(|l| l > limit)
+        {
+            return Err(GatewayError::BodyTooLarge { limit });
         }
         match normal {
             Cow::Borrowed(_) => Ok(None),

@@ -29,7 +29,7 @@ use super::request_id::RequestId;
 use super::{GatewayRequest, GatewayResponse, UpstreamFailure, UpstreamTiming, take_ready};
 use crate::body::{Buffered, RequestBody};
 use crate::config::RetryConfig;
-use crate::error::{GatewayError, UpstreamErrorKind};
+use crate::error::UpstreamErrorKind;
 use crate::metrics::Metrics;
 use crate::ratelimit::QuotaTicket;
 
@@ -150,11 +150,11 @@ where
         let (replay, mut once) = match body.buffer(self.shared.config.max_replay_bytes).await {
             Ok(Buffered::Whole(bytes)) => (Some(bytes), None),
             Ok(Buffered::Streaming(body)) => (None, Some(body)),
-            Err(e) => {
-                let refused = GatewayError::BadRequest(format!("the request body could not be read: {e}"));
-                return Ok(refused.to_response(request_id));
-            }
+            Err(e) => return Ok(e.to_gateway_error().to_response(request_id)),
         };
+        // A streamed body that fails (too long, stalled, cut) fails the exchange with awork
+        // too: the answer then says what the caller did, not that awork was unreachable.
+        let fault = once.as_ref().and_then(RequestBody::fault);
         let idempotent = idempotent(&parts.method);
         self.shared.budget.record_request();
         let mut attempt = 1;
@@ -187,6 +187,11 @@ where
                 slot.observe(response.status(), response.headers());
             }
             drop(slot);
+            if let Some(caller) = fault.as_ref().and_then(|f| f.get())
+                && response.extensions().get::<UpstreamFailure>().is_some()
+            {
+                return Ok(caller.to_response(request_id));
+            }
             let Some(failure) = Failure::of(&response) else { return Ok(response) };
             if replay.is_none() {
                 return Ok(response);
