@@ -17,9 +17,12 @@ pub mod metrics;
 pub mod mock;
 pub mod path;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod rules;
 pub mod server;
 pub mod smuggling;
+#[cfg(feature = "otlp")]
+pub mod telemetry;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -41,6 +44,7 @@ use layers::retry::{Retry, RetryLayer};
 use layers::sign_in::{SignIn, SignInLayer};
 use metrics::Metrics;
 use ratelimit::Quotas;
+use redis_link::RedisLink;
 use upstream::{HttpClient, Upstream};
 
 /// The request path as one service, outside in.
@@ -57,6 +61,9 @@ pub enum SetupError {
     Credentials(#[from] credentials::SetupError),
     #[error("redis: {0}")]
     Redis(String),
+    #[cfg(feature = "otlp")]
+    #[error("tracing: {0}")]
+    Tracing(String),
 }
 
 /// Everything that outlives a single request.
@@ -69,23 +76,8 @@ pub struct Gateway {
     client: HttpClient,
     identities: Arc<Identities>,
     started: Instant,
-}
-
-/// The Redis client behind the shared quota (it connects on first use).
-fn shared_quota(
-    config: &config::RedisConfig,
-    env: &dyn Env,
-    metrics: &Metrics,
-) -> Result<Arc<ratelimit::shared::Shared>, SetupError> {
-    use redis::IntoConnectionInfo;
-    let mut info = config.url.as_str().into_connection_info().map_err(|e| SetupError::Redis(e.to_string()))?;
-    if let Some(source) = &config.password {
-        let password = source.read(env).map_err(|e| SetupError::Redis(e.to_string()))?;
-        info.redis.password = Some(password.expose().to_owned());
-    }
-    let client = redis::Client::open(info).map_err(|e| SetupError::Redis(e.to_string()))?;
-    let up = metrics.redis_up(&config.url);
-    Ok(Arc::new(ratelimit::shared::Shared::new(client, &config.key_prefix, config.timeout, up)))
+    #[cfg(feature = "otlp")]
+    tracing: Option<Arc<telemetry::Tracing>>,
 }
 
 impl Gateway {
@@ -93,15 +85,41 @@ impl Gateway {
     pub fn new(config: Config, env: Arc<dyn Env>) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::new());
         let client = upstream::build_client(&config.upstream)?;
-        let shared = config.redis.as_ref().map(|redis| shared_quota(redis, env.as_ref(), &metrics)).transpose()?;
-        let credentials = Credentials::load(&config, env, metrics.clone(), client.clone())?;
+        let redis = match &config.redis {
+            Some(redis) => Some(Arc::new(
+                RedisLink::open(redis, env.as_ref(), metrics.redis_up(&redis.url)).map_err(SetupError::Redis)?,
+            )),
+            None => None,
+        };
+        let credentials = Credentials::load(&config, env, metrics.clone(), client.clone(), redis.clone())?;
+        let shared = redis.map(|link| Arc::new(ratelimit::shared::Shared::new(link)));
         let identities = Arc::new(Identities::new(&config, &credentials));
         let quotas = Arc::new(Quotas::new(&config, &metrics, shared));
-        Ok(Self { config: Arc::new(config), credentials, metrics, quotas, client, identities, started: Instant::now() })
+        #[cfg(feature = "otlp")]
+        let tracing = config
+            .tracing
+            .as_ref()
+            .map(|t| telemetry::Tracing::new(t, &config).map(Arc::new))
+            .transpose()
+            .map_err(SetupError::Tracing)?;
+        Ok(Self {
+            config: Arc::new(config),
+            credentials,
+            metrics,
+            quotas,
+            client,
+            identities,
+            started: Instant::now(),
+            #[cfg(feature = "otlp")]
+            tracing,
+        })
     }
 
     /// The request path as a tower service; cheap to clone.
     pub fn service(&self) -> Stack {
+        let access_log = AccessLogLayer::new(self.metrics.clone());
+        #[cfg(feature = "otlp")]
+        let access_log = access_log.traced(self.tracing.clone());
         ServiceBuilder::new()
             .layer(SetSensitiveRequestHeadersLayer::new([
                 header::AUTHORIZATION,
@@ -109,7 +127,7 @@ impl Gateway {
                 header::COOKIE,
             ]))
             .layer(RequestIdLayer)
-            .layer(AccessLogLayer::new(self.metrics.clone()))
+            .layer(access_log)
             .layer(SignInLayer::new(&self.credentials, self.config.server.tls.is_some()))
             .layer(ClientIdentityLayer::new(self.identities.clone()))
             .layer(PolicyLayer::new(self.config.clone()))
@@ -121,5 +139,13 @@ impl Gateway {
 
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
+    }
+
+    /// Exports the spans still waiting, for at most `within`: at shutdown, after the drain.
+    #[cfg(feature = "otlp")]
+    pub async fn flush_traces(&self, within: std::time::Duration) {
+        if let Some(tracing) = &self.tracing {
+            tracing.shutdown(within).await;
+        }
     }
 }

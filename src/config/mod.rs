@@ -29,6 +29,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub clients: Vec<ClientConfig>,
     pub log: LogConfig,
+    /// OpenTelemetry trace export; `None` traces nothing.
+    pub tracing: Option<TracingConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +135,7 @@ impl OAuthConfig {
         match &self.token_store {
             TokenStoreConfig::Memory => "tokens in memory".into(),
             TokenStoreConfig::File(dir) => format!("tokens in file:{}", dir.display()),
+            TokenStoreConfig::Redis => "tokens in redis".into(),
         }
     }
 }
@@ -144,6 +147,8 @@ pub enum TokenStoreConfig {
     Memory,
     /// One file per grant in this directory (0700), each 0600.
     File(PathBuf),
+    /// In `[redis]`, shared by every replica; one replica refreshes, under a lease.
+    Redis,
 }
 
 /// A workspace quota and its queue.
@@ -176,6 +181,9 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// While Redis is down, each replica spends `quota / fallback_replicas`.
     pub fallback_replicas: u32,
+    /// How long a replica's claim to refresh a grant lasts unless renewed (it is renewed while
+    /// the token request runs); a replica that stops is replaced after this long.
+    pub token_lease: Duration,
 }
 
 /// Sending idempotent requests again when awork or the way to it fails.
@@ -237,6 +245,17 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Default)]
 pub struct LogConfig {
     pub format: LogFormat,
+}
+
+/// `[tracing]`: spans to an OpenTelemetry collector over OTLP/HTTP (a build with `--features otlp`).
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// The collector's traces URL, e.g. `http://collector:4318/v1/traces`.
+    pub otlp_endpoint: http::Uri,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces that are recorded, 0 to 1; a caller's own decision is followed.
+    pub sample_ratio: f64,
 }
 
 /// One problem in a config, with the key it is about.
@@ -346,9 +365,30 @@ impl<'a> Validator<'a> {
         let credentials = self.credentials(raw.credentials, &rate_limit);
         let retry = self.retry(raw.retry);
         let redis = raw.redis.map(|r| self.redis(r));
+        if redis.is_none() {
+            for c in &credentials {
+                if c.kind.oauth().is_some_and(|o| o.token_store == TokenStoreConfig::Redis) {
+                    self.issue(
+                        format!("credentials.{}.token_store", c.name),
+                        "\"redis\" needs a [redis] section with its url, e.g. url = \"redis://redis:6379\"",
+                    );
+                }
+            }
+        }
         let clients = self.clients(raw.clients, &credentials, &rate_limit);
         let log = self.log(raw.log);
-        Some(Config { server: server?, upstream: upstream?, credentials, rate_limit, retry, redis, clients, log })
+        let tracing = raw.tracing.and_then(|t| self.tracing(t));
+        Some(Config {
+            server: server?,
+            upstream: upstream?,
+            credentials,
+            rate_limit,
+            retry,
+            redis,
+            clients,
+            log,
+            tracing,
+        })
     }
 
     fn duration(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
@@ -617,17 +657,11 @@ impl<'a> Validator<'a> {
                 }
                 Some(TokenStoreConfig::Memory)
             }
-            Some("redis") => {
-                self.issue(
-                    key,
-                    "tokens in Redis are not built yet ([redis] shares the quota only); use \"file:DIR\" and let one replica hold OAuth credentials",
-                );
-                None
-            }
+            Some("redis") => Some(TokenStoreConfig::Redis),
             Some(other) => match other.strip_prefix("file:") {
                 Some(dir) if !dir.is_empty() => Some(TokenStoreConfig::File(PathBuf::from(dir))),
                 _ => {
-                    self.issue(key, format!("{other:?} is not \"file:DIR\" or \"memory\""));
+                    self.issue(key, format!("{other:?} is not \"file:DIR\", \"memory\" or \"redis\""));
                     None
                 }
             },
@@ -712,7 +746,16 @@ impl<'a> Validator<'a> {
             key_prefix: raw.key_prefix.unwrap_or_else(|| "awork-gateway:".to_owned()),
             timeout: self.duration("redis.timeout", raw.timeout, Duration::from_millis(250)),
             fallback_replicas: fallback_replicas.max(1),
+            token_lease: self.token_lease(raw.token_lease),
         }
+    }
+
+    fn token_lease(&mut self, raw: Option<String>) -> Duration {
+        let lease = self.duration("redis.token_lease", raw, Duration::from_secs(3));
+        if lease < Duration::from_millis(300) {
+            self.issue("redis.token_lease", "must be at least 300ms: it is renewed every third of itself");
+        }
+        lease
     }
 
     fn retry(&mut self, raw: raw::RawRetry) -> RetryConfig {
@@ -894,6 +937,42 @@ impl<'a> Validator<'a> {
             }
         };
         LogConfig { format }
+    }
+
+    fn tracing(&mut self, raw: raw::RawTracing) -> Option<TracingConfig> {
+        if !cfg!(feature = "otlp") {
+            self.issue(
+                "tracing.otlp_endpoint",
+                "this awork-gateway was built without trace export: build it with `cargo build --release --features otlp`, or remove [tracing]",
+            );
+        }
+        let text = raw.otlp_endpoint.trim();
+        let otlp_endpoint = match text.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
+                // A bare collector origin gets the OTLP/HTTP traces path, as OTEL_EXPORTER_OTLP_ENDPOINT does.
+                if matches!(uri.path(), "" | "/") && uri.query().is_none() {
+                    format!("{}/v1/traces", text.trim_end_matches('/')).parse().ok()
+                } else {
+                    Some(uri)
+                }
+            }
+            _ => None,
+        };
+        if otlp_endpoint.is_none() {
+            self.issue(
+                "tracing.otlp_endpoint",
+                format!("{text:?} is not an http:// or https:// URL, e.g. \"http://otel-collector:4318/v1/traces\""),
+            );
+        }
+        let service_name = raw.service_name.unwrap_or_else(|| "awork-gateway".to_owned());
+        if service_name.trim().is_empty() {
+            self.issue("tracing.service_name", "must not be empty");
+        }
+        let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sample_ratio) {
+            self.issue("tracing.sample_ratio", "is the share of new traces recorded: 0.0 to 1.0");
+        }
+        Some(TracingConfig { otlp_endpoint: otlp_endpoint?, service_name, sample_ratio })
     }
 }
 

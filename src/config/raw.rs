@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub clients: Vec<RawClient>,
     #[serde(default)]
     pub log: RawLog,
+    pub tracing: Option<RawTracing>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +129,7 @@ pub struct RawRedis {
     pub key_prefix: Option<String>,
     pub timeout: Option<String>,
     pub fallback_replicas: Option<u32>,
+    pub token_lease: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,4 +160,12 @@ pub struct RawClient {
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub otlp_endpoint: String,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
 }

@@ -9,19 +9,24 @@ pub mod api_key;
 pub mod grant;
 pub mod oauth;
 pub mod sessions;
+pub mod shared;
 pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use api_key::ApiKey;
+use grant::Backing;
 pub use grant::{Grant, GrantStatus};
 use oauth::OAuthClient;
+use sessions::SessionStore;
 pub use sessions::{PendingLogins, Sessions};
+use shared::SharedTokens;
 use store::TokenStore;
 
-use crate::config::{Config, CredentialKind, Env};
+use crate::config::{Config, CredentialKind, Env, TokenStoreConfig};
 use crate::metrics::Metrics;
+use crate::redis_link::RedisLink;
 use crate::upstream::HttpClient;
 
 /// How often `{ file }` secrets are re-read to pick up a rotation.
@@ -72,13 +77,16 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Loads every API key and restores every stored grant and session.
+    /// Loads every API key and restores every stored grant and session (those in Redis load
+    /// on first use).
     pub fn load(
         config: &Config,
         env: Arc<dyn Env>,
         metrics: Arc<Metrics>,
         http: HttpClient,
+        redis: Option<Arc<RedisLink>>,
     ) -> Result<Self, SetupError> {
+        let shared = redis.zip(config.redis.as_ref()).map(|(link, r)| Arc::new(SharedTokens::new(link, r.token_lease)));
         let mut list = Vec::with_capacity(config.credentials.len());
         for c in &config.credentials {
             let credential = match &c.kind {
@@ -86,8 +94,17 @@ impl Credentials {
                     Credential::ApiKey(Arc::new(ApiKey::load(&c.name, key.clone(), env.clone(), metrics.clone())))
                 }
                 CredentialKind::OAuth(oauth) | CredentialKind::OAuthUser(oauth) => {
-                    let store = TokenStore::open(&oauth.token_store)
-                        .map_err(|e| SetupError { credential: c.name.clone(), reason: e.to_string() })?;
+                    let store = match (&oauth.token_store, &shared) {
+                        (TokenStoreConfig::Redis, Some(shared)) => SessionStore::Shared(shared.clone()),
+                        (TokenStoreConfig::Redis, None) => {
+                            let reason = "\"redis\" needs a [redis] section".to_owned();
+                            return Err(SetupError { credential: c.name.clone(), reason });
+                        }
+                        (local, _) => SessionStore::Local(Arc::new(
+                            TokenStore::open(local)
+                                .map_err(|e| SetupError { credential: c.name.clone(), reason: e.to_string() })?,
+                        )),
+                    };
                     let client =
                         Arc::new(OAuthClient::new(&c.name, oauth.clone(), env.clone(), http.clone(), metrics.clone()));
                     if matches!(c.kind, CredentialKind::OAuth(_)) {
@@ -95,9 +112,13 @@ impl Credentials {
                             "log in at http://{}/oauth/{}/login or run `awork-gateway login {}`",
                             config.server.admin_listen, c.name, c.name
                         );
-                        Credential::OAuth(Arc::new(Grant::restore(&c.name, client, Arc::new(store), hint)))
+                        let backing = match store {
+                            SessionStore::Local(local) => Backing::Local(local),
+                            SessionStore::Shared(tokens) => Backing::Shared { tokens, session: None },
+                        };
+                        Credential::OAuth(Arc::new(Grant::restore(&c.name, client, backing, hint)))
                     } else {
-                        Credential::OAuthUser(Arc::new(Sessions::restore(client, Arc::new(store))))
+                        Credential::OAuthUser(Arc::new(Sessions::restore(client, store)))
                     }
                 }
             };
@@ -281,7 +302,14 @@ impl Credentials {
     }
 
     /// Ends the session this token opens, in whichever `oauth_user` credential holds it.
-    pub fn end_session(&self, token: &str) -> bool {
-        self.list.iter().any(|(_, c)| matches!(c, Credential::OAuthUser(sessions) if sessions.end(token)))
+    pub async fn end_session(&self, token: &str) -> bool {
+        for (_, credential) in self.list.iter() {
+            if let Credential::OAuthUser(sessions) = credential {
+                if sessions.end(token).await {
+                    return true;
+                }
+            }
+        }
+        false
     }
 }

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::upstream::HttpClient;
 
 /// Longest wait for awork's token endpoint.
-const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest token response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 

@@ -1,16 +1,27 @@
 //! People signed in through an `oauth_user` credential: one grant per session, found by the
 //! sha256 of the session token (the token itself is never stored), ended by logout, by
 //! idleness or by age. Also the logins under way (OAuth `state` and PKCE verifier).
+//!
+//! With `token_store = "redis"` a session lives in Redis, so any replica serves it: a replica
+//! that does not know a session asks Redis, and one that does asks again at most every
+//! `CHECK_EVERY` (which also restarts its idle timeout there), so a logout through one replica
+//! ends the session on all of them within that time.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::grant::Grant;
-use super::oauth::{OAuthClient, Pkce, Tokens, random_token};
+use super::grant::{Backing, Grant};
+use super::oauth::{OAuthClient, Pkce, Tokens, random_token, unix_millis};
+use super::shared::{SessionExpiry, SharedTokens};
 use super::store::TokenStore;
 use crate::config::{OAuthConfig, Secret};
+use crate::redis_link::Down;
+
+/// How long a replica trusts its own knowledge of a shared session.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a login link stays usable.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
@@ -60,13 +71,22 @@ impl PendingLogins {
 pub struct Session {
     pub grant: Arc<Grant>,
     pub started: Instant,
+    /// Unix milliseconds when Redis last confirmed a shared session.
+    checked_at: AtomicU64,
+}
+
+/// Where the sessions' grants are kept.
+#[derive(Debug, Clone)]
+pub enum SessionStore {
+    Local(Arc<TokenStore>),
+    Shared(Arc<SharedTokens>),
 }
 
 /// The sessions of one `oauth_user` credential.
 #[derive(Debug)]
 pub struct Sessions {
     client: Arc<OAuthClient>,
-    store: Arc<TokenStore>,
+    store: SessionStore,
     by_hash: moka::sync::Cache<String, Arc<Session>>,
 }
 
@@ -79,40 +99,57 @@ impl moka::Expiry<String, Arc<Session>> for MaxAge {
 }
 
 impl Sessions {
-    /// The sessions of a credential, with those the store kept across a restart (their age
-    /// counts from the restart).
-    pub fn restore(client: Arc<OAuthClient>, store: Arc<TokenStore>) -> Self {
+    /// The sessions of a credential, with those a local store kept across a restart (their
+    /// age counts from the restart). Shared sessions are found in Redis when presented.
+    pub fn restore(client: Arc<OAuthClient>, store: SessionStore) -> Self {
         let config: &OAuthConfig = client.config();
-        let store_for_eviction = store.clone();
+        // Locally, the cache's expiry ends a session; in Redis, the key's own expiry does (a
+        // session idle here may be busy on another replica).
+        let local_store = match &store {
+            SessionStore::Local(local) => Some(local.clone()),
+            SessionStore::Shared(_) => None,
+        };
         let by_hash = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_idle(config.session_idle_timeout)
             .expire_after(MaxAge(config.session_max_age))
             .eviction_listener(move |hash: Arc<String>, _, cause| {
+                let Some(local) = &local_store else { return };
                 tracing::info!(grant = %grant_id(&hash), ?cause, "session ended");
-                if let Err(e) = store_for_eviction.remove(&grant_id(&hash)) {
+                if let Err(e) = local.remove(&grant_id(&hash)) {
                     tracing::warn!(error = %e, "cannot remove an ended session from the store");
                 }
             })
             .build();
         let sessions = Self { client, store, by_hash };
-        match sessions.store.list("session-") {
-            Ok(stored) => {
-                for (id, _) in stored {
-                    if let Some(hash) = id.strip_prefix("session-") {
-                        sessions.insert(hash.to_owned());
+        if let SessionStore::Local(local) = &sessions.store {
+            match local.list("session-") {
+                Ok(stored) => {
+                    for (id, _) in stored {
+                        if let Some(hash) = id.strip_prefix("session-") {
+                            sessions.insert(hash.to_owned());
+                        }
                     }
                 }
+                Err(e) => tracing::warn!(error = %e, "cannot read stored sessions; people must sign in again"),
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read stored sessions; people must sign in again"),
         }
         sessions
     }
 
+    fn expiry(&self) -> SessionExpiry {
+        let config = self.client.config();
+        SessionExpiry { idle: config.session_idle_timeout, max_age: config.session_max_age }
+    }
+
     fn insert(&self, hash: String) -> Arc<Session> {
         let hint = "sign in again at /oauth2/start".to_owned();
-        let grant = Arc::new(Grant::restore(&grant_id(&hash), self.client.clone(), self.store.clone(), hint));
-        let session = Arc::new(Session { grant, started: Instant::now() });
+        let backing = match &self.store {
+            SessionStore::Local(local) => Backing::Local(local.clone()),
+            SessionStore::Shared(tokens) => Backing::Shared { tokens: tokens.clone(), session: Some(self.expiry()) },
+        };
+        let grant = Arc::new(Grant::restore(&grant_id(&hash), self.client.clone(), backing, hint));
+        let session = Arc::new(Session { grant, started: Instant::now(), checked_at: AtomicU64::new(unix_millis()) });
         self.by_hash.insert(hash, session.clone());
         session
     }
@@ -134,7 +171,8 @@ impl Sessions {
         token.starts_with(SESSION_PREFIX)
     }
 
-    /// The session a token opens, if it is one of ours and still alive.
+    /// The session a token opens, if it is one of ours and still alive (as far as this
+    /// replica knows: see `needs_check`).
     pub fn lookup(&self, token: &str) -> Option<Arc<Session>> {
         if !Self::looks_like_session(token) {
             return None;
@@ -142,12 +180,43 @@ impl Sessions {
         self.by_hash.get(&hash(token))
     }
 
+    /// Whether Redis must be asked about this token before `lookup` can be trusted.
+    pub fn needs_check(&self, token: &str) -> bool {
+        if !matches!(self.store, SessionStore::Shared(_)) || !Self::looks_like_session(token) {
+            return false;
+        }
+        self.by_hash.get(&hash(token)).is_none_or(|session| {
+            unix_millis().saturating_sub(session.checked_at.load(Ordering::Relaxed)) >= millis(CHECK_EVERY)
+        })
+    }
+
+    /// Asks Redis whether a shared session is alive (restarting its idle timeout): known here
+    /// from now on if so, forgotten here if not. Down: what this replica knows stands.
+    pub async fn check(&self, token: &str) -> Result<(), Down> {
+        let SessionStore::Shared(shared) = &self.store else { return Ok(()) };
+        let hash = hash(token);
+        if shared.touch(&grant_id(&hash), self.expiry()).await? {
+            match self.by_hash.get(&hash) {
+                Some(session) => session.checked_at.store(unix_millis(), Ordering::Relaxed),
+                None => {
+                    self.insert(hash);
+                }
+            }
+        } else {
+            self.by_hash.invalidate(&hash);
+        }
+        Ok(())
+    }
+
     /// Ends one session (logout); other sessions of the same person stay.
-    pub fn end(&self, token: &str) -> bool {
+    pub async fn end(&self, token: &str) -> bool {
+        if self.needs_check(token) && self.check(token).await.is_err() {
+            return false;
+        }
         let hash = hash(token);
         match self.by_hash.remove(&hash) {
             Some(session) => {
-                session.grant.forget();
+                session.grant.forget().await;
                 true
             }
             None => false,
@@ -158,10 +227,15 @@ impl Sessions {
         &self.client
     }
 
+    /// Sessions this replica knows (with Redis, those used through it lately).
     pub fn count(&self) -> u64 {
         self.by_hash.run_pending_tasks();
         self.by_hash.entry_count()
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn hash(token: &str) -> String {

@@ -17,7 +17,7 @@ use crate::config::{Secret, TokenStoreConfig};
 
 /// The on-disk form; only ever built from and into `Tokens`, never printed.
 #[derive(Serialize, Deserialize)]
-struct Stored {
+pub(super) struct Stored {
     access_token: String,
     expires_at_ms: u64,
     refresh_token: Option<String>,
@@ -63,6 +63,7 @@ impl TokenStore {
                 restrict(dir, 0o700)?;
                 Ok(Self::File(dir.clone()))
             }
+            TokenStoreConfig::Redis => Err(std::io::Error::other("grants in redis are not kept in a local store")),
         }
     }
 

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use super::{ClientIdentity, Decision, GatewayResponse, PeerAddr, UserSession, request_id_of};
+use super::{ClientIdentity, Decision, GatewayResponse, PeerAddr, UserSession, request_id_of, take_ready};
 use crate::config::Config;
 use crate::credentials::sessions::{Session, Sessions};
 use crate::credentials::{Credential, Credentials};
@@ -80,6 +80,19 @@ impl Identities {
             })
             .collect();
         Self { clients: Self::clients(config), sessions }
+    }
+
+    /// The token and network clients alone, as `new` gives them for a config without
+    /// `oauth_user` credentials; needs no loaded credentials (unit tests, fuzz targets).
+    pub fn without_sessions(config: &Config) -> Self {
+        Self { clients: Self::clients(config), sessions: Vec::new() }
+    }
+
+    /// A presented session token that Redis must confirm before `identify` may trust it (a
+    /// shared session this replica does not know, or has not checked lately).
+    pub fn unchecked_session(&self, headers: &HeaderMap) -> Option<(Arc<Sessions>, String)> {
+        let token = presented_session(headers)?;
+        self.sessions.iter().find(|(_, s)| s.needs_check(token)).map(|(_, s)| (s.clone(), token.to_owned()))
     }
 
     /// Decides who sent a request with these headers from this peer.
@@ -231,7 +244,9 @@ pub struct IdentifyClient<S> {
 
 impl<S, B> Service<Request<B>> for IdentifyClient<S>
 where
-    S: Service<Request<B>, Response = GatewayResponse, Error = Infallible>,
+    S: Service<Request<B>, Response = GatewayResponse, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
 {
     type Response = GatewayResponse;
     type Error = Infallible;
@@ -241,21 +256,54 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
-        match self.identities.identify(req.headers(), peer) {
-            Ok(Identified { identity, session }) => {
-                let identity = identity.clone();
-                req.extensions_mut().insert(identity.clone());
-                if let Some(session) = session {
-                    req.extensions_mut().insert(UserSession(session));
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if let Some((sessions, token)) = self.identities.unchecked_session(req.headers()) {
+            let (identities, mut inner) = (self.identities.clone(), take_ready(&mut self.inner));
+            let future = async move {
+                if sessions.check(&token).await.is_err() && sessions.lookup(&token).is_none() {
+                    let e = GatewayError::CredentialUnavailable {
+                        credential: sessions.client().credential().to_owned(),
+                        reason: "redis is unreachable: the session cannot be looked up".to_owned(),
+                    };
+                    return Ok(e.to_response(request_id_of(&req)));
                 }
+                let mut req = req;
+                match identified(&identities, &mut req) {
+                    Ok(identity) => {
+                        let mut response = inner.call(req).await?;
+                        response.extensions_mut().insert(identity);
+                        Ok(response)
+                    }
+                    Err(e) => Ok(e.to_response(request_id_of(&req))),
+                }
+            };
+            return MarkClient { inner: Decision::Later { future: Box::pin(future) }, identity: None };
+        }
+        let mut req = req;
+        match identified(&self.identities, &mut req) {
+            Ok(identity) => {
                 MarkClient { inner: Decision::Inner { future: self.inner.call(req) }, identity: Some(identity) }
             }
-            Err(e) => {
-                tracing::debug!(request_id = request_id_of(&req), peer = ?peer, reason = %e, "caller not identified");
-                MarkClient { inner: Decision::answer(e.to_response(request_id_of(&req))), identity: None }
+            Err(e) => MarkClient { inner: Decision::answer(e.to_response(request_id_of(&req))), identity: None },
+        }
+    }
+}
+
+/// Marks the request with its caller, or says why the caller is not identified.
+fn identified<B>(identities: &Identities, req: &mut Request<B>) -> Result<ClientIdentity, GatewayError> {
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+    match identities.identify(req.headers(), peer) {
+        Ok(Identified { identity, session }) => {
+            let identity = identity.clone();
+            req.extensions_mut().insert(identity.clone());
+            if let Some(session) = session {
+                req.extensions_mut().insert(UserSession(session));
             }
+            Ok(identity)
+        }
+        Err(e) => {
+            tracing::debug!(request_id = request_id_of(req), peer = ?peer, reason = %e, "caller not identified");
+            Err(e)
         }
     }
 }
@@ -310,7 +358,7 @@ mod tests {
             "#
         );
         let loaded = Config::parse(&text, "t", &HashMap::new()).expect("config");
-        Identities { clients: Identities::clients(&loaded.config), sessions: Vec::new() }
+        Identities::without_sessions(&loaded.config)
     }
 
     fn headers(auth: &str) -> HeaderMap {

@@ -62,6 +62,8 @@ pin_project! {
     pub enum Decision<F> {
         Answer { response: Option<GatewayResponse> },
         Inner { #[pin] future: F },
+        /// Decided after an await of its own (rare: the fast paths are the other two).
+        Later { future: Pin<Box<dyn Future<Output = Result<GatewayResponse, std::convert::Infallible>> + Send>> },
     }
 }
 
@@ -84,6 +86,7 @@ where
                 None => Poll::Pending,
             },
             DecisionProj::Inner { future } => future.poll(cx),
+            DecisionProj::Later { future } => future.as_mut().poll(cx),
         }
     }
 }

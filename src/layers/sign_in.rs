@@ -118,7 +118,7 @@ where
             ("/oauth2/callback", &Method::GET) => {
                 Box::pin(async move { config.callback(&query, wants_json, &request_id).await })
             }
-            ("/oauth2/logout", &Method::POST) => Box::pin(async move { config.logout(session.as_deref()) }),
+            ("/oauth2/logout", &Method::POST) => Box::pin(async move { config.logout(session.as_deref()).await }),
             _ => Box::pin(async move {
                 GatewayError::BadRequest(format!("{action} does not take this method")).to_response(&request_id)
             }),
@@ -186,8 +186,11 @@ impl SignInLayer {
         }
     }
 
-    fn logout(&self, session: Option<&str>) -> GatewayResponse {
-        let ended = session.is_some_and(|token| self.credentials.end_session(token));
+    async fn logout(&self, session: Option<&str>) -> GatewayResponse {
+        let ended = match session {
+            Some(token) => self.credentials.end_session(token).await,
+            None => false,
+        };
         let mut response = json_response(StatusCode::OK, &json!({"status": "signed out", "ended": ended}));
         self.set_cookie(&mut response, "", 0);
         response

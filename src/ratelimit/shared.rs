@@ -8,21 +8,17 @@
 //! (a hash `left`/`until`: awork reported less left than the log says), and per capped client
 //! `client:{name}:pace` and `client:{name}:log`. Every key expires on its own.
 //!
-//! A Redis that does not answer within `redis.timeout` is "down": the caller falls back to its
-//! local limiter (see `Workspace`), and Redis is tried again at most once a second until it
-//! answers. The gateway starts without Redis too: the connection is made on first use.
+//! A Redis that does not answer within `redis.timeout` is "down" (see `RedisLink`): the
+//! caller falls back to its local limiter (see `Workspace`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use prometheus_client::metrics::gauge::Gauge;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
-use tokio::time::Instant;
+use redis::Script;
 
 use super::window::{MINUTE, SECOND};
+use crate::redis_link::RedisLink;
 
 /// What the script says about one slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,10 +44,6 @@ impl ScriptLimits {
         let interval = per_second.filter(|n| *n > 0).map_or(Duration::ZERO, |n| SECOND / n);
         Self { interval_us: micros(interval), per_minute: per_minute.unwrap_or(0) }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn micros(d: Duration) -> u64 {
@@ -116,51 +108,30 @@ redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[2]) / 1000) + 1000)
 return 0
 ";
 
-/// How long a down Redis is left alone before it is asked again.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
-
-/// The Redis side of one gateway: its connection and the scripts.
+/// The quota's scripts on the gateway's Redis link.
 pub struct Shared {
-    client: Client,
-    connection: ArcSwapOption<ConnectionManager>,
-    start: Instant,
-    /// Milliseconds since `start` of the last failed exchange.
-    failed_at: AtomicU64,
-    prefix: String,
-    timeout: Duration,
+    link: Arc<RedisLink>,
     decide: Script,
     hold: Script,
     budget: Script,
     /// Tells this replica's grants apart in the log.
-    replica: String,
     counter: AtomicU64,
-    up: AtomicBool,
-    up_gauge: Gauge,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("prefix", &self.prefix).field("up", &self.up).finish_non_exhaustive()
+        f.debug_struct("Shared").field("link", &self.link).finish_non_exhaustive()
     }
 }
 
 impl Shared {
-    pub fn new(client: Client, prefix: &str, timeout: Duration, up_gauge: Gauge) -> Self {
-        up_gauge.set(1);
+    pub fn new(link: Arc<RedisLink>) -> Self {
         Self {
-            up_gauge,
-            client,
-            connection: ArcSwapOption::empty(),
-            start: Instant::now(),
-            failed_at: AtomicU64::new(0),
-            prefix: prefix.to_owned(),
-            timeout,
+            link,
             decide: Script::new(DECIDE),
             hold: Script::new(HOLD),
             budget: Script::new(BUDGET),
-            replica: hex::encode(rand::random::<[u8; 6]>()),
             counter: AtomicU64::new(0),
-            up: AtomicBool::new(true),
         }
     }
 
@@ -173,9 +144,9 @@ impl Shared {
         client: &str,
         caps: Option<ScriptLimits>,
     ) -> Option<Verdict> {
-        let base = format!("{}quota:{workspace}:", self.prefix);
+        let base = format!("{}quota:{workspace}:", self.link.prefix);
         let caps = caps.unwrap_or(ScriptLimits { interval_us: 0, per_minute: 0 });
-        let member = format!("{}-{}", self.replica, self.counter.fetch_add(1, Ordering::Relaxed));
+        let member = format!("{}-{}", self.link.replica, self.counter.fetch_add(1, Ordering::Relaxed));
         let mut invocation = self.decide.prepare_invoke();
         invocation
             .key(format!("{base}pace"))
@@ -190,9 +161,9 @@ impl Shared {
             .arg(caps.interval_us)
             .arg(caps.per_minute)
             .arg(member);
-        let mut connection = self.connection().await?;
-        let answer: Option<(u8, u64)> = self.run(invocation.invoke_async(&mut connection)).await;
-        answer.map(|(who, wait)| match who {
+        let answer: Result<(u8, u64), _> =
+            self.link.exchange(|mut connection| async move { invocation.invoke_async(&mut connection).await }).await;
+        answer.ok().map(|(who, wait)| match who {
             0 => Verdict::Granted,
             2 => Verdict::Client(Duration::from_micros(wait)),
             _ => Verdict::Workspace(Duration::from_micros(wait)),
@@ -202,70 +173,27 @@ impl Shared {
     /// awork answered 429: every replica holds `workspace` for `hold`.
     pub async fn hold(&self, workspace: &str, hold: Duration) {
         let mut invocation = self.hold.prepare_invoke();
-        invocation.key(format!("{}quota:{workspace}:hold", self.prefix)).arg(micros(hold));
-        let Some(mut connection) = self.connection().await else { return };
-        let _: Option<i64> = self.run(invocation.invoke_async(&mut connection)).await;
+        invocation.key(format!("{}quota:{workspace}:hold", self.link.prefix)).arg(micros(hold));
+        let _: Result<i64, _> =
+            self.link.exchange(|mut connection| async move { invocation.invoke_async(&mut connection).await }).await;
     }
 
     /// awork reported `left` until its window resets in `until`: every replica spends at
     /// most that until then.
     pub async fn budget(&self, workspace: &str, left: u32, until: Duration) {
         let mut invocation = self.budget.prepare_invoke();
-        invocation.key(format!("{}quota:{workspace}:budget", self.prefix)).arg(left).arg(micros(until));
-        let Some(mut connection) = self.connection().await else { return };
-        let _: Option<i64> = self.run(invocation.invoke_async(&mut connection)).await;
+        invocation.key(format!("{}quota:{workspace}:budget", self.link.prefix)).arg(left).arg(micros(until));
+        let _: Result<i64, _> =
+            self.link.exchange(|mut connection| async move { invocation.invoke_async(&mut connection).await }).await;
     }
 
     /// Whether the last exchange with Redis worked.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.link.is_up()
     }
 
     /// Up, or down long enough to be probed again.
     pub fn worth_asking(&self) -> bool {
-        self.is_up() || self.elapsed_ms().saturating_sub(self.failed_at.load(Ordering::Relaxed)) >= millis(PROBE_EVERY)
-    }
-
-    fn elapsed_ms(&self) -> u64 {
-        millis(self.start.elapsed())
-    }
-
-    /// The shared connection, made on first use (a gateway starts while Redis is down).
-    async fn connection(&self) -> Option<ConnectionManager> {
-        if let Some(connection) = self.connection.load_full() {
-            return Some(ConnectionManager::clone(&connection));
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let made = self.run(ConnectionManager::new_with_config(self.client.clone(), config)).await?;
-        self.connection.store(Some(Arc::new(made.clone())));
-        Some(made)
-    }
-
-    async fn run<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
-        let outcome = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
-        };
-        match outcome {
-            Ok(value) => {
-                if !self.up.swap(true, Ordering::Relaxed) {
-                    self.up_gauge.set(1);
-                    tracing::info!("redis answers again: the quota is shared again");
-                }
-                Some(value)
-            }
-            Err(reason) => {
-                self.failed_at.store(self.elapsed_ms(), Ordering::Relaxed);
-                if self.up.swap(false, Ordering::Relaxed) {
-                    self.up_gauge.set(0);
-                    tracing::warn!(%reason, "redis is unreachable: each replica falls back to its share of the quota");
-                }
-                None
-            }
-        }
+        self.link.worth_asking()
     }
 }
