@@ -364,3 +364,40 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     assert!(status.success(), "exit status {status}; stderr:\n{}", gateway.stderr());
     assert!(took < DRAIN_TIMEOUT, "exit took {took:?}, longer than the drain timeout");
 }
+
+#[cfg(unix)]
+#[test]
+fn check_warns_on_stderr_when_the_config_or_a_secret_file_is_open_to_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let dir = support::temp_dir("cli-check-modes");
+    let key_file = dir.join("api-key");
+    std::fs::write(&key_file, format!("{}\n", support::API_KEY)).expect("write key");
+    let path = write_config(&dir, "gateway.toml", &config_with_key_file("http://127.0.0.1:9", &key_file, ""));
+    chmod(&path, 0o640);
+    chmod(&key_file, 0o604);
+
+    let output = check(&path);
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert_eq!(output.status.code(), Some(0), "warnings do not fail check:\nstdout:\n{out}\nstderr:\n{err}");
+    for (file, mode) in [(&path, "0640"), (&key_file, "0604")] {
+        let shown = file.display().to_string();
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("warning: ") && l.contains(&shown))
+            .unwrap_or_else(|| panic!("no warning naming {shown} on stderr:\n{err}"));
+        assert!(line.contains(mode) && line.contains(&format!("chmod 600 {shown}")), "{line}");
+    }
+    assert!(err.contains("credentials.main.key"), "the key file's warning names its key:\n{err}");
+    assert!(!out.contains("chmod"), "the warnings go to stderr, not into the summary:\n{out}");
+    assert!(!err.contains(support::API_KEY), "a warning printed the secret:\n{err}");
+
+    chmod(&path, 0o600);
+    chmod(&key_file, 0o400);
+    let output = check(&path);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert!(!err.contains("chmod"), "private files are no reason to warn:\n{err}");
+}

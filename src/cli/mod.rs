@@ -241,11 +241,14 @@ fn load(path: Option<PathBuf>) -> Result<Loaded, ExitCode> {
 }
 
 fn check(path: Option<PathBuf>) -> ExitCode {
-    let loaded = match load(path) {
+    let loaded = match load(path.clone()) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
     print!("{}", summary(&loaded));
+    for warning in crate::config::secret::exposed_files(path.as_deref(), &loaded.config) {
+        eprintln!("warning: {warning}");
+    }
     ExitCode::SUCCESS
 }
 

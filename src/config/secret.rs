@@ -115,6 +115,71 @@ impl SecretSource {
     }
 }
 
+/// The files a config reads secrets from, each with the key that names it: every
+/// `{ file = ... }` secret and the TLS private key.
+pub fn secret_files(config: &super::Config) -> Vec<(String, PathBuf)> {
+    use super::CredentialKind;
+    let mut files = Vec::new();
+    let mut add = |key: String, source: Option<&SecretSource>| {
+        if let Some(SecretSource::File(path)) = source {
+            files.push((key, path.clone()));
+        }
+    };
+    for credential in &config.credentials {
+        let name = &credential.name;
+        match &credential.kind {
+            CredentialKind::ApiKey { key } => add(format!("credentials.{name}.key"), Some(key)),
+            CredentialKind::OAuth(o) | CredentialKind::OAuthUser(o) => {
+                add(format!("credentials.{name}.client_secret"), o.client_secret.as_ref());
+            }
+        }
+    }
+    if let Some(redis) = &config.redis {
+        add("redis.password".to_owned(), redis.password.as_ref());
+    }
+    if let Some(tls) = &config.server.tls {
+        files.push(("server.tls.key".to_owned(), tls.key.clone()));
+    }
+    files
+}
+
+/// One line per file holding secrets that its group or others may open (`mode & 0o077`),
+/// naming the file and the fix: the config file itself (`config_file`, when there is one;
+/// it holds the client token hashes and perhaps inline secrets) and every file of
+/// [`secret_files`]. A file that cannot be inspected is left to the other checks.
+pub fn exposed_files(config_file: Option<&std::path::Path>, config: &super::Config) -> Vec<String> {
+    let mut files: Vec<(String, PathBuf)> =
+        config_file.map(|p| ("the config file".to_owned(), p.to_owned())).into_iter().collect();
+    files.extend(secret_files(config).into_iter().map(|(key, path)| (format!("the secret of {key}"), path)));
+    let mut seen = std::collections::HashSet::new();
+    let mut warnings = Vec::new();
+    for (what, path) in files {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        if let Some(mode) = open_to_others(&path) {
+            let shown = path.display();
+            warnings.push(format!(
+                "{shown} ({what}) is open to its group or others (mode {mode:04o}); make it private to the gateway's user: chmod 600 {shown}"
+            ));
+        }
+    }
+    warnings
+}
+
+/// The permission bits of `path` (following symlinks), when its group or others have any.
+#[cfg(unix)]
+fn open_to_others(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn open_to_others(_: &std::path::Path) -> Option<u32> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
