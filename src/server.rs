@@ -82,14 +82,22 @@ fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
 }
 
 impl Running {
-    /// Stops accepting, drains in-flight requests (bounded by `drain_timeout`), and returns.
+    /// Stops accepting, drains in-flight requests (bounded by `drain_timeout`), exports the
+    /// spans still waiting, and returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        #[cfg(feature = "otlp")]
+        let deadline = tokio::time::Instant::now() + self.gateway.config.server.drain_timeout;
         let _ = self.main.await;
         let _ = self.admin.await;
         for task in &self.background {
             task.abort();
         }
+        // The spans of the drained requests, in what is left of the drain time (at least 1 s).
+        #[cfg(feature = "otlp")]
+        self.gateway
+            .flush_traces(deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1)))
+            .await;
         tracing::info!("awork-gateway stopped");
     }
 

@@ -2,11 +2,13 @@
 //! the upstream origin unchanged, hop-by-hop and forwarding headers stay behind.
 //!
 //! HTTP/2 is used when awork offers it by ALPN; redirects are handed to the caller, never
-//! followed (a redirect must not carry the credential to another host).
+//! followed (a redirect must not carry the credential to another host). When requests are
+//! traced (`[tracing]`), each attempt is a span whose `traceparent` replaces the caller's.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -42,8 +44,21 @@ pub enum SetupError {
 
 /// Builds the pooled HTTP/1.1 + HTTP/2 client, trusting the web PKI plus `ca_file`.
 pub fn build_client(config: &UpstreamConfig) -> Result<HttpClient, SetupError> {
+    let https = https_connector(config.ca_file.as_deref(), config.connect_timeout)?;
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .build(https))
+}
+
+/// Connects over TCP, or TLS trusting the web PKI plus `ca_file` with HTTP/2 by ALPN.
+pub(crate) fn https_connector(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, SetupError> {
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    if let Some(path) = &config.ca_file {
+    if let Some(path) = ca_file {
         let ca_error = |reason: String| SetupError::CaFile { path: path.display().to_string(), reason };
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| ca_error(e.to_string()))?
@@ -63,19 +78,14 @@ pub fn build_client(config: &UpstreamConfig) -> Result<HttpClient, SetupError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(config.pool_idle_timeout)
-        .build(https))
+        .wrap_connector(http))
 }
 
 /// The innermost service: sends the request to awork.
@@ -113,6 +123,11 @@ impl Service<GatewayRequest> for Upstream {
         let request_id = req.extensions().get::<RequestId>().cloned();
         let (mut parts, mut body) = req.into_parts();
         let body_sent = body.sent();
+        #[cfg(feature = "otlp")]
+        let span = parts
+            .extensions
+            .remove::<crate::telemetry::TraceParent>()
+            .map(|parent| parent.upstream_span(&mut parts, &self.scheme, &self.authority));
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());
         uri.authority = Some(self.authority.clone());
@@ -134,13 +149,13 @@ impl Service<GatewayRequest> for Upstream {
             let result =
                 answer_within(timeout, client.request(http::Request::from_parts(parts, body)), body_sent).await;
             let elapsed = start.elapsed();
-            match result {
+            let response = match result {
                 Ok(Ok(response)) => {
                     metrics.record_upstream(elapsed);
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     parts.extensions.insert(UpstreamTiming(elapsed));
-                    Ok(GatewayResponse::from_parts(parts, GatewayBody::from(body)))
+                    GatewayResponse::from_parts(parts, GatewayBody::from(body))
                 }
                 Ok(Err(e)) => {
                     let kind = classify(&e);
@@ -149,7 +164,7 @@ impl Service<GatewayRequest> for Upstream {
                     tracing::warn!(request_id = request_id.as_ref().map_or("-", RequestId::as_str), kind = kind.as_str(), error = %detail, "upstream request failed");
                     let mut failed = answer(GatewayError::UpstreamUnavailable { kind, detail });
                     failed.extensions_mut().insert(UpstreamFailure(kind));
-                    Ok(failed)
+                    failed
                 }
                 Err(_) => {
                     metrics.record_upstream_error(UpstreamErrorKind::Timeout);
@@ -160,9 +175,14 @@ impl Service<GatewayRequest> for Upstream {
                     );
                     let mut failed = answer(GatewayError::UpstreamTimeout { after: timeout });
                     failed.extensions_mut().insert(UpstreamFailure(UpstreamErrorKind::Timeout));
-                    Ok(failed)
+                    failed
                 }
+            };
+            #[cfg(feature = "otlp")]
+            if let Some(span) = span {
+                span.end(&response);
             }
+            Ok(response)
         })
     }
 }

@@ -280,3 +280,36 @@ fn redis_takes_a_url_without_password_and_its_password_from_a_secret_source() {
         assert!(!msg.contains("hunter2"), "the password is not repeated: {msg}");
     }
 }
+
+#[test]
+#[cfg(not(feature = "otlp"))]
+fn tracing_in_a_build_without_otlp_names_the_key_and_the_fix() {
+    let msg = first_issue(&with_client("", "[tracing]\notlp_endpoint = \"http://collector:4318/v1/traces\""));
+    assert!(msg.starts_with("tracing.otlp_endpoint: this awork-gateway was built without trace export"), "{msg}");
+    assert!(msg.contains("--features otlp"), "{msg}");
+}
+
+#[test]
+#[cfg(feature = "otlp")]
+fn tracing_keys_default_and_are_refused_by_name() {
+    let ok = parse(&with_client("", "[tracing]\notlp_endpoint = \"http://collector:4318\"")).expect("valid");
+    let tracing = ok.config.tracing.expect("tracing section");
+    assert_eq!(tracing.otlp_endpoint, "http://collector:4318/v1/traces", "a bare origin gets the traces path");
+    assert_eq!(tracing.service_name, "awork-gateway");
+    assert_eq!(tracing.sample_ratio, 1.0);
+    let ok = parse(&with_client("", "[tracing]\notlp_endpoint = \"https://otel.internal/otlp/v1/traces\""));
+    let tracing = ok.expect("valid").config.tracing.expect("tracing section");
+    assert_eq!(tracing.otlp_endpoint, "https://otel.internal/otlp/v1/traces", "a path is kept as written");
+    let cases = [
+        (
+            "otlp_endpoint = \"collector:4318\"",
+            "tracing.otlp_endpoint: \"collector:4318\" is not an http:// or https:// URL",
+        ),
+        ("otlp_endpoint = \"http://c:4318\"\nsample_ratio = 1.5", "tracing.sample_ratio: is the share of new traces"),
+        ("otlp_endpoint = \"http://c:4318\"\nservice_name = \" \"", "tracing.service_name: must not be empty"),
+    ];
+    for (table, expected) in cases {
+        let msg = first_issue(&with_client("", &format!("[tracing]\n{table}")));
+        assert!(msg.starts_with(expected), "{msg:?} should start with {expected:?}");
+    }
+}

@@ -2,6 +2,8 @@
 //! is finished (or dropped), so duration and byte counts cover the whole exchange.
 //!
 //! The query string is not logged: awork filters carry names and other personal data.
+//! With `[tracing]` (a build with `--features otlp`) the request's server span lives in the
+//! same record, so the span and the log line cover the same time.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -26,11 +28,23 @@ pub const UNIDENTIFIED: &str = "unidentified";
 #[derive(Debug, Clone)]
 pub struct AccessLogLayer {
     metrics: Arc<Metrics>,
+    #[cfg(feature = "otlp")]
+    tracing: Option<Arc<crate::telemetry::Tracing>>,
 }
 
 impl AccessLogLayer {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+        Self {
+            metrics,
+            #[cfg(feature = "otlp")]
+            tracing: None,
+        }
+    }
+
+    /// Also one server span per request, when `tracing` is set.
+    #[cfg(feature = "otlp")]
+    pub fn traced(self, tracing: Option<Arc<crate::telemetry::Tracing>>) -> Self {
+        Self { tracing, ..self }
     }
 }
 
@@ -38,7 +52,12 @@ impl<S> Layer<S> for AccessLogLayer {
     type Service = AccessLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessLog { inner, metrics: self.metrics.clone() }
+        AccessLog {
+            inner,
+            metrics: self.metrics.clone(),
+            #[cfg(feature = "otlp")]
+            tracing: self.tracing.clone(),
+        }
     }
 }
 
@@ -46,6 +65,8 @@ impl<S> Layer<S> for AccessLogLayer {
 pub struct AccessLog<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    #[cfg(feature = "otlp")]
+    tracing: Option<Arc<crate::telemetry::Tracing>>,
 }
 
 impl<S, B> Service<Request<B>> for AccessLog<S>
@@ -61,6 +82,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        #[cfg(feature = "otlp")]
+        let mut req = req;
+        #[cfg(feature = "otlp")]
+        let span = self.tracing.as_ref().map(|tracing| tracing.start(&mut req));
         let bytes_in = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
         let record = Record {
             metrics: self.metrics.clone(),
@@ -75,6 +100,8 @@ where
             queue_ms: None,
             bytes_out: 0,
             complete: false,
+            #[cfg(feature = "otlp")]
+            span,
         };
         AccessLogFuture { inner: self.inner.call(req), record: Some(record) }
     }
@@ -105,6 +132,10 @@ where
         record.client = response.extensions().get::<ClientIdentity>().map(|c| c.name.clone());
         record.upstream_ms = response.extensions().get::<UpstreamTiming>().map(|t| t.0.as_secs_f64() * 1000.0);
         record.queue_ms = response.extensions().get::<QueueTiming>().map(|t| t.0.as_secs_f64() * 1000.0);
+        #[cfg(feature = "otlp")]
+        if let Some(span) = &record.span {
+            span.answered(&response);
+        }
         Poll::Ready(Ok(response.map(|inner| AccessLogBody { inner, record })))
     }
 }
@@ -162,10 +193,16 @@ struct Record {
     queue_ms: Option<f64>,
     bytes_out: u64,
     complete: bool,
+    #[cfg(feature = "otlp")]
+    span: Option<crate::telemetry::ServerSpan>,
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
+        #[cfg(feature = "otlp")]
+        if let Some(span) = self.span.take() {
+            span.end(self.complete, self.bytes_out);
+        }
         if self.status == 0 {
             // The caller went away before any response: nothing was answered.
             return;

@@ -72,6 +72,8 @@
 //! ```
 
 mod body;
+#[cfg(feature = "otlp")]
+pub mod collector;
 mod control;
 mod data;
 mod oauth;
