@@ -11,7 +11,7 @@
 //! A queue with waiters is served by one dispatcher task per workspace, started when the
 //! first request has to wait and ended when the queue is empty: an idle gateway runs none.
 
-mod feedback;
+pub mod feedback;
 pub mod shared;
 pub mod window;
 
