@@ -31,18 +31,22 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     }
     let decoded = decode_unreserved(path)?;
     let mut out: Vec<&str> = Vec::new();
+    // A trailing slash stays (as on the already-normal path), and a final dot segment
+    // leaves one: `/a/b/..` is `/a/`.
     let mut trailing_slash = decoded.ends_with('/');
+    let mut dot_last = false;
     for segment in decoded.split('/').filter(|s| !s.is_empty()) {
-        trailing_slash = false;
+        dot_last = false;
         match segment {
-            "." => trailing_slash = true,
+            "." => dot_last = true,
             ".." => {
                 out.pop();
-                trailing_slash = true;
+                dot_last = true;
             }
             s => out.push(s),
         }
     }
+    trailing_slash |= dot_last;
     let mut normal = String::with_capacity(decoded.len());
     for segment in &out {
         normal.push('/');
@@ -55,17 +59,13 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 /// Decodes `%XX` escapes of unreserved characters and upper-cases the hex of the rest.
+/// Everything between escapes is copied as it is (raw UTF-8 included).
 fn decode_unreserved(path: &str) -> Result<String, PathError> {
-    let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'%' {
-            out.push(char::from(bytes[i]));
-            i += 1;
-            continue;
-        }
-        let (hi, lo) = match (bytes.get(i + 1), bytes.get(i + 2)) {
+    let mut rest = path;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let (hi, lo) = match (rest.as_bytes().get(at + 1), rest.as_bytes().get(at + 2)) {
             (Some(&h), Some(&l)) => (hex_value(h)?, hex_value(l)?),
             _ => return Err(PathError::BadEscape),
         };
@@ -78,8 +78,10 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
                 out.push_str(&format!("{b:02X}"));
             }
         }
-        i += 3;
+        // Both hex digits are ASCII, so this is a character boundary.
+        rest = &rest[at + 3..];
     }
+    out.push_str(rest);
     Ok(out)
 }
 
@@ -120,6 +122,23 @@ mod tests {
         assert_eq!(norm("/api/v1/%6De").as_deref(), Ok("/api/v1/me"));
         assert_eq!(norm("/api/v1/a%c3%a9").as_deref(), Ok("/api/v1/a%C3%A9"));
         assert_eq!(norm("/api/v1/%252e%252e").as_deref(), Ok("/api/v1/%252e%252e"));
+    }
+
+    #[test]
+    fn a_trailing_slash_stays_whatever_else_is_normalised() {
+        // Found by fuzz/path_policy: "/a//" lost its slash while "/a/" kept it, so
+        // normalising "/x/.i/" twice gave "/x/.i" (not idempotent).
+        assert_eq!(norm("/api//v1/").as_deref(), Ok("/api/v1/"));
+        assert_eq!(norm("/api/v1/.i/").as_deref(), Ok("/api/v1/.i/"));
+        assert_eq!(norm("/api/v1/x/%2e%2e").as_deref(), Ok("/api/v1/"));
+    }
+
+    #[test]
+    fn raw_utf8_is_kept_as_it_is() {
+        // Reproduced by fuzz/path_policy's model: bytes were widened one by one to chars, so
+        // "é" (C3 A9) was forwarded as "Ã©" once anything else in the path needed normalising.
+        assert_eq!(norm("/api/v1/é/./x").as_deref(), Ok("/api/v1/é/x"));
+        assert_eq!(norm("/api/v1/é%41//").as_deref(), Ok("/api/v1/éA/"));
     }
 
     #[test]

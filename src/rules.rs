@@ -121,7 +121,8 @@ fn wildcard_match(pattern: &str, text: &str) -> bool {
             None => return false,
         }
     }
-    rest.len() >= last.len() && rest[rest.len() - last.len()..].eq_ignore_ascii_case(last)
+    // Compared as bytes: `rest.len() - last.len()` may fall inside a multi-byte character.
+    rest.len() >= last.len() && rest.as_bytes()[rest.len() - last.len()..].eq_ignore_ascii_case(last.as_bytes())
 }
 
 fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
@@ -156,6 +157,13 @@ mod tests {
         assert!(!allows("GET /api/v1/projects/*", Method::GET, "/api/v1/projects"));
         assert!(allows("GET /api/v1/time*", Method::GET, "/api/v1/timeentries"));
         assert!(!allows("GET /api/v1/time*", Method::GET, "/api/v1/users"));
+    }
+
+    #[test]
+    fn a_suffix_after_a_star_is_matched_on_non_ascii_segments() {
+        // Reproduced by fuzz/path_policy: slicing "ééa" 4 bytes from its end panicked.
+        assert!(!allows("GET /x/*.pdf", Method::GET, "/x/ééa"));
+        assert!(allows("GET /x/*.pdf", Method::GET, "/x/é.PDF"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode, header};
 
-/// A hold longer than this is not believed: awork's longest window is a minute.
+/// A hold or reset longer than this is not believed: awork's longest window is a minute.
 const LONGEST_HOLD: Duration = Duration::from_secs(61);
 
 /// The rate-limit facts of one awork answer.
@@ -27,7 +27,9 @@ impl Seen {
         let number = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u32>().ok();
         let remaining_second = number("x-ratelimit-remaining-second");
         let summary_remaining = number("ratelimit-remaining");
-        let reset = number("ratelimit-reset").map(|s| Duration::from_secs(u64::from(s)));
+        // Believed up to a minute: a budget of 0 "until" a reset years away would stop the
+        // workspace for good, as no answer would come to renew it.
+        let reset = number("ratelimit-reset").map(|s| Duration::from_secs(u64::from(s)).min(LONGEST_HOLD));
         // `ratelimit-*` describe the minute unless they describe the second (then they
         // match the second's limit); without the `x-` headers, take them as the minute.
         let summary_is_second =
@@ -115,6 +117,15 @@ mod tests {
         assert_eq!(seen.remaining_minute, None);
         assert_eq!(seen.minute_reset, None);
         assert_eq!(seen.hold, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_absurd_reset_is_not_believed_past_a_minute() {
+        // Found by fuzz/ratelimit_headers (a 429 s reset was taken as it came); u32::MAX
+        // seconds would have held a budget of 0 for 136 years.
+        let seen =
+            Seen::read(StatusCode::OK, &headers(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "4294967295")]));
+        assert_eq!(seen.and_then(|s| s.minute_reset), Some(LONGEST_HOLD));
     }
 
     #[test]
