@@ -207,7 +207,7 @@ impl Metrics {
         let redis_up = Family::default();
         registry.register(
             "redis_up",
-            "1 while the Redis that shares the quota answers, 0 while each replica falls back to its share",
+            "1 while the Redis that shares the quota and the OAuth tokens answers, 0 while each replica falls back to its share of the quota and its cached tokens",
             redis_up.clone(),
         );
         Self {

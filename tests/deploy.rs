@@ -802,3 +802,41 @@ async fn access_log_fields_are_the_documented_ones() {
     assert_eq!(seen, documented, "the access log's fields are those the README documents");
     tokio::task::block_in_place(|| gateway.terminate(Duration::from_secs(10)));
 }
+
+#[test]
+fn compose_replicas_share_redis_and_their_config_passes_check() {
+    let compose = read("deploy/compose.yaml");
+    let text = read("deploy/compose/gateway.toml");
+    let config = toml_table(&text, "deploy/compose/gateway.toml");
+    // Three replicas, each publishing the config's two ports on loopback.
+    let (listen, admin) =
+        (port_of(str_at(&config, "server", "listen")), port_of(str_at(&config, "server", "admin_listen")));
+    for replica in 1..=3 {
+        assert!(compose.contains(&format!("  gateway-{replica}:\n")), "service gateway-{replica}");
+        let ports = format!("\"127.0.0.1:808{replica}:{listen}\", \"127.0.0.1:909{replica}:{admin}\"");
+        assert!(compose.contains(&ports), "gateway-{replica} publishes {ports}");
+    }
+    // The config file is mounted where AWORK_GATEWAY_CONFIG points, and Redis is the service.
+    assert!(compose.contains("./compose/gateway.toml:/etc/awork-gateway/gateway.toml:ro"));
+    assert!(compose.contains("AWORK_GATEWAY_CONFIG: /etc/awork-gateway/gateway.toml"));
+    assert!(compose.contains("\n  redis:\n"), "a redis service");
+    assert_eq!(str_at(&config, "redis", "url"), "redis://redis:6379");
+    assert!(config["redis"]["fallback_replicas"].as_integer() == Some(3), "fallback share is a third");
+    // The commented OAuth credential, uncommented, is valid too (tokens in Redis).
+    let mut in_block = false;
+    let oauth: Vec<&str> = text
+        .lines()
+        .map(|line| {
+            in_block = (in_block || line == "# [credentials.awork]") && !line.is_empty();
+            if in_block { line.trim_start_matches("# ") } else { line }
+        })
+        .collect();
+    let oauth = oauth.join("\n");
+    assert!(oauth.contains("[credentials.awork]\ntype = \"oauth\"") && oauth.contains("token_store = \"redis\""));
+    let dir = support::temp_dir("deploy-compose");
+    for (name, text) in [("compose.toml", text.as_str()), ("compose-oauth.toml", oauth.as_str())] {
+        let output = check_text(&dir, name, text, &[("AWORK_API_KEY", "dummy-awork-key-for-check")]);
+        assert_check_ok(name, &output);
+        assert!(stdout(&output).contains("redis redis://redis:6379"), "{}", stdout(&output));
+    }
+}

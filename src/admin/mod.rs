@@ -147,7 +147,7 @@ async fn oauth(gateway: &Gateway, req: &Request<Incoming>) -> Response<GatewayBo
         return page(StatusCode::NOT_FOUND, "Unknown credential", &format!("There is no oauth credential {name:?}."));
     };
     match action {
-        "login" => match credentials.start_login(index, None) {
+        "login" => match credentials.start_login(index, None).await {
             Ok(url) => redirect(&url),
             Err(e) => page(StatusCode::BAD_REQUEST, "Cannot start the login", &e.to_string()),
         },

@@ -47,7 +47,7 @@ pub async fn login(config: Config, name: &str) -> ExitCode {
         }
     };
     let credentials = gateway.credentials.clone();
-    let url = match credentials.start_login(index, None) {
+    let url = match credentials.start_login(index, None).await {
         Ok(url) => url,
         Err(e) => {
             eprintln!("error: {e}");

@@ -26,7 +26,7 @@ use store::TokenStore;
 
 use crate::config::{Config, CredentialKind, Env, TokenStoreConfig};
 use crate::metrics::Metrics;
-use crate::redis_link::RedisLink;
+use crate::redis_link::{Down, RedisLink};
 use crate::upstream::HttpClient;
 
 /// How often `{ file }` secrets are re-read to pick up a rotation.
@@ -124,7 +124,7 @@ impl Credentials {
             };
             list.push((c.name.clone(), credential));
         }
-        Ok(Self { list: list.into(), pending: Arc::new(PendingLogins::default()), metrics })
+        Ok(Self { list: list.into(), pending: Arc::new(PendingLogins::new(shared)), metrics })
     }
 
     /// The credential at this config index.
@@ -249,18 +249,20 @@ pub enum LoginError {
     Exchange(String),
     #[error("the grant could not be stored: {0}")]
     Store(String),
+    #[error("redis, which keeps logins under way, is unreachable; try again in a moment")]
+    RedisDown,
 }
 
 impl Credentials {
     /// Starts a login for the OAuth credential at `index`: the authorize URL to send the
     /// person to.
-    pub fn start_login(&self, index: usize, return_to: Option<String>) -> Result<String, LoginError> {
+    pub async fn start_login(&self, index: usize, return_to: Option<String>) -> Result<String, LoginError> {
         let client = match self.get(index) {
             Some(Credential::OAuth(grant)) => grant.client().clone(),
             Some(Credential::OAuthUser(sessions)) => sessions.client().clone(),
             _ => return Err(LoginError::UnknownCredential(index.to_string())),
         };
-        let (state, pkce) = self.pending.start(index, return_to);
+        let (state, pkce) = self.pending.start(index, return_to).await.map_err(|Down| LoginError::RedisDown)?;
         Ok(client.authorize_url(&state, &pkce))
     }
 
@@ -272,7 +274,7 @@ impl Credentials {
         code: Result<&str, String>,
         expect: Option<usize>,
     ) -> Result<LoginOutcome, LoginError> {
-        let pending = self.pending.take(state).ok_or(LoginError::UnknownState)?;
+        let pending = self.pending.take(state).await.map_err(|Down| LoginError::RedisDown)?.ok_or(LoginError::UnknownState)?;
         if expect.is_some_and(|index| index != pending.credential) {
             return Err(LoginError::UnknownState);
         }

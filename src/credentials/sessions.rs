@@ -38,31 +38,55 @@ pub struct PendingLogin {
     pub return_to: Option<String>,
 }
 
-/// Logins under way: single use, forgotten after ten minutes.
+/// A `PendingLogin` as Redis keeps it; never printed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredLogin {
+    credential: usize,
+    verifier: String,
+    return_to: Option<String>,
+}
+
+/// Logins under way: single use, forgotten after ten minutes. In Redis when the gateway has
+/// shared grants, so the callback may reach another replica than the start.
 #[derive(Debug)]
 pub struct PendingLogins {
     by_state: moka::sync::Cache<String, Arc<PendingLogin>>,
-}
-
-impl Default for PendingLogins {
-    fn default() -> Self {
-        Self { by_state: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(LOGIN_TTL).build() }
-    }
+    shared: Option<Arc<SharedTokens>>,
 }
 
 impl PendingLogins {
+    pub fn new(shared: Option<Arc<SharedTokens>>) -> Self {
+        let by_state = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(LOGIN_TTL).build();
+        Self { by_state, shared }
+    }
+
     /// Starts a login: returns the `state` and the PKCE pair for the authorize URL.
-    pub fn start(&self, credential: usize, return_to: Option<String>) -> (String, Pkce) {
+    pub async fn start(&self, credential: usize, return_to: Option<String>) -> Result<(String, Pkce), Down> {
         let state = random_token(24);
         let pkce = Pkce::new();
         let pending = PendingLogin { credential, verifier: pkce.verifier.clone(), return_to };
-        self.by_state.insert(state.clone(), Arc::new(pending));
-        (state, pkce)
+        match &self.shared {
+            Some(shared) => {
+                let stored = StoredLogin {
+                    credential,
+                    verifier: pending.verifier.expose().to_owned(),
+                    return_to: pending.return_to,
+                };
+                let json = serde_json::to_string(&stored).map_err(|_| Down)?;
+                shared.put_login(&state, json, LOGIN_TTL).await?;
+            }
+            None => self.by_state.insert(state.clone(), Arc::new(pending)),
+        }
+        Ok((state, pkce))
     }
 
     /// The login a callback's `state` belongs to, at most once.
-    pub fn take(&self, state: &str) -> Option<Arc<PendingLogin>> {
-        self.by_state.remove(state)
+    pub async fn take(&self, state: &str) -> Result<Option<Arc<PendingLogin>>, Down> {
+        let Some(shared) = &self.shared else { return Ok(self.by_state.remove(state)) };
+        let Some(json) = shared.take_login(state).await? else { return Ok(None) };
+        let Ok(stored) = serde_json::from_str::<StoredLogin>(&json) else { return Ok(None) };
+        let verifier = Secret::new(stored.verifier);
+        Ok(Some(Arc::new(PendingLogin { credential: stored.credential, verifier, return_to: stored.return_to })))
     }
 }
 

@@ -257,6 +257,20 @@ impl SharedTokens {
         Ok(alive == 1)
     }
 
+    /// Keeps a login under way (its `state` and what the callback needs) for `ttl`, so the
+    /// callback may reach any replica.
+    pub async fn put_login(&self, state: &str, login: String, ttl: Duration) -> Result<(), Down> {
+        let key = format!("{}login:{state}", self.link.prefix);
+        let ttl = millis(ttl);
+        self.link.exchange(|mut c| async move { c.pset_ex::<_, _, ()>(&key, login, ttl).await }).await
+    }
+
+    /// The login a callback's `state` belongs to, at most once.
+    pub async fn take_login(&self, state: &str) -> Result<Option<String>, Down> {
+        let key = format!("{}login:{state}", self.link.prefix);
+        self.link.exchange(|mut c| async move { c.get_del(&key).await }).await
+    }
+
     pub async fn remove(&self, grant: &str) -> Result<(), Down> {
         let keys = [self.key(grant), self.lease_key(grant)];
         self.link.exchange(|mut c| async move { c.del::<_, ()>(&keys).await }).await

@@ -114,7 +114,7 @@ where
         let request_id = request_id_of(&req).to_owned();
         let session = presented_session(req.headers()).map(str::to_owned);
         let future: Pin<Box<dyn Future<Output = GatewayResponse> + Send>> = match (action, req.method()) {
-            ("/oauth2/start", &Method::GET) => Box::pin(async move { config.start(&query, &request_id) }),
+            ("/oauth2/start", &Method::GET) => Box::pin(async move { config.start(&query, &request_id).await }),
             ("/oauth2/callback", &Method::GET) => {
                 Box::pin(async move { config.callback(&query, wants_json, &request_id).await })
             }
@@ -128,7 +128,7 @@ where
 }
 
 impl SignInLayer {
-    fn start(&self, query: &str, request_id: &str) -> GatewayResponse {
+    async fn start(&self, query: &str, request_id: &str) -> GatewayResponse {
         let bad = |message: String| GatewayError::BadRequest(message).to_response(request_id);
         let Ok(query) = Form::parse(query) else {
             return bad("the query string is not valid form encoding".into());
@@ -149,7 +149,7 @@ impl SignInLayer {
             }
             rd => rd.map(str::to_owned),
         };
-        match self.credentials.start_login(index, return_to) {
+        match self.credentials.start_login(index, return_to).await {
             Ok(url) => redirect(&url),
             Err(e) => bad(e.to_string()),
         }
