@@ -5,14 +5,20 @@
 //! Shutdown stops accepting, lets in-flight requests finish within `drain_timeout`, and
 //! returns. A connection limit bounds memory: past it, new connections wait in the backlog.
 //! Every main-listener connection reads through the request-smuggling guard
-//! (`crate::smuggling`); a head it refuses is answered 400 here, before the stack.
+//! (`crate::smuggling`); a head it refuses is answered 400 here, before the stack. An answer's
+//! body that awork stops sending for `upstream.body_idle_timeout` is cut here, so a stalled
+//! awork holds no caller forever.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::Either;
@@ -34,6 +40,7 @@ use crate::config::TlsConfig;
 use crate::error::GatewayError;
 use crate::layers::PeerAddr;
 use crate::layers::access_log::AccessLogBody;
+use crate::layers::request_id::RequestId;
 use crate::smuggling::{Guarded, Refusals};
 use crate::{Gateway, Stack, admin, upstream};
 
@@ -143,6 +150,7 @@ async fn serve_main(
     let limit = Arc::new(Semaphore::new(server.max_connections));
     let stack = gateway.service();
     let limits = BodyLimits { max_bytes: server.max_body_bytes, stall_timeout: Some(server.idle_timeout) };
+    let body_idle_timeout = gateway.config.upstream.body_idle_timeout;
     loop {
         let permit = tokio::select! {
             _ = shutdown.changed() => break,
@@ -165,7 +173,8 @@ async fn serve_main(
         };
         let _ = stream.set_nodelay(true);
         let refusals = Arc::new(Refusals::default());
-        let service = ConnectionService { stack: stack.clone(), peer, limits, refusals: refusals.clone() };
+        let service =
+            ConnectionService { stack: stack.clone(), peer, limits, body_idle_timeout, refusals: refusals.clone() };
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         let (max_head, idle_timeout) = (head_buffer(server), server.idle_timeout);
         match &tls {
@@ -256,23 +265,103 @@ struct ConnectionService {
     stack: Stack,
     peer: SocketAddr,
     limits: BodyLimits,
+    body_idle_timeout: Duration,
     refusals: Arc<Refusals>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
-    type Response = Response<Either<AccessLogBody, GatewayBody>>;
+    type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let idle = self.body_idle_timeout;
         if let Some(reason) = self.refusals.next_request() {
-            return Box::pin(std::future::ready(Ok(refused(reason).map(Either::Right))));
+            let answer = refused(reason).map(|body| ResponseBody::new(Either::Right(body), idle, None));
+            return Box::pin(std::future::ready(Ok(answer)));
         }
         upstream::strip_hop_by_hop(req.headers_mut());
         req.extensions_mut().insert(PeerAddr(self.peer));
         let limits = self.limits;
         let answer = self.stack.clone().oneshot(req.map(|body| RequestBody::caller(body, limits)));
-        Box::pin(async move { Ok(answer.await?.map(Either::Left)) })
+        Box::pin(async move {
+            let (parts, body) = answer.await?.into_parts();
+            let request_id = parts.extensions.get::<RequestId>().cloned();
+            Ok(Response::from_parts(parts, ResponseBody::new(Either::Left(body), idle, request_id)))
+        })
+    }
+}
+
+/// An answer's body on its way to the caller, cut with an error when it sends nothing for
+/// `idle` while the caller waits for it (a caller that reads slowly is not counted: the
+/// body is only waited for when the caller wants more).
+struct ResponseBody {
+    inner: Either<AccessLogBody, GatewayBody>,
+    idle: Duration,
+    /// Armed when the body last returned `Pending`; disarmed by the next frame.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+    request_id: Option<RequestId>,
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody").field("idle", &self.idle).field("waiting", &self.waiting).finish_non_exhaustive()
+    }
+}
+
+impl ResponseBody {
+    fn new(inner: Either<AccessLogBody, GatewayBody>, idle: Duration, request_id: Option<RequestId>) -> Self {
+        Self { inner, idle, stall: None, waiting: false, request_id }
+    }
+}
+
+/// awork's answer body sent nothing for `upstream.body_idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("awork sent nothing of the response body for {} ms", .0.as_millis())]
+struct BodyStalled(Duration);
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    match &mut this.stall {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                if this.stall.as_mut().is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready()) {
+                    let request_id = this.request_id.as_ref().map_or("-", RequestId::as_str);
+                    tracing::warn!(
+                        request_id,
+                        idle_ms = this.idle.as_millis() as u64,
+                        "awork's response body stalled; cut"
+                    );
+                    this.waiting = false;
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

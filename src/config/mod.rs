@@ -66,6 +66,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub pool_idle_timeout: Duration,
+    /// awork's response body may send nothing for this long before it is cut (the caller
+    /// then sees it break off, as when awork resets).
+    pub body_idle_timeout: Duration,
     pub ca_file: Option<PathBuf>,
 }
 
@@ -128,6 +131,8 @@ pub struct OAuthConfig {
     pub keepalive: Duration,
     pub session_idle_timeout: Duration,
     pub session_max_age: Duration,
+    /// Bounds each request to the token endpoint: `upstream.request_timeout`.
+    pub token_timeout: Duration,
 }
 
 impl OAuthConfig {
@@ -339,13 +344,21 @@ struct Validator<'a> {
     env: &'a dyn Env,
     /// For the OAuth URLs' defaults.
     upstream_origin: String,
+    /// For the OAuth token requests' bound.
+    upstream_request_timeout: Duration,
     issues: Vec<ConfigIssue>,
     warnings: Vec<ConfigIssue>,
 }
 
 impl<'a> Validator<'a> {
     fn new(env: &'a dyn Env) -> Self {
-        Self { env, upstream_origin: String::new(), issues: Vec::new(), warnings: Vec::new() }
+        Self {
+            env,
+            upstream_origin: String::new(),
+            upstream_request_timeout: Duration::from_secs(60),
+            issues: Vec::new(),
+            warnings: Vec::new(),
+        }
     }
 
     fn issue(&mut self, key: impl Into<String>, message: impl Into<String>) {
@@ -361,6 +374,9 @@ impl<'a> Validator<'a> {
         let upstream = self.upstream(raw.upstream);
         self.upstream_origin =
             upstream.as_ref().map_or_else(|| "https://api.awork.com".to_owned(), UpstreamConfig::origin);
+        if let Some(upstream) = &upstream {
+            self.upstream_request_timeout = upstream.request_timeout;
+        }
         let rate_limit = self.rate_limit("rate_limit", raw.rate_limit, &RateLimitConfig::default());
         let credentials = self.credentials(raw.credentials, &rate_limit);
         let retry = self.retry(raw.retry);
@@ -498,6 +514,11 @@ impl<'a> Validator<'a> {
                 "upstream.pool_idle_timeout",
                 raw.pool_idle_timeout,
                 Duration::from_secs(90),
+            ),
+            body_idle_timeout: self.duration(
+                "upstream.body_idle_timeout",
+                raw.body_idle_timeout,
+                Duration::from_secs(300),
             ),
             ca_file: raw.ca_file,
         })
@@ -637,6 +658,7 @@ impl<'a> Validator<'a> {
                 raw.session_max_age,
                 Duration::from_secs(7 * 24 * 3600),
             ),
+            token_timeout: self.upstream_request_timeout,
         })
     }
 

@@ -57,6 +57,7 @@ pub struct RawUpstream {
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
+    pub body_idle_timeout: Option<String>,
     pub ca_file: Option<PathBuf>,
 }
 

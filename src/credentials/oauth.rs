@@ -219,13 +219,22 @@ impl OAuthClient {
         }
         let body = RequestBody::full(Bytes::from(form::encode_pairs(&pairs)));
         let request = request.body(body).map_err(|e| TokenError::Unavailable(e.to_string()))?;
-        let response = self.http.request(request).await.map_err(|e| TokenError::Unavailable(e.to_string()))?;
-        let status = response.status();
-        let bytes = http_body_util::Limited::new(response.into_body(), MAX_TOKEN_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| TokenError::Unavailable(format!("reading the answer: {e}")))?
-            .to_bytes();
+        // Bounded: every request waiting for this token waits for this exchange, and a hung
+        // one would also hold the single refresh slot forever.
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|e| TokenError::Unavailable(e.to_string()))?;
+            let status = response.status();
+            let bytes = http_body_util::Limited::new(response.into_body(), MAX_TOKEN_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| TokenError::Unavailable(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, TokenError>((status, bytes))
+        };
+        let timeout = self.config.token_timeout;
+        let (status, bytes) = tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+            TokenError::Unavailable(format!("the token endpoint did not answer within {} ms", timeout.as_millis()))
+        })??;
         if status == StatusCode::OK {
             let parsed: TokenResponse = serde_json::from_slice(&bytes)
                 .map_err(|e| TokenError::Unavailable(format!("unreadable token response: {e}")))?;
