@@ -100,11 +100,11 @@ fuzz_target!(|data: &[u8]| {
     } else {
         assert!(model_normalize(uri.path()).is_none(), "{:?} refused but the model reads it", uri.path());
     }
-    if let (Some(rule), Ok(n)) = (rule.and_then(|r| std::str::from_utf8(r).ok()), &normal) {
-        if let Ok(parsed) = rules::parse(rule) {
-            let model = model_rules(rule).iter().any(|m| m.allows(method, n));
-            assert_eq!(rules::allows_any(&parsed, method, n), model, "rule {rule:?}, {method} {n:?}");
-        }
+    if let (Some(rule), Ok(n)) = (rule.and_then(|r| std::str::from_utf8(r).ok()), &normal)
+        && let Ok(parsed) = rules::parse(rule)
+    {
+        let model = model_rules(rule).iter().any(|m| m.allows(method, n));
+        assert_eq!(rules::allows_any(&parsed, method, n), model, "rule {rule:?}, {method} {n:?}");
     }
     check_policy(first & 0x10 != 0, method, uri, normal.ok());
 });
@@ -212,7 +212,7 @@ impl ModelRule {
         let path: Vec<Vec<u8>> =
             path.split('/').filter(|s| !s.is_empty()).map(|s| s.to_ascii_lowercase().into_bytes()).collect();
         let method_ok = self.methods.as_ref().is_none_or(|ms| ms.iter().any(|m| m == method.as_str()));
-        method_ok && table_match(&self.glob, &path, |g| g.as_slice() == b"**", segment_match)
+        method_ok && table_match(&self.glob, &path, |g| g.as_slice() == b"**", |g, s| segment_match(g, s))
     }
 }
 
@@ -234,7 +234,7 @@ fn table_match<G, T>(glob: &[G], text: &[T], any: impl Fn(&G) -> bool, one: impl
     table[0][0]
 }
 
-fn segment_match(pattern: &Vec<u8>, segment: &Vec<u8>) -> bool {
+fn segment_match(pattern: &[u8], segment: &[u8]) -> bool {
     table_match(pattern, segment, |p| *p == b'*', |p, t| p == t)
 }
 
@@ -245,10 +245,10 @@ fn check_policy(host_matches: bool, method: &Method, uri: Uri, normal: Option<St
     let mut req = Request::new(());
     *req.method_mut() = method.clone();
     *req.version_mut() = Version::HTTP_11;
-    if let (true, Some(authority)) = (host_matches, uri.authority()) {
-        if let Ok(host) = authority.as_str().parse() {
-            req.headers_mut().insert(header::HOST, host);
-        }
+    if let (true, Some(authority)) = (host_matches, uri.authority())
+        && let Ok(host) = authority.as_str().parse()
+    {
+        req.headers_mut().insert(header::HOST, host);
     }
     *req.uri_mut() = uri.clone();
     req.extensions_mut().insert(ClientIdentity { index: 0, name: Arc::from("fuzz") });
