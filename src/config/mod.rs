@@ -18,6 +18,10 @@ pub use secret::{Env, ProcessEnv, Secret, SecretError, SecretSource};
 /// The config that serves when neither `--config` nor `AWORK_GATEWAY_CONFIG` names one.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 
+/// Longer durations are refused: the gateway adds them to the clock (a queue deadline, a
+/// session's expiry), which overflows long before humantime's largest value does.
+const LONGEST_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -410,6 +414,10 @@ impl<'a> Validator<'a> {
     fn duration(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
         let Some(text) = value else { return default };
         match humantime::parse_duration(&text) {
+            Ok(d) if d > LONGEST_DURATION => {
+                self.issue(key, format!("{text:?} is longer than 100 years"));
+                default
+            }
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 self.issue(key, "must be longer than zero");

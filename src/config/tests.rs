@@ -125,6 +125,17 @@ fn durations_are_human_strings() {
     assert!(msg.starts_with("upstream.connect_timeout: \"5 parsecs\" is not a duration"), "{msg}");
 }
 
+#[test]
+fn durations_past_a_century_are_refused() {
+    // Flagged by fuzz/config_parse's property (on a hand-written input; the 10-minute run did
+    // not get there): "400000000000y" was accepted, then the first queued request panicked
+    // adding it to the clock.
+    let msg = first_issue(&format!("{BASE}\n[rate_limit]\nmax_wait = \"400000000000y\"\n"));
+    assert!(msg.starts_with("rate_limit.max_wait: \"400000000000y\" is longer than 100 years"), "{msg}");
+    let loaded = parse(&format!("{BASE}\n[rate_limit]\nmax_wait = \"99y\"\n")).expect("valid");
+    assert_eq!(loaded.config.rate_limit.max_wait, Duration::from_secs(99 * 31_557_600));
+}
+
 const OAUTH: &str = r#"
 [upstream]
 url = "http://127.0.0.1:4000"
