@@ -274,7 +274,8 @@ impl Credentials {
         code: Result<&str, String>,
         expect: Option<usize>,
     ) -> Result<LoginOutcome, LoginError> {
-        let pending = self.pending.take(state).await.map_err(|Down| LoginError::RedisDown)?.ok_or(LoginError::UnknownState)?;
+        let pending =
+            self.pending.take(state).await.map_err(|Down| LoginError::RedisDown)?.ok_or(LoginError::UnknownState)?;
         if expect.is_some_and(|index| index != pending.credential) {
             return Err(LoginError::UnknownState);
         }
