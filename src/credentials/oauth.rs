@@ -220,7 +220,10 @@ impl OAuthClient {
         let body = RequestBody::full(Bytes::from(form::encode_pairs(&pairs)));
         let request = request.body(body).map_err(|e| TokenError::Unavailable(e.to_string()))?;
         // Bounded: every request waiting for this token waits for this exchange, and a hung
-        // one would also hold the single refresh slot forever.
+        // one would also hold the single refresh slot forever, until a restart. The price: a
+        // refresh that awork completes only after the bound has rotated the refresh token, and
+        // its answer is dropped, so that grant needs a new login (awork answering a token
+        // request after `upstream.request_timeout`, 60 s by default, is the rarer fault).
         let exchange = async {
             let response = self.http.request(request).await.map_err(|e| TokenError::Unavailable(e.to_string()))?;
             let status = response.status();
