@@ -15,6 +15,7 @@ pub mod layers;
 pub mod logging;
 pub mod metrics;
 pub mod mock;
+pub mod operations;
 pub mod path;
 pub mod ratelimit;
 pub mod redis_link;

@@ -842,7 +842,12 @@ impl<'a> Validator<'a> {
             let mut allow = Vec::new();
             for (j, entry) in c.allow.iter().enumerate() {
                 match rules::parse(entry) {
-                    Ok(rules) => allow.extend(rules),
+                    Ok(rules) => {
+                        if let Some(unmatched) = rules::unmatched(entry, &rules) {
+                            self.warn(format!("{key}.allow[{j}]"), format!("client {:?}: {unmatched}", c.name));
+                        }
+                        allow.extend(rules)
+                    }
                     Err(e) => self.issue(format!("{key}.allow[{j}]"), e),
                 }
             }
