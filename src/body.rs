@@ -13,10 +13,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
+use tower::BoxError;
 
 use crate::error::GatewayError;
 
@@ -304,6 +306,11 @@ pin_project! {
         Upstream { #[pin] body: Incoming },
         /// Made by the gateway itself (errors, admin answers).
         Full { data: Option<Bytes> },
+        /// What was read ahead of a body (to cache it, until it proved too long), then the rest.
+        Prefixed { read: VecDeque<Result<Frame<Bytes>, BoxError>>, rest: Pin<Box<GatewayBody>> },
+        /// Made by a layer as it is sent (a whole list, CSV). It may end with an error, which
+        /// breaks the answer off: the caller never mistakes a truncated body for a whole one.
+        Made { body: UnsyncBoxBody<Bytes, BoxError> },
     }
 }
 
@@ -316,6 +323,11 @@ impl GatewayBody {
     pub fn empty() -> Self {
         Self::Full { data: None }
     }
+
+    /// A body a layer makes as it goes.
+    pub fn made(body: impl Body<Data = Bytes, Error = BoxError> + Send + 'static) -> Self {
+        Self::Made { body: UnsyncBoxBody::new(body) }
+    }
 }
 
 impl From<Incoming> for GatewayBody {
@@ -326,12 +338,17 @@ impl From<Incoming> for GatewayBody {
 
 impl Body for GatewayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            GatewayBodyProj::Upstream { body } => body.poll_frame(cx),
+            GatewayBodyProj::Upstream { body } => body.poll_frame(cx).map_err(BoxError::from),
+            GatewayBodyProj::Made { body } => Pin::new(body).poll_frame(cx),
             GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            GatewayBodyProj::Prefixed { read, rest } => match read.pop_front() {
+                Some(frame) => Poll::Ready(Some(frame)),
+                None => rest.as_mut().poll_frame(cx),
+            },
         }
     }
 
@@ -339,6 +356,8 @@ impl Body for GatewayBody {
         match self {
             Self::Upstream { body } => body.is_end_stream(),
             Self::Full { data } => data.is_none(),
+            Self::Prefixed { read, rest } => read.is_empty() && rest.is_end_stream(),
+            Self::Made { body } => body.is_end_stream(),
         }
     }
 
@@ -346,6 +365,17 @@ impl Body for GatewayBody {
         match self {
             Self::Upstream { body } => body.size_hint(),
             Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Self::Made { body } => body.size_hint(),
+            Self::Prefixed { read, rest } => {
+                let buffered: u64 = read.iter().flatten().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + buffered);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + buffered);
+                }
+                hint
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod operations;
 pub mod path;
 pub mod ratelimit;
 pub mod redis_link;
+pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod smuggling;
@@ -36,8 +37,11 @@ use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequ
 use config::{Config, Env};
 use credentials::Credentials;
 use layers::access_log::{AccessLog, AccessLogLayer};
+use layers::cache::{Cache, CacheLayer, ResponseCache};
 use layers::client_identity::{ClientIdentityLayer, IdentifyClient, Identities};
 use layers::credential::{AttachCredential, CredentialLayer};
+use layers::csv::{CsvLayer, ToCsv};
+use layers::paginate::{Paginate, PaginateLayer};
 use layers::policy::{Policy, PolicyLayer};
 use layers::rate_limit::{RateLimit, RateLimitLayer};
 use layers::request_id::{RequestIdLayer, SetRequestId};
@@ -50,7 +54,9 @@ use upstream::{HttpClient, Upstream};
 
 /// The request path as one service, outside in.
 pub type Stack = SetSensitiveRequestHeaders<
-    SetRequestId<AccessLog<SignIn<IdentifyClient<Policy<RateLimit<AttachCredential<Retry<Upstream>>>>>>>>,
+    SetRequestId<
+        AccessLog<SignIn<IdentifyClient<Policy<ToCsv<Cache<Paginate<RateLimit<AttachCredential<Retry<Upstream>>>>>>>>>>,
+    >,
 >;
 
 /// Why a gateway could not be built from a valid config.
@@ -67,7 +73,8 @@ pub enum SetupError {
     Tracing(String),
 }
 
-/// Everything that outlives a single request.
+/// Everything that outlives a single request: one generation of the config in effect. A
+/// reload builds the next one from it (`reconfigured`), keeping what still applies.
 #[derive(Debug)]
 pub struct Gateway {
     pub config: Arc<Config>,
@@ -77,6 +84,10 @@ pub struct Gateway {
     client: HttpClient,
     identities: Arc<Identities>,
     started: Instant,
+    env: Arc<dyn Env>,
+    redis: Option<Arc<RedisLink>>,
+    /// The answers kept for clients with `cache_ttl`; a reload starts an empty one.
+    cache: Arc<ResponseCache>,
     #[cfg(feature = "otlp")]
     tracing: Option<Arc<telemetry::Tracing>>,
 }
@@ -92,8 +103,8 @@ impl Gateway {
             )),
             None => None,
         };
-        let credentials = Credentials::load(&config, env, metrics.clone(), client.clone(), redis.clone())?;
-        let shared = redis.map(|link| Arc::new(ratelimit::shared::Shared::new(link)));
+        let credentials = Credentials::load(&config, env.clone(), metrics.clone(), client.clone(), redis.clone())?;
+        let shared = redis.clone().map(|link| Arc::new(ratelimit::shared::Shared::new(link)));
         let identities = Arc::new(Identities::new(&config, &credentials));
         let quotas = Arc::new(Quotas::new(&config, &metrics, shared));
         #[cfg(feature = "otlp")]
@@ -103,6 +114,7 @@ impl Gateway {
             .map(|t| telemetry::Tracing::new(t, &config).map(Arc::new))
             .transpose()
             .map_err(SetupError::Tracing)?;
+        let cache = Arc::new(ResponseCache::new(&config.cache, config.upstream.body_idle_timeout));
         Ok(Self {
             config: Arc::new(config),
             credentials,
@@ -111,9 +123,66 @@ impl Gateway {
             client,
             identities,
             started: Instant::now(),
+            env,
+            redis,
+            cache,
             #[cfg(feature = "otlp")]
             tracing,
         })
+    }
+
+    /// The next generation, for a reloaded config. What it still describes the same way is
+    /// kept: the metrics, the upstream pool (unless `[upstream]` changed), every credential
+    /// whose section is unchanged with its key, tokens and sessions, and every workspace's
+    /// quota state (see `ratelimit`). Keys only a restart can change (the listeners, the
+    /// connection limit, `[log]`, `[tracing]`, `[redis]`) keep their running values; the
+    /// returned notes name those the new config changed.
+    pub fn reconfigured(&self, mut config: Config) -> Result<(Self, Vec<String>), SetupError> {
+        let old = &self.config;
+        let mut notes = Vec::new();
+        let mut restart_only = |key: &str, changed: bool| {
+            if changed {
+                notes.push(format!("{key} changed: a restart applies it; the running value stays until then"));
+            }
+        };
+        restart_only("server.listen", config.server.listen != old.server.listen);
+        restart_only("server.admin_listen", config.server.admin_listen != old.server.admin_listen);
+        restart_only("server.max_connections", config.server.max_connections != old.server.max_connections);
+        restart_only("log", config.log != old.log);
+        restart_only("tracing", config.tracing != old.tracing);
+        restart_only("redis", config.redis != old.redis);
+        config.server.listen = old.server.listen;
+        config.server.admin_listen = old.server.admin_listen;
+        config.server.max_connections = old.server.max_connections;
+        config.log = old.log.clone();
+        config.tracing = old.tracing.clone();
+        config.redis = old.redis.clone();
+        let client = if config.upstream == old.upstream {
+            self.client.clone()
+        } else {
+            upstream::build_client(&config.upstream)?
+        };
+        let credentials =
+            self.credentials.reconfigured(old, &config, self.env.clone(), client.clone(), self.redis.clone())?;
+        let identities = Arc::new(Identities::new(&config, &credentials));
+        let shared = self.redis.clone().map(|link| Arc::new(ratelimit::shared::Shared::new(link)));
+        let quotas = Arc::new(self.quotas.reconfigured(&config, &self.metrics, shared));
+        let cache = Arc::new(ResponseCache::new(&config.cache, config.upstream.body_idle_timeout));
+        let next = Self {
+            config: Arc::new(config),
+            credentials,
+            metrics: self.metrics.clone(),
+            quotas,
+            client,
+            identities,
+            started: self.started,
+            env: self.env.clone(),
+            redis: self.redis.clone(),
+            cache,
+            #[cfg(feature = "otlp")]
+            tracing: self.tracing.clone(),
+        };
+        Ok((next, notes))
     }
 
     /// The request path as a tower service; cheap to clone.
@@ -132,6 +201,9 @@ impl Gateway {
             .layer(SignInLayer::new(&self.credentials, self.config.server.tls.is_some()))
             .layer(ClientIdentityLayer::new(self.identities.clone()))
             .layer(PolicyLayer::new(self.config.clone()))
+            .layer(CsvLayer)
+            .layer(CacheLayer::new(self.cache.clone(), self.config.clone(), self.metrics.clone()))
+            .layer(PaginateLayer::new(&self.config.paginate))
             .layer(RateLimitLayer::new(self.quotas.clone()))
             .layer(CredentialLayer::new(&self.config, &self.credentials))
             .layer(RetryLayer::new(&self.config.retry, self.metrics.clone()))

@@ -78,6 +78,28 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigReloadLabels {
+    /// `applied` or `refused`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub client: String,
+    pub result: &'static str,
+}
+
+/// What one client was answered since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTraffic {
+    pub requests: u64,
+    /// 4xx answers, the gateway's own (401, 403, 429...) and awork's.
+    pub client_errors: u64,
+    /// 5xx answers, the gateway's own (502, 503, 504) and awork's.
+    pub server_errors: u64,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -95,6 +117,8 @@ pub struct Metrics {
     upstream_errors: Family<KindLabels, Counter>,
     credential_age: Family<CredentialLabels, Gauge<f64, AtomicU64>>,
     credential_reloads: Family<ReloadLabels, Counter>,
+    config_reloads: Family<ConfigReloadLabels, Counter>,
+    config_last_reload_ok: Gauge,
     credential_ready: Family<CredentialLabels, Gauge>,
     token_requests: Family<TokenLabels, Counter>,
     token_expiry: Family<CredentialLabels, Gauge>,
@@ -105,6 +129,7 @@ pub struct Metrics {
     awork_remaining: Family<RemainingLabels, Gauge>,
     retries: Family<ReasonLabels, Counter>,
     redis_up: Family<RedisLabels, Gauge>,
+    cache: Family<CacheLabels, Counter>,
 }
 
 /// The quota metrics of one workspace, looked up once so the request path does not build labels.
@@ -153,6 +178,19 @@ impl Metrics {
             "credential_reloads",
             "Reloads of a credential's secret, by result (changed, unchanged, failed)",
             credential_reloads.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP or a change of the file), by result (applied, refused)",
+            config_reloads.clone(),
+        );
+        let config_last_reload_ok = Gauge::default();
+        config_last_reload_ok.set(1);
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last config reload was applied (or none was tried), 0 when it was refused",
+            config_last_reload_ok.clone(),
         );
         let credential_ready = Family::default();
         registry.register(
@@ -210,6 +248,12 @@ impl Metrics {
             "1 while the Redis that shares the quota and the OAuth tokens answers, 0 while each replica falls back to its share of the quota and its cached tokens",
             redis_up.clone(),
         );
+        let cache = Family::default();
+        registry.register(
+            "cache_requests",
+            "GETs of clients with cache_ttl, by client and result (hit, miss, coalesced: shared the answer of an identical request in flight)",
+            cache.clone(),
+        );
         Self {
             registry,
             requests,
@@ -218,6 +262,8 @@ impl Metrics {
             upstream_errors,
             credential_age,
             credential_reloads,
+            config_reloads,
+            config_last_reload_ok,
             credential_ready,
             token_requests,
             token_expiry,
@@ -228,6 +274,7 @@ impl Metrics {
             awork_remaining,
             retries,
             redis_up,
+            cache,
         }
     }
 
@@ -251,6 +298,11 @@ impl Metrics {
 
     pub fn record_rate_limited(&self, client: &str, reason: &'static str) {
         self.rate_limited.get_or_create(&RejectLabels { client: client.to_owned(), reason }).inc();
+    }
+
+    /// A cacheable GET answered: `result` is hit, miss or coalesced.
+    pub fn record_cache(&self, client: &str, result: &'static str) {
+        self.cache.get_or_create(&CacheLabels { client: client.to_owned(), result }).inc();
     }
 
     pub fn record_retry(&self, reason: &'static str) {
@@ -280,6 +332,12 @@ impl Metrics {
         self.credential_reloads.get_or_create(&ReloadLabels { credential: credential.to_owned(), result }).inc();
     }
 
+    pub fn record_config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.config_reloads.get_or_create(&ConfigReloadLabels { result }).inc();
+        self.config_last_reload_ok.set(i64::from(applied));
+    }
+
     pub fn set_credential_state(&self, credential: &str, age: Option<Duration>, ready: bool, expires_in: Option<u64>) {
         let labels = CredentialLabels { credential: credential.to_owned() };
         if let Some(age) = age {
@@ -293,6 +351,29 @@ impl Metrics {
 
     pub fn record_token_request(&self, credential: &str, grant_type: &'static str, result: &'static str) {
         self.token_requests.get_or_create(&TokenLabels { credential: credential.to_owned(), grant_type, result }).inc();
+    }
+
+    /// Requests answered to `client` since start, read back from `requests` (for the status
+    /// page; the request path only increments its counter, as before).
+    pub fn client_traffic(&self, client: &str) -> ClientTraffic {
+        let mut traffic = ClientTraffic::default();
+        for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"] {
+            for (status_class, count) in [
+                ("1xx", None),
+                ("2xx", None),
+                ("3xx", None),
+                ("4xx", Some(&mut traffic.client_errors)),
+                ("5xx", Some(&mut traffic.server_errors)),
+            ] {
+                let labels = RequestLabels { client: client.to_owned(), method, status_class };
+                let n = self.requests.get(&labels).map_or(0, |c| c.get());
+                traffic.requests += n;
+                if let Some(count) = count {
+                    *count += n;
+                }
+            }
+        }
+        traffic
     }
 
     /// The Prometheus text exposition.

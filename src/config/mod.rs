@@ -35,6 +35,21 @@ pub struct Config {
     pub log: LogConfig,
     /// OpenTelemetry trace export; `None` traces nothing.
     pub tracing: Option<TracingConfig>,
+    pub cache: CacheConfig,
+    pub paginate: PaginateConfig,
+}
+
+/// `[paginate]`: whole lists (`page=all`, `layers::paginate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaginateConfig {
+    /// A list with more items is refused (400) instead of streamed.
+    pub max_items: u64,
+}
+
+impl Default for PaginateConfig {
+    fn default() -> Self {
+        Self { max_items: 1_000_000 }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -56,14 +71,14 @@ pub struct ServerConfig {
     pub max_body_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub scheme: Scheme,
     pub authority: Authority,
@@ -82,7 +97,7 @@ impl UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CredentialConfig {
     pub name: String,
     pub kind: CredentialKind,
@@ -90,7 +105,7 @@ pub struct CredentialConfig {
     pub rate_limit: Option<RateLimitConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CredentialKind {
     ApiKey {
         key: SecretSource,
@@ -119,7 +134,7 @@ impl CredentialKind {
 }
 
 /// An OAuth client of awork (authorization code + PKCE, rotating refresh tokens).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OAuthConfig {
     pub client_id: String,
     /// None: a public client, authenticated by PKCE alone.
@@ -179,7 +194,7 @@ impl Default for RateLimitConfig {
 }
 
 /// The Redis that several replicas share the quota through.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RedisConfig {
     /// `redis://` or `rediss://` (TLS), without a password.
     pub url: String,
@@ -227,6 +242,33 @@ pub struct ClientConfig {
     /// Hard caps inside the workspace quota.
     pub per_second: Option<u32>,
     pub per_minute: Option<u32>,
+    /// Its GETs answered from the response cache; `None`: never cached.
+    pub cache: Option<ClientCache>,
+}
+
+/// A client's share of the response cache (`cache_ttl`, `cache_paths`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCache {
+    /// How long an answer may be served from the cache to this client.
+    pub ttl: Duration,
+    /// Only GETs of these paths are cached: each glob is held as a `GET` rule and matched as
+    /// `allow` is. `GET /**` when `cache_paths` is left out.
+    pub paths: Vec<Rule>,
+}
+
+/// `[cache]`: the bounds of the response cache that `cache_ttl` turns on per client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// All cached answers together (headers and bodies) take at most this many bytes.
+    pub max_bytes: u64,
+    /// A longer answer is not cached (nor held to be shared with identical requests).
+    pub max_entry_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { max_bytes: 64 << 20, max_entry_bytes: 4 << 20 }
+    }
 }
 
 impl fmt::Debug for ClientConfig {
@@ -240,6 +282,7 @@ impl fmt::Debug for ClientConfig {
             .field("weight", &self.weight)
             .field("per_second", &self.per_second)
             .field("per_minute", &self.per_minute)
+            .field("cache", &self.cache)
             .finish()
     }
 }
@@ -251,13 +294,13 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogConfig {
     pub format: LogFormat,
 }
 
 /// `[tracing]`: spans to an OpenTelemetry collector over OTLP/HTTP (a build with `--features otlp`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TracingConfig {
     /// The collector's traces URL, e.g. `http://collector:4318/v1/traces`.
     pub otlp_endpoint: http::Uri,
@@ -307,6 +350,21 @@ pub struct Loaded {
     pub source_name: String,
 }
 
+/// Where and what the TOML error is, without quoting the line: the line may hold a secret
+/// (`key = { value = "..." }`), and this message reaches logs on a reload.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Loaded, ConfigError> {
@@ -327,10 +385,7 @@ impl Config {
     pub fn parse(text: &str, source_name: &str, env: &dyn Env) -> Result<Loaded, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             source_name: source_name.to_owned(),
-            issues: vec![ConfigIssue {
-                key: "(syntax)".into(),
-                message: e.to_string().trim_end().replace('\n', "\n    "),
-            }],
+            issues: vec![ConfigIssue { key: "(syntax)".into(), message: syntax_message(text, &e) }],
         })?;
         let mut v = Validator::new(env);
         let config = v.config(raw);
@@ -398,6 +453,8 @@ impl<'a> Validator<'a> {
         let clients = self.clients(raw.clients, &credentials, &rate_limit);
         let log = self.log(raw.log);
         let tracing = raw.tracing.and_then(|t| self.tracing(t));
+        let cache = self.cache(raw.cache);
+        let paginate = self.paginate(raw.paginate);
         Some(Config {
             server: server?,
             upstream: upstream?,
@@ -408,7 +465,17 @@ impl<'a> Validator<'a> {
             clients,
             log,
             tracing,
+            cache,
+            paginate,
         })
+    }
+
+    fn paginate(&mut self, raw: raw::RawPaginate) -> PaginateConfig {
+        let default = PaginateConfig::default();
+        if raw.max_items == Some(0) {
+            self.issue("paginate.max_items", "must be at least 1 (the most items a page=all answer may hold)");
+        }
+        PaginateConfig { max_items: raw.max_items.unwrap_or(default.max_items) }
     }
 
     fn duration(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
@@ -875,6 +942,7 @@ impl<'a> Validator<'a> {
                 self.issue(format!("{key}.weight"), "must be 1 to 100 (its share of queue slots against weight 1)");
             }
             let per_user = matches!(credentials.get(credential).map(|c| &c.kind), Some(CredentialKind::OAuthUser(_)));
+            let cache = self.client_cache(&key, c.cache_ttl, c.cache_paths);
             let client = ClientConfig {
                 name: c.name,
                 token_sha256,
@@ -884,11 +952,63 @@ impl<'a> Validator<'a> {
                 weight: weight.clamp(1, 100),
                 per_second: c.per_second,
                 per_minute: c.per_minute,
+                cache,
             };
             self.reachable(&key, &client, &out, c.token_sha256.is_some(), !c.networks.is_empty(), per_user);
             out.push(client);
         }
         out
+    }
+
+    fn cache(&mut self, raw: raw::RawCache) -> CacheConfig {
+        let default = CacheConfig::default();
+        let max_bytes = raw.max_bytes.unwrap_or(default.max_bytes);
+        let max_entry_bytes = raw.max_entry_bytes.unwrap_or(default.max_entry_bytes.min(max_bytes));
+        if max_bytes == 0 {
+            self.issue("cache.max_bytes", "must be at least 1 (only clients with cache_ttl are cached)");
+        } else if max_entry_bytes == 0 {
+            self.issue("cache.max_entry_bytes", "must be at least 1");
+        } else if max_entry_bytes > max_bytes {
+            self.issue(
+                "cache.max_entry_bytes",
+                format!("{max_entry_bytes} is larger than cache.max_bytes {max_bytes}: such an answer could never fit"),
+            );
+        } else if max_entry_bytes > u64::from(u32::MAX) {
+            self.issue("cache.max_entry_bytes", "at most 4294967295 (4 GiB): an answer is held in memory whole");
+        }
+        CacheConfig { max_bytes, max_entry_bytes }
+    }
+
+    /// `cache_ttl` turns the cache on for a client; `cache_paths` narrows it.
+    fn client_cache(&mut self, key: &str, ttl: Option<String>, paths: Option<Vec<String>>) -> Option<ClientCache> {
+        let Some(text) = ttl else {
+            if paths.is_some() {
+                self.issue(
+                    format!("{key}.cache_paths"),
+                    "has no effect without cache_ttl: add e.g. cache_ttl = \"60s\", or remove cache_paths",
+                );
+            }
+            return None;
+        };
+        let ttl = self.duration(&format!("{key}.cache_ttl"), Some(text), Duration::from_secs(60));
+        let globs = paths.unwrap_or_else(|| vec!["/**".to_owned()]);
+        if globs.is_empty() {
+            self.issue(
+                format!("{key}.cache_paths"),
+                "is empty, so nothing would be cached: leave it out to cache every GET the client may make",
+            );
+        }
+        let mut rules = Vec::with_capacity(globs.len());
+        for (j, glob) in globs.iter().enumerate() {
+            match rules::parse(&format!("GET {}", glob.trim())) {
+                Ok(parsed) => rules.extend(parsed),
+                Err(e) => self.issue(
+                    format!("{key}.cache_paths[{j}]"),
+                    format!("{e}; write a path glob like \"/api/v1/projects/**\""),
+                ),
+            }
+        }
+        Some(ClientCache { ttl, paths: rules })
     }
 
     /// A client that no caller can ever be identified as is a config mistake.

@@ -26,6 +26,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     pub tracing: Option<RawTracing>,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub paginate: RawPaginate,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +159,23 @@ pub struct RawClient {
     pub weight: Option<u32>,
     pub per_second: Option<u32>,
     pub per_minute: Option<u32>,
+    pub cache_ttl: Option<String>,
+    pub cache_paths: Option<Vec<String>>,
+}
+
+/// `[paginate]`: whole lists (`page=all`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaginate {
+    pub max_items: Option<u64>,
+}
+
+/// `[cache]`: the response cache's bounds (it is turned on per client by `cache_ttl`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub max_bytes: Option<u64>,
+    pub max_entry_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

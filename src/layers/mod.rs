@@ -1,13 +1,16 @@
 //! The request path, one tower layer per file, outside in:
-//! request id -> access log -> sign-in routes -> client identity -> policy -> rate limit ->
+//! request id -> access log -> sign-in routes -> client identity -> policy -> cache -> rate limit ->
 //! credential -> retry -> upstream.
 //!
 //! Every layer answers its own failures as HTTP responses, so the stack's error type is
 //! `Infallible`. What a layer learns for the ones outside it travels in extensions.
 
 pub mod access_log;
+pub mod cache;
 pub mod client_identity;
 pub mod credential;
+pub mod csv;
+pub mod paginate;
 pub mod policy;
 pub mod rate_limit;
 pub mod request_id;

@@ -302,6 +302,11 @@ fn project_status(index: u64) -> Value {
     })
 }
 
+/// The index of the project whose id is `id`, out of `projects` (for `GET /projects/{id}`).
+pub(crate) fn project_index(id: &str, projects: u64) -> Option<u64> {
+    (0..projects).find(|&index| guid(KIND_PROJECT, index).eq_ignore_ascii_case(id))
+}
+
 /// Item `index` of `GET /projects`, out of `projects` in total.
 pub(crate) fn project(index: u64, projects: u64, users: u64) -> Value {
     let users = users.max(1);

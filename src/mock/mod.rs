@@ -20,7 +20,7 @@
 //! ```
 //!
 //! HTTP routes (all `/api/v1/**` need a valid bearer token and count against the quota):
-//! `GET /me`, paged `GET /users`, `/projects`, `/timeentries`, `GET /files/{id}/download?size=N`
+//! `GET /me`, paged `GET /users`, `/projects`, `/timeentries`, `GET /projects/{id}`, `GET /files/{id}/download?size=N`
 //! (and `/{entity}/{id}/files/{fileId}/download`), uploads `POST /{entity}/{id}/files` and
 //! `/temporaryfiles`, `GET|POST /mcp?events=N&interval_ms=M`, `/echo/**`, `GET /slow?ms=N`,
 //! `GET /redirect?to=URL`, `/status/{code}`; other writes are echoed, other reads are 404.
@@ -118,7 +118,13 @@ impl Default for MockAworkBuilder {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             tokens: HashMap::new(),
             rate_limit: RateLimit::BASIC,
-            settings: Settings { users: 120, projects: 2500, time_entries: 5000, retry_after: false },
+            settings: Settings {
+                users: 120,
+                projects: 2500,
+                time_entries: 5000,
+                retry_after: false,
+                failing_page: None,
+            },
             oauth: OAuthConfig::default(),
         }
     }
@@ -175,6 +181,12 @@ impl MockAworkBuilder {
     /// How many time entries `GET /timeentries` lists (default 5000).
     pub fn time_entries(mut self, count: u64) -> Self {
         self.settings.time_entries = count;
+        self
+    }
+
+    /// Every list answers `status` (with awork's error body) for its page `page`.
+    pub fn failing_list_page(mut self, page: u64, status: StatusCode) -> Self {
+        self.settings.failing_page = Some((page, status));
         self
     }
 

@@ -22,7 +22,7 @@ use super::data;
 use super::oauth;
 use super::quota::Verdict;
 use super::respond::{Query, Reject, Resp, code_for, error, invalid, json_response, not_found, with_body};
-use super::state::{Shared, lock, unix_now};
+use super::state::{Settings, Shared, lock, unix_now};
 use crate::form::percent_decode;
 
 /// Default download size: 1 MiB.
@@ -129,12 +129,17 @@ async fn dispatch(ctx: &Ctx, req: Request<Incoming>, user: &str) -> Result<Resp,
             let client_id = last_segment(req.uri().path())?;
             Ok(oauth::revoke_authorized_clients(&ctx.shared, user, Some(&client_id)))
         }
-        ("GET", ["users"]) => list(&query_of(&req)?, settings.users, data::user),
+        ("GET", ["users"]) => list(&query_of(&req)?, settings, settings.users, data::user),
         ("GET", ["projects"]) => {
-            list(&query_of(&req)?, settings.projects, |i| data::project(i, settings.projects, settings.users))
+            list(&query_of(&req)?, settings, settings.projects, |i| data::project(i, settings.projects, settings.users))
         }
+        ("GET", ["projects", id]) => Ok(match data::project_index(id, settings.projects) {
+            Some(index) => json_response(StatusCode::OK, &data::project(index, settings.projects, settings.users)),
+            None => not_found(req.uri().path()),
+        }),
         ("GET", ["timeentries"]) => {
-            list(&query_of(&req)?, settings.time_entries, |i| data::time_entry(i, settings.projects, settings.users))
+            let entry = |i| data::time_entry(i, settings.projects, settings.users);
+            list(&query_of(&req)?, settings, settings.time_entries, entry)
         }
         ("GET", ["files" | "temporaryfiles", _, "download"] | [_, _, "files", _, "download"]) => {
             download(&query_of(&req)?)
@@ -160,8 +165,13 @@ fn last_segment(path: &str) -> Result<String, Reject> {
 }
 
 /// One page of `total` generated items, with awork's `aw-*` paging headers.
-fn list(query: &Query, total: u64, item: impl Fn(u64) -> Value) -> Result<Resp, Reject> {
+fn list(query: &Query, settings: &Settings, total: u64, item: impl Fn(u64) -> Value) -> Result<Resp, Reject> {
     let page = query.number("page", 1, 1, u64::MAX)?;
+    if let Some((failing, status)) = settings.failing_page
+        && failing == page
+    {
+        return Ok(error(status, &code_for(status), &format!("Page {page} fails, as the mock was told.")));
+    }
     let size = query.number("pageSize", 50, 1, 1000)?;
     let start = (page - 1).saturating_mul(size);
     let end = start.saturating_add(size).min(total);
