@@ -2,6 +2,10 @@
 //! HTTP/2 (h2c, or TLS with ALPN and optionally client certificates), the admin listener
 //! serves health, readiness, metrics and status.
 //!
+//! Every request is served by the gateway generation in effect when it arrives; a reload
+//! (`Running::swap`) replaces the generation whole, so requests already in flight finish on
+//! the old one and no connection is dropped.
+//!
 //! Shutdown stops accepting, lets in-flight requests finish within `drain_timeout`, and
 //! returns. A connection limit bounds memory: past it, new connections wait in the backlog.
 //! Every main-listener connection reads through the request-smuggling guard
@@ -13,10 +17,11 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
@@ -37,6 +42,7 @@ use tower::ServiceExt;
 
 use crate::body::{BodyLimits, GatewayBody, RequestBody};
 use crate::config::TlsConfig;
+use crate::credentials::Credential;
 use crate::error::GatewayError;
 use crate::layers::PeerAddr;
 use crate::layers::access_log::AccessLogBody;
@@ -53,22 +59,51 @@ pub enum StartError {
     Tls(String),
 }
 
-/// A serving gateway: its bound addresses and the means to stop it.
+/// A serving gateway: its bound addresses and the means to reload and to stop it.
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub gateway: Arc<Gateway>,
+    current: Arc<ArcSwap<Generation>>,
     shutdown: watch::Sender<bool>,
     main: JoinHandle<()>,
     admin: JoinHandle<()>,
-    background: Vec<JoinHandle<()>>,
+    /// Each credential's background task (key file watch, grant refresh).
+    background: Mutex<Vec<(Credential, JoinHandle<()>)>>,
+}
+
+/// One gateway generation as the listeners serve it.
+pub(crate) struct Generation {
+    pub(crate) gateway: Arc<Gateway>,
+    stack: Stack,
+    tls: Option<TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: BodyLimits,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("gateway", &self.gateway)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Generation {
+    fn new(gateway: Arc<Gateway>) -> Result<Self, StartError> {
+        let server = &gateway.config.server;
+        let tls = server.tls.as_ref().map(tls_acceptor).transpose()?;
+        let builder = Arc::new(connection_builder(server));
+        let limits = BodyLimits { max_bytes: server.max_body_bytes, stall_timeout: Some(server.idle_timeout) };
+        Ok(Self { stack: gateway.service(), tls, builder, limits, gateway })
+    }
 }
 
 /// Binds both listeners and starts serving.
 pub async fn start(gateway: Arc<Gateway>) -> Result<Running, StartError> {
+    let generation = Generation::new(gateway.clone())?;
     let server = &gateway.config.server;
-    let tls = server.tls.as_ref().map(tls_acceptor).transpose()?;
     let bind = |key: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })
     };
@@ -77,11 +112,13 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, StartError> {
     let addr = local_addr(&listener, server.listen);
     let admin_addr = local_addr(&admin_listener, server.admin_listen);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let main = tokio::spawn(serve_main(listener, tls, gateway.clone(), shutdown_rx.clone()));
-    let admin = tokio::spawn(admin::serve(admin_listener, gateway.clone(), shutdown_rx));
-    let background = gateway.credentials.spawn_background();
+    let current = Arc::new(ArcSwap::from_pointee(generation));
+    let main = tokio::spawn(serve_main(listener, current.clone(), shutdown_rx.clone()));
+    let admin = tokio::spawn(admin::serve(admin_listener, current.clone(), shutdown_rx));
+    let background =
+        gateway.credentials.iter().filter_map(|(_, _, c)| c.spawn_background().map(|task| (c.clone(), task))).collect();
     tracing::info!(%addr, %admin_addr, upstream = %gateway.config.upstream.origin(), "awork-gateway serving");
-    Ok(Running { addr, admin_addr, gateway, shutdown, main, admin, background })
+    Ok(Running { addr, admin_addr, current, shutdown, main, admin, background: Mutex::new(background) })
 }
 
 fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
@@ -89,29 +126,56 @@ fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
 }
 
 impl Running {
+    /// The gateway generation in effect.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.current.load().gateway.clone()
+    }
+
+    /// Serves from now on with `gateway`, the next generation of the one in effect: requests
+    /// that arrive from now on use it, those in flight finish on the old one. A credential
+    /// the new generation kept keeps its background task; a new one gets its own, and the
+    /// tasks of credentials it dropped end. Fails, changing nothing, when the TLS
+    /// certificate or key cannot be loaded.
+    pub fn swap(&self, gateway: Gateway) -> Result<(), StartError> {
+        let gateway = Arc::new(gateway);
+        let generation = Generation::new(gateway.clone())?;
+        let mut background = self.background.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut running = std::mem::take(&mut *background);
+        for (_, _, credential) in gateway.credentials.iter() {
+            match running.iter().position(|(c, _)| c.same(credential)) {
+                Some(kept) => background.push(running.swap_remove(kept)),
+                None => background.extend(credential.spawn_background().map(|task| (credential.clone(), task))),
+            }
+        }
+        for (_, task) in running {
+            task.abort();
+        }
+        self.current.store(Arc::new(generation));
+        Ok(())
+    }
+
     /// Stops accepting, drains in-flight requests (bounded by `drain_timeout`), exports the
     /// spans still waiting, and returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         #[cfg(feature = "otlp")]
-        let deadline = tokio::time::Instant::now() + self.gateway.config.server.drain_timeout;
+        let deadline = tokio::time::Instant::now() + self.gateway().config.server.drain_timeout;
         let _ = self.main.await;
         let _ = self.admin.await;
-        for task in &self.background {
+        for (_, task) in self.background.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
             task.abort();
         }
         // The spans of the drained requests, in what is left of the drain time (at least 1 s).
         #[cfg(feature = "otlp")]
-        self.gateway
+        self.gateway()
             .flush_traces(deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1)))
             .await;
         tracing::info!("awork-gateway stopped");
     }
 
-    /// Re-reads every credential's secret source (SIGHUP).
+    /// Re-reads every API key's secret source now.
     pub fn reload_secrets(&self) {
-        tracing::info!("reloading credential secrets");
-        self.gateway.credentials.reload_all();
+        self.gateway().credentials.reload_all();
     }
 }
 
@@ -138,19 +202,10 @@ fn head_buffer(server: &crate::config::ServerConfig) -> usize {
     server.max_header_bytes.max(8192)
 }
 
-async fn serve_main(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let server = &gateway.config.server;
-    let builder = Arc::new(connection_builder(server));
+async fn serve_main(listener: TcpListener, current: Arc<ArcSwap<Generation>>, mut shutdown: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
-    let limit = Arc::new(Semaphore::new(server.max_connections));
-    let stack = gateway.service();
-    let limits = BodyLimits { max_bytes: server.max_body_bytes, stall_timeout: Some(server.idle_timeout) };
-    let body_idle_timeout = gateway.config.upstream.body_idle_timeout;
+    // The connection limit is a restart-only key: the first generation's stays.
+    let limit = Arc::new(Semaphore::new(current.load().gateway.config.server.max_connections));
     loop {
         let permit = tokio::select! {
             _ = shutdown.changed() => break,
@@ -173,11 +228,13 @@ async fn serve_main(
         };
         let _ = stream.set_nodelay(true);
         let refusals = Arc::new(Refusals::default());
-        let service =
-            ConnectionService { stack: stack.clone(), peer, limits, body_idle_timeout, refusals: refusals.clone() };
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let service = ConnectionService { current: current.clone(), peer, refusals: refusals.clone() };
+        // A connection's own settings are the generation's it arrived in.
+        let generation = current.load();
+        let server = &generation.gateway.config.server;
+        let (builder, watcher) = (generation.builder.clone(), graceful.watcher());
         let (max_head, idle_timeout) = (head_buffer(server), server.idle_timeout);
-        match &tls {
+        match &generation.tls {
             None => {
                 let stream = Guarded::new(stream, max_head, idle_timeout, refusals, peer);
                 let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
@@ -202,7 +259,7 @@ async fn serve_main(
         }
     }
     drop(listener);
-    let drain = server.drain_timeout;
+    let drain = current.load().gateway.config.server.drain_timeout;
     tracing::info!(drain_timeout_ms = drain.as_millis() as u64, "draining in-flight requests");
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout passed; closing the remaining connections");
@@ -259,13 +316,11 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
 
 /// Per connection: answers the stand-in of a head the smuggling guard refused, tags requests
 /// with the peer address, drops hop-by-hop headers, holds request bodies to the limits, and
-/// hands requests to a clone of the stack.
+/// hands requests to a clone of the stack of the generation in effect.
 #[derive(Debug, Clone)]
 struct ConnectionService {
-    stack: Stack,
+    current: Arc<ArcSwap<Generation>>,
     peer: SocketAddr,
-    limits: BodyLimits,
-    body_idle_timeout: Duration,
     refusals: Arc<Refusals>,
 }
 
@@ -275,15 +330,16 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let idle = self.body_idle_timeout;
+        let generation = self.current.load();
+        let idle = generation.gateway.config.upstream.body_idle_timeout;
         if let Some(reason) = self.refusals.next_request() {
             let answer = refused(reason).map(|body| ResponseBody::new(Either::Right(body), idle, None));
             return Box::pin(std::future::ready(Ok(answer)));
         }
         upstream::strip_hop_by_hop(req.headers_mut());
         req.extensions_mut().insert(PeerAddr(self.peer));
-        let limits = self.limits;
-        let answer = self.stack.clone().oneshot(req.map(|body| RequestBody::caller(body, limits)));
+        let limits = generation.limits;
+        let answer = generation.stack.clone().oneshot(req.map(|body| RequestBody::caller(body, limits)));
         Box::pin(async move {
             let (parts, body) = answer.await?.into_parts();
             let request_id = parts.extensions.get::<RequestId>().cloned();

@@ -4,9 +4,12 @@
 //! Kept off the main listener so that callers of the API never reach it and operators can
 //! bind it to a private address.
 
+mod status_page;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -17,9 +20,15 @@ use tokio::sync::watch;
 
 use crate::Gateway;
 use crate::body::GatewayBody;
+use crate::server::Generation;
 
-pub(crate) async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
-    let builder = crate::server::connection_builder(&gateway.config.server);
+/// Serves the admin endpoints, each request from the gateway generation in effect.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    current: Arc<ArcSwap<Generation>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = crate::server::connection_builder(&current.load().gateway.config.server);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -33,9 +42,9 @@ pub(crate) async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shut
                 }
             },
         };
-        let gateway = gateway.clone();
+        let current = current.clone();
         let service = hyper::service::service_fn(move |req| {
-            let gateway = gateway.clone();
+            let gateway = current.load().gateway.clone();
             async move { Ok::<_, Infallible>(route(&gateway, &req).await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
@@ -54,6 +63,7 @@ async fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<GatewayBo
         );
     }
     match req.uri().path() {
+        "/" => status_page::render(gateway),
         "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
         "/readyz" => readyz(gateway),
         "/metrics" => metrics(gateway),

@@ -16,6 +16,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError, Loaded, ProcessEnv};
+use crate::reload::Reloader;
 use crate::server::{self, Running};
 use crate::{Gateway, logging};
 
@@ -34,7 +35,8 @@ Examples:
 The config comes from --config FILE or AWORK_GATEWAY_CONFIG, else the embedded default
 (listen 127.0.0.1:8080, admin 127.0.0.1:9090, the key from AWORK_API_KEY, loopback callers).
 RUST_LOG filters the logs on stderr (default info).
-Signals: SIGTERM or SIGINT stop accepting, drain in-flight requests and exit 0; SIGHUP re-reads the secrets.
+Signals: SIGTERM or SIGINT stop accepting, drain in-flight requests and exit 0; SIGHUP reloads the config
+(a change of the file does too) and re-reads the secrets.
 
 Exit codes:
   0  done; serve: stopped by SIGTERM or SIGINT after draining
@@ -67,7 +69,7 @@ Examples:
   AWORK_GATEWAY_CONFIG=/etc/awork-gateway/gateway.toml awork-gateway
 
 SIGTERM or SIGINT: stop accepting, drain in-flight requests (server.drain_timeout), exit 0.
-SIGHUP: re-read the secrets. Exit 1 when a listener cannot bind, 2 on a config error.")]
+SIGHUP or a change of the file: reload the config. Exit 1 when a listener cannot bind, 2 on a config error.")]
     Serve,
     /// Validate the config (keys, credentials, rules, secrets) and print a summary.
     #[command(after_help = "\
@@ -333,6 +335,8 @@ fn hash_token() -> ExitCode {
 }
 
 async fn serve(path: Option<PathBuf>) -> ExitCode {
+    // Before the load, so a change made while the gateway starts is still seen.
+    let reloader = path.clone().map(|path| Reloader::new(path, Arc::new(ProcessEnv)));
     let loaded = match load(path) {
         Ok(loaded) => loaded,
         Err(code) => return code,
@@ -343,7 +347,7 @@ async fn serve(path: Option<PathBuf>) -> ExitCode {
     }
     match start(loaded.config).await {
         Ok(running) => {
-            run_until_signalled(running).await;
+            run_until_signalled(running, reloader).await;
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -361,8 +365,9 @@ async fn start(config: Config) -> Result<Running, ExitCode> {
     })
 }
 
-/// Serves until SIGTERM or SIGINT; SIGHUP re-reads the secrets.
-async fn run_until_signalled(running: Running) {
+/// Serves until SIGTERM or SIGINT. SIGHUP reloads the config file (or, on the embedded
+/// default, re-reads the secrets); a change of the config file reloads it too.
+async fn run_until_signalled(running: Running, reloader: Option<Reloader>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
@@ -371,11 +376,29 @@ async fn run_until_signalled(running: Running) {
         running.shutdown().await;
         return;
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => running.reload_secrets(),
+    {
+        let watch = async {
+            match &reloader {
+                Some(reloader) => reloader.watch(&running).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(watch);
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match &reloader {
+                    Some(reloader) => {
+                        reloader.reload(&running, "sighup");
+                    }
+                    None => {
+                        tracing::info!("SIGHUP: re-reading the credential secrets (the embedded default has no file to reload)");
+                        running.reload_secrets();
+                    }
+                },
+                () = &mut watch => {}
+            }
         }
     }
     tracing::info!("signal received; shutting down");
@@ -450,7 +473,7 @@ Ctrl-C stops both.
 "#,
         mock = mock.url(),
     );
-    run_until_signalled(running).await;
+    run_until_signalled(running, None).await;
     mock.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -324,3 +324,14 @@ fn tracing_keys_default_and_are_refused_by_name() {
         assert!(msg.starts_with(expected), "{msg:?} should start with {expected:?}");
     }
 }
+
+#[test]
+fn a_syntax_error_names_its_line_and_column_but_never_quotes_the_line() {
+    let secret = "inline-secret-7d1c40";
+    let text = format!(
+        "[upstream]\nurl = \"https://api.awork.com\"\n[credentials.main]\ntype = \"api_key\"\nkey = {{ value = \"{secret}\" \n"
+    );
+    let msg = first_issue(&text);
+    assert!(msg.starts_with("(syntax): line 5, column "), "{msg}");
+    assert!(!msg.contains(secret), "{msg}");
+}

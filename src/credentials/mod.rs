@@ -86,9 +86,43 @@ impl Credentials {
         http: HttpClient,
         redis: Option<Arc<RedisLink>>,
     ) -> Result<Self, SetupError> {
+        Self::build(config, env, metrics, http, redis, None)
+    }
+
+    /// The credentials of a reloaded config. One whose section is unchanged is the same
+    /// object, with its loaded key, its cached tokens and its sessions; a new or changed one
+    /// is loaded afresh (a `file` or `redis` token store gives it back its tokens). Logins
+    /// under way carry on.
+    pub fn reconfigured(
+        &self,
+        previous: &Config,
+        config: &Config,
+        env: Arc<dyn Env>,
+        http: HttpClient,
+        redis: Option<Arc<RedisLink>>,
+    ) -> Result<Self, SetupError> {
+        Self::build(config, env, self.metrics.clone(), http, redis, Some((previous, self)))
+    }
+
+    fn build(
+        config: &Config,
+        env: Arc<dyn Env>,
+        metrics: Arc<Metrics>,
+        http: HttpClient,
+        redis: Option<Arc<RedisLink>>,
+        previous: Option<(&Config, &Credentials)>,
+    ) -> Result<Self, SetupError> {
         let shared = redis.zip(config.redis.as_ref()).map(|(link, r)| Arc::new(SharedTokens::new(link, r.token_lease)));
         let mut list = Vec::with_capacity(config.credentials.len());
         for c in &config.credentials {
+            let unchanged = previous.and_then(|(old_config, old)| {
+                let same = old_config.credentials.iter().any(|o| o.name == c.name && o.kind == c.kind);
+                same.then(|| old.list.iter().find(|(name, _)| *name == c.name).map(|(_, kept)| kept.clone()))?
+            });
+            if let Some(kept) = unchanged {
+                list.push((c.name.clone(), kept));
+                continue;
+            }
             let credential = match &c.kind {
                 CredentialKind::ApiKey { key } => {
                     Credential::ApiKey(Arc::new(ApiKey::load(&c.name, key.clone(), env.clone(), metrics.clone())))
@@ -124,7 +158,11 @@ impl Credentials {
             };
             list.push((c.name.clone(), credential));
         }
-        Ok(Self { list: list.into(), pending: Arc::new(PendingLogins::new(shared)), metrics })
+        let pending = match previous {
+            Some((_, old)) => old.pending.clone(),
+            None => Arc::new(PendingLogins::new(shared)),
+        };
+        Ok(Self { list: list.into(), pending, metrics })
     }
 
     /// The credential at this config index.
@@ -149,38 +187,41 @@ impl Credentials {
             }
         }
     }
+}
 
-    /// Watches `{ file }` keys and keeps service grants fresh, until the tasks are aborted.
-    pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        let watched: Vec<Arc<ApiKey>> = self
-            .list
-            .iter()
-            .filter_map(|(_, c)| match c {
-                Credential::ApiKey(k) if k.is_file() => Some(k.clone()),
-                _ => None,
-            })
-            .collect();
-        if !watched.is_empty() {
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(SECRET_POLL_INTERVAL);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    for key in &watched {
-                        key.reload();
-                    }
-                }
-            }));
+impl Credential {
+    /// Whether both are the very same credential (a reload kept it).
+    pub fn same(&self, other: &Credential) -> bool {
+        match (self, other) {
+            (Self::ApiKey(a), Self::ApiKey(b)) => Arc::ptr_eq(a, b),
+            (Self::OAuth(a), Self::OAuth(b)) => Arc::ptr_eq(a, b),
+            (Self::OAuthUser(a), Self::OAuthUser(b)) => Arc::ptr_eq(a, b),
+            _ => false,
         }
-        for (_, credential) in self.list.iter() {
-            if let Credential::OAuth(grant) = credential {
-                tasks.push(tokio::spawn(grant.clone().keep_fresh()));
-            }
-        }
-        tasks
     }
 
+    /// The task that keeps this credential current until it is aborted: a `{ file }` key is
+    /// re-read to pick up a rotation, a service grant is refreshed ahead of expiry.
+    pub fn spawn_background(&self) -> Option<tokio::task::JoinHandle<()>> {
+        match self {
+            Self::ApiKey(key) if key.is_file() => {
+                let key = key.clone();
+                Some(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(SECRET_POLL_INTERVAL);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        key.reload();
+                    }
+                }))
+            }
+            Self::OAuth(grant) => Some(tokio::spawn(grant.clone().keep_fresh())),
+            Self::ApiKey(_) | Self::OAuthUser(_) => None,
+        }
+    }
+}
+
+impl Credentials {
     pub fn statuses(&self) -> Vec<CredentialStatus> {
         self.list.iter().map(|(name, c)| self.status(name, c)).collect()
     }
@@ -257,12 +298,15 @@ impl Credentials {
     /// Starts a login for the OAuth credential at `index`: the authorize URL to send the
     /// person to.
     pub async fn start_login(&self, index: usize, return_to: Option<String>) -> Result<String, LoginError> {
-        let client = match self.get(index) {
-            Some(Credential::OAuth(grant)) => grant.client().clone(),
-            Some(Credential::OAuthUser(sessions)) => sessions.client().clone(),
-            _ => return Err(LoginError::UnknownCredential(index.to_string())),
+        let Some((name, credential)) = self.list.get(index) else {
+            return Err(LoginError::UnknownCredential(index.to_string()));
         };
-        let (state, pkce) = self.pending.start(index, return_to).await.map_err(|Down| LoginError::RedisDown)?;
+        let client = match credential {
+            Credential::OAuth(grant) => grant.client().clone(),
+            Credential::OAuthUser(sessions) => sessions.client().clone(),
+            Credential::ApiKey(_) => return Err(LoginError::UnknownCredential(name.clone())),
+        };
+        let (state, pkce) = self.pending.start(name, return_to).await.map_err(|Down| LoginError::RedisDown)?;
         Ok(client.authorize_url(&state, &pkce))
     }
 
@@ -276,11 +320,12 @@ impl Credentials {
     ) -> Result<LoginOutcome, LoginError> {
         let pending =
             self.pending.take(state).await.map_err(|Down| LoginError::RedisDown)?.ok_or(LoginError::UnknownState)?;
-        if expect.is_some_and(|index| index != pending.credential) {
+        let index = self.index_of(&pending.credential).ok_or(LoginError::UnknownState)?;
+        if expect.is_some_and(|expected| expected != index) {
             return Err(LoginError::UnknownState);
         }
         let code = code.map_err(LoginError::Denied)?;
-        let (name, credential) = self.list.get(pending.credential).ok_or(LoginError::UnknownState)?;
+        let (name, credential) = &self.list[index];
         match credential {
             Credential::OAuth(grant) => {
                 let tokens = grant

@@ -31,8 +31,8 @@ const SESSION_PREFIX: &str = "ags_";
 /// A login under way, keyed by its `state`.
 #[derive(Debug)]
 pub struct PendingLogin {
-    /// Index of the credential in config order.
-    pub credential: usize,
+    /// The credential's name (not its index: a config reload may reorder them).
+    pub credential: String,
     pub verifier: Secret,
     /// Where to send the person afterwards (same-origin path).
     pub return_to: Option<String>,
@@ -41,7 +41,7 @@ pub struct PendingLogin {
 /// A `PendingLogin` as Redis keeps it; never printed.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredLogin {
-    credential: usize,
+    credential: String,
     verifier: String,
     return_to: Option<String>,
 }
@@ -61,14 +61,14 @@ impl PendingLogins {
     }
 
     /// Starts a login: returns the `state` and the PKCE pair for the authorize URL.
-    pub async fn start(&self, credential: usize, return_to: Option<String>) -> Result<(String, Pkce), Down> {
+    pub async fn start(&self, credential: &str, return_to: Option<String>) -> Result<(String, Pkce), Down> {
         let state = random_token(24);
         let pkce = Pkce::new();
-        let pending = PendingLogin { credential, verifier: pkce.verifier.clone(), return_to };
+        let pending = PendingLogin { credential: credential.to_owned(), verifier: pkce.verifier.clone(), return_to };
         match &self.shared {
             Some(shared) => {
                 let stored = StoredLogin {
-                    credential,
+                    credential: pending.credential,
                     verifier: pending.verifier.expose().to_owned(),
                     return_to: pending.return_to,
                 };

@@ -10,8 +10,13 @@
 //!
 //! A queue with waiters is served by one dispatcher task per workspace, started when the
 //! first request has to wait and ended when the queue is empty: an idle gateway runs none.
+//!
+//! A config reload keeps every workspace it still names, with its queue, the grants of its
+//! last minute and awork's hold, and changes its limits in place: the quota is awork's, not
+//! the config's, so a reload must not give anyone a fresh minute.
 
 pub mod feedback;
+mod history;
 pub mod shared;
 pub mod window;
 
@@ -45,9 +50,19 @@ impl Quotas {
     /// With `shared`, every replica's slots come from Redis; each replica's own limiter (at
     /// `1/fallback_replicas` of the quota) only decides while Redis is unreachable.
     pub fn new(config: &Config, metrics: &Arc<Metrics>, shared: Option<Arc<Shared>>) -> Self {
+        Self::build(config, metrics, shared, None)
+    }
+
+    /// The quotas of a reloaded config: a workspace of the same name is the same one, its
+    /// state kept and its limits changed in place; a client keeps its place (by name) in it.
+    pub fn reconfigured(&self, config: &Config, metrics: &Arc<Metrics>, shared: Option<Arc<Shared>>) -> Self {
+        Self::build(config, metrics, shared, Some(self))
+    }
+
+    fn build(config: &Config, metrics: &Arc<Metrics>, shared: Option<Arc<Shared>>, previous: Option<&Quotas>) -> Self {
         let mut workspaces: Vec<(String, &RateLimitConfig, Vec<ClientSlot>)> =
             vec![("default".to_owned(), &config.rate_limit, Vec::new())];
-        let mut by_client = Vec::with_capacity(config.clients.len());
+        let mut by_client: Vec<(usize, &str)> = Vec::with_capacity(config.clients.len());
         for client in &config.clients {
             let credential = &config.credentials[client.credential];
             let ws = match &credential.rate_limit {
@@ -60,22 +75,22 @@ impl Quotas {
                     }
                 },
             };
-            let clients = &mut workspaces[ws].2;
-            by_client.push((ws, clients.len()));
+            by_client.push((ws, &client.name));
             let capped = client.per_second.is_some() || client.per_minute.is_some();
             let share = |n: Option<u32>| n.map(|n| fallback_share(n, shared.is_some(), config));
             let caps = capped.then(|| Limits::new(share(client.per_second), share(client.per_minute)));
             let script_caps = capped.then(|| ScriptLimits::new(client.per_second, client.per_minute));
-            clients.push(ClientSlot {
+            workspaces[ws].2.push(ClientSlot {
                 name: client.name.as_str().into(),
                 weight: client.weight,
                 caps,
+                cap_quota: (share(client.per_second), share(client.per_minute)),
                 script_caps,
                 blocked_until: None,
                 waiters: VecDeque::new(),
             });
         }
-        let workspaces = workspaces
+        let workspaces: Vec<Arc<Workspace>> = workspaces
             .into_iter()
             .map(|(name, limits, clients)| {
                 let local = RateLimitConfig {
@@ -83,9 +98,16 @@ impl Quotas {
                     per_minute: fallback_share(limits.per_minute, shared.is_some(), config),
                     ..limits.clone()
                 };
-                Arc::new(Workspace::new(name, limits, &local, clients, metrics, shared.clone()))
+                match previous.and_then(|p| p.workspaces.iter().find(|ws| ws.name == name)) {
+                    Some(kept) => {
+                        kept.reconfigure(limits, &local, clients);
+                        kept.clone()
+                    }
+                    None => Arc::new(Workspace::new(name, limits, &local, clients, metrics, shared.clone())),
+                }
             })
             .collect();
+        let by_client = by_client.into_iter().map(|(ws, name)| (ws, workspaces[ws].client_index(name))).collect();
         Self { workspaces, by_client }
     }
 
@@ -94,7 +116,7 @@ impl Quotas {
     pub async fn admit(&self, client: usize) -> Result<QuotaTicket, GatewayError> {
         let (ws, local) = self.by_client.get(client).copied().unwrap_or((0, usize::MAX));
         let workspace = self.workspaces[ws].clone();
-        let deadline = Instant::now() + workspace.max_wait;
+        let deadline = Instant::now() + lock(&workspace.state).settings.max_wait;
         let (slot, waited) = workspace.acquire(local, deadline).await?;
         Ok(QuotaTicket(Arc::new(Ticket {
             workspace,
@@ -180,10 +202,6 @@ impl Drop for Slot {
 #[derive(Debug)]
 struct Workspace {
     name: String,
-    per_second: u32,
-    per_minute: u32,
-    max_wait: Duration,
-    max_queue: usize,
     state: Mutex<State>,
     /// Wakes the dispatcher: a new waiter, or awork allowing more than before.
     wake: Notify,
@@ -193,11 +211,35 @@ struct Workspace {
     all_metrics: Arc<Metrics>,
     /// The replicas' shared decision, when `[redis]` is configured.
     shared: Option<Arc<Shared>>,
+}
+
+/// A workspace's limits from the config; a reload changes them in place.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    per_second: u32,
+    per_minute: u32,
+    max_wait: Duration,
+    max_queue: usize,
+    /// The whole quota as the shared (Redis) script takes it.
     script_limits: ScriptLimits,
+}
+
+impl Settings {
+    fn new(config: &RateLimitConfig) -> Self {
+        Self {
+            per_second: config.per_second,
+            per_minute: config.per_minute,
+            max_wait: config.max_wait,
+            max_queue: config.max_queue,
+            script_limits: ScriptLimits::new(Some(config.per_second), Some(config.per_minute)),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct State {
+    settings: Settings,
+    /// This replica's own windows (its share of the quota while Redis is down).
     limits: Limits,
     /// awork answered 429: nothing goes before this instant.
     hold_until: Option<Instant>,
@@ -212,6 +254,8 @@ struct State {
     dispatching: bool,
     /// awork's last reported remaining counts, for `/status`.
     awork_remaining_minute: Option<u32>,
+    /// Slots granted per minute over the last hour, for the status page.
+    history: history::History,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -225,6 +269,8 @@ struct ClientSlot {
     name: Arc<str>,
     weight: u32,
     caps: Option<Limits>,
+    /// The caps' quota (per second, per minute), this replica's share.
+    cap_quota: (Option<u32>, Option<u32>),
     script_caps: Option<ScriptLimits>,
     /// Redis said this client's own cap holds it until then.
     blocked_until: Option<Instant>,
@@ -245,6 +291,8 @@ pub struct WorkspaceStatus {
     pub held_for_ms: Option<u64>,
     /// What awork's last answer said was left of its minute window.
     pub awork_remaining_minute: Option<u32>,
+    /// Slots granted in each of the last 60 minutes, oldest first (the last one is running).
+    pub granted_per_minute: Vec<u32>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -266,6 +314,7 @@ impl Workspace {
         shared: Option<Arc<Shared>>,
     ) -> Self {
         let state = State {
+            settings: Settings::new(config),
             limits: Limits::new(Some(local.per_second), Some(local.per_minute)),
             hold_until: None,
             budget: None,
@@ -275,21 +324,51 @@ impl Workspace {
             served_in_turn: 0,
             dispatching: false,
             awork_remaining_minute: None,
+            history: history::History::new(Instant::now()),
         };
         Self {
             metrics: metrics.workspace(&name),
             all_metrics: metrics.clone(),
             name,
-            per_second: config.per_second,
-            per_minute: config.per_minute,
-            max_wait: config.max_wait,
-            max_queue: config.max_queue,
             state: Mutex::new(state),
             wake: Notify::new(),
             in_flight: AtomicU32::new(0),
             shared,
-            script_limits: ScriptLimits::new(Some(config.per_second), Some(config.per_minute)),
         }
+    }
+
+    /// A reload's limits and clients for this workspace, in place: the queue, the minute's
+    /// grants and awork's hold stay. A client the config no longer names keeps its slot (its
+    /// waiters are still served); one it names again gets the same slot back.
+    fn reconfigure(&self, config: &RateLimitConfig, local: &RateLimitConfig, clients: Vec<ClientSlot>) {
+        let mut st = lock(&self.state);
+        st.settings = Settings::new(config);
+        st.limits.resize(Some(local.per_second), Some(local.per_minute));
+        for new in clients {
+            match st.clients.iter_mut().find(|c| c.name == new.name) {
+                Some(slot) => {
+                    slot.weight = new.weight;
+                    slot.script_caps = new.script_caps;
+                    slot.caps = match (slot.caps.take(), new.caps) {
+                        (Some(mut caps), Some(_)) => {
+                            caps.resize(new.cap_quota.0, new.cap_quota.1);
+                            Some(caps)
+                        }
+                        (_, caps) => caps,
+                    };
+                    slot.cap_quota = new.cap_quota;
+                }
+                None => st.clients.push(new),
+            }
+        }
+        drop(st);
+        // New limits may let a waiter go sooner.
+        self.wake.notify_one();
+    }
+
+    /// The slot of the client named `name` (present: `build` put every configured client in).
+    fn client_index(&self, name: &str) -> usize {
+        lock(&self.state).clients.iter().position(|c| &*c.name == name).unwrap_or(usize::MAX)
     }
 
     /// Redis, when configured and worth asking (up, or due for a probe).
@@ -299,12 +378,12 @@ impl Workspace {
 
     /// Asks Redis for a slot for `client`; `None` when Redis did not answer.
     async fn ask_shared(&self, shared: &Shared, client: usize) -> Option<Verdict> {
-        let (name, caps) = {
+        let (name, caps, limits) = {
             let st = lock(&self.state);
             let slot = &st.clients[client];
-            (slot.name.clone(), slot.script_caps)
+            (slot.name.clone(), slot.script_caps, st.settings.script_limits)
         };
-        shared.decide(&self.name, self.script_limits, &name, caps).await
+        shared.decide(&self.name, limits, &name, caps).await
     }
 
     /// A slot for a request of `client`, now or from the queue before `deadline`.
@@ -314,7 +393,7 @@ impl Workspace {
             let mut st = lock(&self.state);
             if client >= st.clients.len() {
                 // Only a config the validator let through can get here; nothing to queue for.
-                return Err(GatewayError::RateLimited { retry_after: self.max_wait });
+                return Err(GatewayError::RateLimited { retry_after: st.settings.max_wait });
             }
             st.queued == 0 && st.blocked_until(start) <= start
         };
@@ -324,11 +403,11 @@ impl Workspace {
         }
         let mut granted = {
             let mut st = lock(&self.state);
-            if st.queued >= self.max_queue {
+            if st.queued >= st.settings.max_queue {
                 st.prune();
             }
-            if st.queued >= self.max_queue {
-                let retry_after = st.estimate_wait(start, self.per_second);
+            if st.queued >= st.settings.max_queue {
+                let retry_after = st.estimate_wait(start);
                 drop(st);
                 return Err(self.reject(client, "queue_full", retry_after));
             }
@@ -363,7 +442,7 @@ impl Workspace {
             return Ok((Slot { workspace: self.clone() }, waited));
         }
         let now = Instant::now();
-        let retry_after = lock(&self.state).estimate_wait(now, self.per_second);
+        let retry_after = lock(&self.state).estimate_wait(now);
         Err(self.reject(client, "deadline", retry_after))
     }
 
@@ -477,7 +556,7 @@ impl Workspace {
         // Requests in flight besides this one may not have reached awork's count yet.
         let others = self.in_flight.load(Ordering::Relaxed).saturating_sub(1);
         let really_left = remaining.saturating_sub(others);
-        let own_estimate = self.per_minute.saturating_sub(st.limits.used_in_minute(now));
+        let own_estimate = st.settings.per_minute.saturating_sub(st.limits.used_in_minute(now));
         let relaxed = if really_left < own_estimate {
             st.budget = Some(Budget { left: really_left, until: now + reset });
             false
@@ -509,13 +588,14 @@ impl Workspace {
         let st = lock(&self.state);
         WorkspaceStatus {
             workspace: self.name.clone(),
-            per_second: self.per_second,
-            per_minute: self.per_minute,
+            per_second: st.settings.per_second,
+            per_minute: st.settings.per_minute,
             used_last_minute: st.limits.used_in_minute(now),
             queued: st.queued,
             in_flight: self.in_flight.load(Ordering::Relaxed),
             held_for_ms: st.hold_until.filter(|h| *h > now).map(|h| (h - now).as_millis() as u64),
             awork_remaining_minute: st.awork_remaining_minute,
+            granted_per_minute: st.history.last_hour(now),
         }
     }
 }
@@ -591,6 +671,7 @@ impl State {
 
     fn grant(&mut self, client: usize, now: Instant, in_flight: &AtomicU32) {
         self.limits.record(now);
+        self.history.record(now);
         if let Some(caps) = &mut self.clients[client].caps {
             caps.record(now);
         }
@@ -639,9 +720,9 @@ impl State {
     }
 
     /// A guess at how long a new request would wait: the queue ahead at the paced rate.
-    fn estimate_wait(&mut self, now: Instant, per_second: u32) -> Duration {
+    fn estimate_wait(&mut self, now: Instant) -> Duration {
         let ahead = u32::try_from(self.queued).unwrap_or(u32::MAX);
-        let paced = window::SECOND.saturating_mul(ahead) / per_second.max(1);
+        let paced = window::SECOND.saturating_mul(ahead) / self.settings.per_second.max(1);
         (self.ready_at(now) - now) + paced
     }
 }

@@ -62,6 +62,26 @@ impl Limits {
         }
     }
 
+    /// The same grants under new quotas (a config reload): the pacing's next free instant
+    /// moves to the new interval after the last grant, and the minute log keeps its newest
+    /// grants, as many as the new quota holds.
+    pub fn resize(&mut self, per_second: Option<u32>, per_minute: Option<u32>) {
+        let resized = Self::new(per_second, per_minute);
+        self.next = match (self.next, self.interval, resized.interval) {
+            (Some(next), Some(old), Some(new)) => Some(next - old + new),
+            (next, _, Some(_)) => next,
+            (_, _, None) => None,
+        };
+        self.interval = resized.interval;
+        self.minute = resized.minute.map(|mut log| {
+            if let Some(old) = self.minute.take() {
+                let keep = old.grants.len().min(log.capacity);
+                log.grants.extend(old.grants.iter().skip(old.grants.len() - keep));
+            }
+            log
+        });
+    }
+
     /// Grants inside the minute window ending at `now` (0 when the minute is unlimited).
     pub fn used_in_minute(&self, now: Instant) -> u32 {
         self.minute.as_ref().map_or(0, |log| log.used(now))
@@ -173,6 +193,28 @@ mod tests {
         assert_eq!(limits.earliest(t0 + Duration::from_secs(1)), t0 + MINUTE);
         assert_eq!(limits.used_in_minute(t0 + Duration::from_secs(1)), 3);
         assert_eq!(limits.used_in_minute(t0 + MINUTE + Duration::from_millis(15)), 1);
+    }
+
+    #[test]
+    fn a_resized_quota_keeps_the_grants_of_the_last_minute() {
+        let mut limits = Limits::new(Some(10), Some(5));
+        let t0 = Instant::now();
+        for ms in [0, 200, 400, 600] {
+            limits.record(t0 + Duration::from_millis(ms));
+        }
+        // A larger minute keeps all four; the fifth fits, the sixth waits for the first.
+        limits.resize(Some(10), Some(5));
+        limits.record(t0 + Duration::from_millis(800));
+        assert_eq!(limits.earliest(t0 + Duration::from_secs(1)), t0 + MINUTE);
+        // A smaller one keeps the newest, as many as it holds: already full.
+        limits.resize(Some(10), Some(2));
+        assert_eq!(limits.used_in_minute(t0 + Duration::from_secs(1)), 2);
+        assert_eq!(limits.earliest(t0 + Duration::from_secs(1)), t0 + Duration::from_millis(600) + MINUTE);
+        // The pacing's next free instant follows the new interval from the last grant.
+        let mut paced = Limits::new(Some(1), None);
+        paced.record(t0);
+        paced.resize(Some(2), None);
+        assert_eq!(paced.earliest(t0), t0 + SECOND / 2);
     }
 
     #[test]
