@@ -50,6 +50,9 @@ pub enum GatewayError {
     UpstreamUnavailable { kind: UpstreamErrorKind, detail: String },
     #[error("the awork API did not answer within {} ms", after.as_millis())]
     UpstreamTimeout { after: Duration },
+    /// An answer the caller asked for in a form it cannot have (CSV of a file).
+    #[error("{0}")]
+    NotAcceptable(String),
 }
 
 impl GatewayError {
@@ -64,6 +67,7 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             Self::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
         }
     }
 
@@ -78,6 +82,7 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. } => "gateway-upstream-unavailable",
             Self::CredentialUnavailable { .. } => "gateway-credential-unavailable",
             Self::UpstreamTimeout { .. } => "gateway-upstream-timeout",
+            Self::NotAcceptable(_) => "gateway-not-acceptable",
         }
     }
 

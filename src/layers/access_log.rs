@@ -151,9 +151,9 @@ pin_project! {
 
 impl Body for AccessLogBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = tower::BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, tower::BoxError>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
@@ -214,8 +214,8 @@ impl Drop for Record {
             target: "awork_gateway::access",
             request_id = self.request_id.as_ref().map_or("-", RequestId::as_str),
             client,
-            method = %self.method,
-            path = %self.path,
+            method = self.method.as_str(),
+            path = self.path.as_str(),
             status = self.status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             upstream_ms = self.upstream_ms,

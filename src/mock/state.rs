@@ -114,6 +114,8 @@ pub(crate) struct Settings {
     pub projects: u64,
     pub time_entries: u64,
     pub retry_after: bool,
+    /// Lists answer this status for this page (a fault in the middle of a whole list).
+    pub failing_page: Option<(u64, http::StatusCode)>,
 }
 
 /// Everything the server and the handle share.
