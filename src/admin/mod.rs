@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/status`, and the login of
-//! OAuth service grants (`/oauth/{credential}/login` and `/callback`).
+//! The admin listener: `/` (the status page), `/healthz`, `/readyz`, `/metrics`, `/status`,
+//! and the login of OAuth service grants (`/oauth/{credential}/login` and `/callback`).
 //!
 //! Kept off the main listener so that callers of the API never reach it and operators can
 //! bind it to a private address.
@@ -71,7 +71,7 @@ async fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<GatewayBo
         path if path.starts_with("/oauth/") => oauth(gateway, req).await,
         other => json_response(
             StatusCode::NOT_FOUND,
-            &json!({"code": "not-found", "description": format!("no admin endpoint {other}; try /healthz, /readyz, /metrics, /status")}),
+            &json!({"code": "not-found", "description": format!("no admin endpoint {other}; try /, /healthz, /readyz, /metrics, /status")}),
         ),
     }
 }
