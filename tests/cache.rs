@@ -326,3 +326,28 @@ async fn a_csv_request_is_made_from_the_kept_json_answer() {
     assert_eq!(String::from_utf8_lossy(&csv.body).lines().count(), 4, "a header and three rows");
     assert_eq!(seen(&mock, "/api/v1/users?pageSize=3"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_signed_in_through_one_oauth_user_client_never_share() {
+    let (port, admin_port) = (support::free_port(), support::free_port());
+    let mock = support::oauth_mock(port, admin_port, Duration::from_secs(3600)).await;
+    let store = support::temp_dir("cache-people").join("tokens");
+    let text = support::oauth_config_text(&mock.url(), port, admin_port, &store);
+    let staff = "name = \"staff\"\ncredential = \"people\"\n";
+    assert!(text.contains(staff));
+    let running = support::gateway(&text.replacen(staff, &format!("{staff}cache_ttl = \"60s\"\n"), 1)).await;
+    mock.set_consent_user("Ada Lovelace");
+    let ada = support::sign_in(running.addr).await;
+    mock.set_consent_user("Grace Hopper");
+    let grace = support::sign_in(running.addr).await;
+
+    let me = url(&running, "/api/v1/me");
+    for (how, count) in [("miss", 2), ("hit", 2)] {
+        for (session, first_name) in [(&ada, "Ada"), (&grace, "Grace")] {
+            let answer = get_as(&me, session, &[]).await;
+            assert_eq!((answer.status.as_u16(), cache_status(&answer)), (200, Some(how)), "{first_name}");
+            assert_eq!(answer.json()["firstName"], first_name);
+        }
+        assert_eq!(seen(&mock, "/api/v1/me"), count);
+    }
+}
