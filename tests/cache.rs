@@ -351,3 +351,27 @@ async fn people_signed_in_through_one_oauth_user_client_never_share() {
         assert_eq!(seen(&mock, "/api/v1/me"), count);
     }
 }
+
+#[tokio::test]
+async fn callers_waiting_on_an_answer_too_long_to_keep_go_to_awork_themselves() {
+    let mock = mock().await;
+    // `{"sleptMs":300}` is 15 bytes: over the limit.
+    let running = support::gateway(&cache_config(&mock.url(), "60s", "[cache]\nmax_entry_bytes = 10\n")).await;
+    let target = "/api/v1/slow?ms=300";
+    let client = client();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, url) = (client.clone(), url(&running, target));
+            tokio::spawn(async move {
+                let auth = format!("Bearer {BI_TOKEN}");
+                send(&client, Method::GET, &url, &[("authorization", &auth)], "").await
+            })
+        })
+        .collect();
+    for call in calls {
+        let answer = call.await.expect("task");
+        assert_eq!((answer.status.as_u16(), cache_status(&answer)), (200, Some("miss")));
+        assert_eq!(answer.json()["sleptMs"], 300);
+    }
+    assert_eq!(seen(&mock, target), 10, "nothing shared, nothing kept");
+}
