@@ -1,0 +1,195 @@
+# Shared by bench/compare.sh and bench/scale.sh (sourced, not run): the fixed upstream, the
+# gateway's config with every feature a real deployment turns on, process bookkeeping.
+# shellcheck shell=bash disable=SC2034 # the variables are for the scripts that source this
+
+# The API key the proxies attach and the client token wrk presents (bench values, no secret).
+BENCH_KEY="bench-awork-api-key-4f1c9e"
+BENCH_TOKEN="bench-client-token-8d27a1"
+BENCH_PATH="/api/v1/me"
+
+# The process ids this run started; stopped (by id) on exit.
+STARTED_PIDS=()
+
+die() {
+    echo "error: $*" >&2
+    exit 2
+}
+
+stop_started() {
+    local pid
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    STARTED_PIDS=()
+}
+
+# Stops one process (not necessarily a child) and waits until it is gone (at most 10 s).
+stop_pid() {
+    local i
+    kill "$1" 2>/dev/null || return 0
+    for i in $(seq 1 200); do
+        [[ -e /proc/$1 && $(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) != Z ]] || return 0
+        sleep 0.05
+    done
+    echo "warning: process $1 still running 10 s after SIGTERM" >&2
+}
+
+# A TCP port nothing listens on now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until something accepts on 127.0.0.1:$1 (at most 10 s).
+wait_port() {
+    local i
+    for i in $(seq 1 200); do
+        if (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    die "nothing listens on port $1 after 10 s"
+}
+
+# Peak resident memory (VmHWM) of the given pids, summed, in KiB.
+peak_rss_kib() {
+    local pid total=0 kib
+    for pid in "$@"; do
+        kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total + ${kib:-0}))
+    done
+    echo "$total"
+}
+
+# Current resident memory (VmRSS) of one pid, in KiB.
+rss_kib() {
+    awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+}
+
+# The children of a pid (nginx's workers).
+children_of() {
+    cat "/proc/$1/task/$1/children" 2>/dev/null || true
+}
+
+# The ~1 KiB JSON answer of the fixed upstream: an awork user, as GET /api/v1/me returns it.
+upstream_json() {
+    local tags="" i
+    for i in 1 2 3 4 5 6; do
+        tags+="{\"id\":\"7a4c1e2b-0000-4000-8000-00000000000$i\",\"name\":\"team-$i\",\"color\":\"blue\"},"
+    done
+    printf '{"id":"5e3f1a7c-2b4d-4e6f-8a9b-0c1d2e3f4a5b","firstName":"Ada","lastName":"Lovelace",'
+    printf '"email":"ada.lovelace@example.com","position":"Engineering lead","language":"en-GB",'
+    printf '"timezone":"Europe/Berlin","isExternal":false,"isArchived":false,"isDeactivated":false,'
+    printf '"hasImage":true,"createdOn":"2024-02-11T09:14:53.120Z","updatedOn":"2026-11-20T16:02:11.004Z",'
+    printf '"userContactInfos":[{"type":"phone","subType":"work","value":"+49 30 1234567"}],'
+    printf '"teams":[%s],' "${tags%,}"
+    printf '"capacityPerWeek":144000,"workspaceId":"1b2c3d4e-5f60-4718-92a3-b4c5d6e7f809"}'
+}
+
+# Starts the fixed upstream (nginx, one worker, on the proxies' core): the 1 KiB JSON for any
+# path, and at /api/v1/_authorization the Authorization header it received.
+# Sets UPSTREAM_PORT and UPSTREAM_PID.
+start_upstream() {
+    local dir=$1 cpu=$2
+    UPSTREAM_PORT=$(free_port)
+    mkdir -p "$dir/upstream/tmp"
+    cat >"$dir/upstream/nginx.conf" <<EOF
+worker_processes 1;
+pid $dir/upstream/nginx.pid;
+error_log $dir/upstream/error.log warn;
+events { worker_connections 10000; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $dir/upstream/tmp;
+    proxy_temp_path $dir/upstream/tmp;
+    fastcgi_temp_path $dir/upstream/tmp;
+    uwsgi_temp_path $dir/upstream/tmp;
+    scgi_temp_path $dir/upstream/tmp;
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
+        location / {
+            default_type application/json;
+            return 200 '$(upstream_json)';
+        }
+        # What the proxies attached, for the smoke check.
+        location = /api/v1/_authorization {
+            default_type text/plain;
+            return 200 '\$http_authorization';
+        }
+    }
+}
+EOF
+    taskset -c "$cpu" nginx -p "$dir/upstream" -c "$dir/upstream/nginx.conf" -e "$dir/upstream/error.log" \
+        -g 'daemon off;' &
+    UPSTREAM_PID=$!
+    STARTED_PIDS+=("$UPSTREAM_PID")
+    wait_port "$UPSTREAM_PORT"
+}
+
+# The gateway's config: API-key injection, one token client with a policy rule, the quota on
+# (above the load), the access log at info in JSON. Args: dir port admin_port upstream_port
+# per_second per_minute idle_timeout.
+gateway_config() {
+    local dir=$1 port=$2 admin=$3 upstream=$4 per_second=$5 per_minute=$6 idle=${7:-30s}
+    local token_sha256
+    token_sha256=$(printf '%s' "$BENCH_TOKEN" | sha256sum | cut -d' ' -f1)
+    cat >"$dir/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$admin"
+max_connections = 20000
+idle_timeout = "$idle"
+
+[upstream]
+url = "http://127.0.0.1:$upstream"
+
+[credentials.main]
+type = "api_key"
+key = { env = "BENCH_AWORK_KEY" }
+
+# Above the load, so it paces nothing; every request still takes a slot.
+[rate_limit]
+per_second = $per_second
+per_minute = $per_minute
+max_wait = "5s"
+max_queue = 10000
+
+[[clients]]
+name = "bench"
+token_sha256 = "$token_sha256"
+credential = "main"
+allow = ["GET,HEAD /api/v1/**", "POST /api/v1/temporaryfiles"]
+
+[log]
+format = "json"
+EOF
+    chmod 600 "$dir/gateway.toml"
+}
+
+# Starts the gateway on $cpu with its access log (info, JSON) going to $dir/gateway.log.
+# Sets GATEWAY_PID; waits for /readyz.
+start_gateway() {
+    local dir=$1 cpu=$2 binary=$3 admin=$4
+    BENCH_AWORK_KEY=$BENCH_KEY RUST_LOG=info taskset -c "$cpu" "$binary" --config "$dir/gateway.toml" \
+        2>"$dir/gateway.log" &
+    GATEWAY_PID=$!
+    STARTED_PIDS+=("$GATEWAY_PID")
+    wait_ready "$admin"
+}
+
+# Waits (at most 10 s) for the gateway's /readyz to answer 200.
+wait_ready() {
+    local i
+    for i in $(seq 1 1000); do
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/readyz") == 200 ]]; then
+            return 0
+        fi
+        sleep 0.01
+    done
+    die "the gateway's /readyz did not answer 200 within 10 s"
+}

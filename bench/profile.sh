@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Instructions per request of the gateway's hot path, under callgrind: the bench/compare.sh
+# gateway (API key, token client, policy rule, quota, JSON access log at info to a file) in
+# front of the same nginx upstream, warmed up, counters zeroed, then exactly --requests GETs over
+# --connections keep-alive connections. Prints instructions per request and the functions with
+# the most inclusive instructions; the callgrind file stays for callgrind_annotate/kcachegrind.
+# Instruction counts do not depend on the machine's load, so they compare builds on a busy
+# machine where req/s cannot.
+#
+# Usage: bench/profile.sh [--requests 20000] [--connections 16] [--binary target/release/awork-gateway]
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+
+REQUESTS=20000
+CONNECTIONS=16
+BINARY=target/release/awork-gateway
+while (($#)); do
+    case $1 in
+    --requests) REQUESTS=$2 && shift 2 ;;
+    --connections) CONNECTIONS=$2 && shift 2 ;;
+    --binary) BINARY=$2 && shift 2 ;;
+    -h | --help) sed -n '2,11p' "$0" && exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+    esac
+done
+command -v valgrind >/dev/null || die "valgrind is not installed"
+[[ -x $BINARY ]] || die "$BINARY not found: cargo build --release"
+
+RUN_DIR=$(mktemp -d /tmp/awork-profile.XXXXXX)
+trap stop_started EXIT
+trap 'exit 130' INT TERM
+
+start_upstream "$RUN_DIR" 0-1
+PORT=$(free_port)
+ADMIN=$(free_port)
+gateway_config "$RUN_DIR" "$PORT" "$ADMIN" "$UPSTREAM_PORT" 1000000 3000000
+BENCH_AWORK_KEY=$BENCH_KEY RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" \
+    "$BINARY" --config "$RUN_DIR/gateway.toml" 2>"$RUN_DIR/gateway.log" &
+GATEWAY_PID=$!
+STARTED_PIDS+=("$GATEWAY_PID")
+for _ in $(seq 1 600); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/readyz") == 200 ]] && break
+    sleep 0.1
+done
+python3 bench/probe.py load "$PORT" "$BENCH_TOKEN" 2000 "$CONNECTIONS"
+callgrind_control -z "$GATEWAY_PID" >/dev/null
+python3 bench/probe.py load "$PORT" "$BENCH_TOKEN" "$REQUESTS" "$CONNECTIONS"
+callgrind_control -d "$GATEWAY_PID" >/dev/null
+DUMP=$(find "$RUN_DIR" -name 'callgrind.out*' -newer "$RUN_DIR/gateway.toml" -size +1k | sort | tail -1)
+TOTAL=$(callgrind_annotate "$DUMP" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+echo "$(awk -v t="$TOTAL" -v n="$REQUESTS" 'BEGIN { printf "%.0f", t / n }') instructions per request" \
+    "($TOTAL over $REQUESTS requests, $CONNECTIONS connections); $DUMP"
+callgrind_annotate --inclusive=yes --threshold=99 "$DUMP" 2>/dev/null | sed -n '/^Ir/,$p' | head -60
