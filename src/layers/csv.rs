@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, StatusCode, Uri};
 use http_body::{Body, Frame};
@@ -69,8 +69,9 @@ where
         if by_query && let Err(e) = drop_format_param(req.uri_mut()) {
             return Decision::answer(e.to_response(&request_id));
         }
-        // awork answers JSON; it is asked for nothing else.
+        // awork answers JSON, uncompressed: it is read here.
         req.headers_mut().insert(ACCEPT, HeaderValue::from_static("application/json"));
+        req.headers_mut().remove(ACCEPT_ENCODING);
         let answer = take_ready(&mut self.inner).call(req);
         Decision::Later { future: Box::pin(async move { Ok(to_csv(answer.await?, request_id)) }) }
     }
@@ -116,12 +117,13 @@ fn to_csv(response: GatewayResponse, request_id: String) -> GatewayResponse {
         return response;
     }
     let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !is_json(content_type) {
+    if !is_json(content_type) || response.headers().get(CONTENT_ENCODING).is_some_and(|e| e != "identity") {
         let why = format!("CSV was asked for, but awork answered {content_type:?}, which is not JSON");
         return GatewayError::NotAcceptable(why).to_response(&request_id);
     }
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.remove(ETAG);
     parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_CSV));
     let csv = CsvBody { inner: body, items: Items::default(), table: Table::default(), request_id, done: false };
     GatewayResponse::from_parts(parts, GatewayBody::made(csv))

@@ -16,7 +16,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HeaderName, TRANSFER_ENCODING};
+use http::header::{
+    ACCEPT_ENCODING, CONTENT_LENGTH, ETAG, HeaderName, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE,
+    TRANSFER_ENCODING,
+};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::{Body, Frame};
@@ -164,7 +167,10 @@ impl PageRequests {
             .map(|(key, value)| if value.is_empty() { key.to_owned() } else { format!("{key}={value}") })
             .collect::<Vec<_>>()
             .join("&");
-        for name in [PAGINATE, CONTENT_LENGTH, TRANSFER_ENCODING] {
+        // Pages are read here: plain JSON, whole, unconditional.
+        for name in
+            [PAGINATE, CONTENT_LENGTH, TRANSFER_ENCODING, ACCEPT_ENCODING, IF_NONE_MATCH, IF_MODIFIED_SINCE, RANGE]
+        {
             parts.headers.remove(name);
         }
         Self { uri: parts.uri, query, version: parts.version, headers: parts.headers, extensions: parts.extensions }
@@ -264,7 +270,9 @@ async fn whole_list(pages: Pages, req: GatewayRequest, max_items: u64) -> Result
         ))
         .to_response(&request_id));
     }
-    parts.headers.remove(CONTENT_LENGTH);
+    for name in [CONTENT_LENGTH, ETAG, LAST_MODIFIED] {
+        parts.headers.remove(name);
+    }
     for name in PAGE_HEADERS {
         parts.headers.remove(name);
     }
