@@ -141,12 +141,11 @@ EOF
 
 start_bench_gateway() {
     GATEWAY_PORT=$(free_port)
-    local admin
-    admin=$(free_port)
-    gateway_config "$RUN_DIR" "$GATEWAY_PORT" "$admin" "$UPSTREAM_PORT" "$QUOTA_PER_SECOND" "$QUOTA_PER_MINUTE"
+    GATEWAY_ADMIN=$(free_port)
+    gateway_config "$RUN_DIR" "$GATEWAY_PORT" "$GATEWAY_ADMIN" "$UPSTREAM_PORT" "$QUOTA_PER_SECOND" "$QUOTA_PER_MINUTE"
     BENCH_AWORK_KEY=$BENCH_KEY "$BINARY" check --config "$RUN_DIR/gateway.toml" >/dev/null ||
         die "the gateway refused its config"
-    start_gateway "$RUN_DIR" "$PROXY_CPU" "$BINARY" "$admin"
+    start_gateway "$RUN_DIR" "$PROXY_CPU" "$BINARY" "$GATEWAY_ADMIN"
 }
 
 # Every target answers the same 200 body, and the proxies attached the key, not the token.
@@ -320,6 +319,9 @@ declare -A RPS P99
     echo
     echo "Access logs written (lines): gateway $(grep -c '"request"' "$RUN_DIR/gateway.log" || true)," \
         "nginx $(wc -l <"$RUN_DIR/nginx/access.log"), haproxy $(wc -l <"$RUN_DIR/haproxy/access.log")."
+    echo "Quota: $(curl -s "http://127.0.0.1:$GATEWAY_ADMIN/metrics" | awk '
+        /^awork_gateway_queue_wait_seconds_count/ { n = $2 } /^awork_gateway_queue_wait_seconds_sum/ { s = $2 }
+        END { printf "%d requests admitted, %.3f s waited in all", n, s }')."
     echo "Raw wrk output: \`$RAW\`."
 } >"$REPORT"
 cat "$REPORT"

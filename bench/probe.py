@@ -29,7 +29,8 @@ IN_FLIGHT = 50
 
 def ready(admin_port, command):
     start = time.monotonic()
-    process = subprocess.Popen(command)
+    # Its stdout must not be ours: the caller reads ours to the end.
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     while True:
         if process.poll() is not None:
             sys.exit(f"the command exited with {process.returncode} before /readyz answered 200")
