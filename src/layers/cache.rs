@@ -112,7 +112,6 @@ impl moka::Expiry<Key, Arc<Entry>> for TimeToLive {
 }
 
 /// The store, one per gateway: the kept answers and the fetches under way.
-#[derive(Debug)]
 pub struct ResponseCache {
     entries: moka::sync::Cache<Key, Arc<Entry>>,
     in_flight: Mutex<HashMap<Key, Flight>>,
@@ -122,6 +121,18 @@ pub struct ResponseCache {
     max_entry_bytes: u64,
     /// How long awork's body may send nothing while it is read to be kept.
     body_idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    /// Counts only: the kept answers are awork data, not for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("entries", &self.entries.entry_count())
+            .field("bytes", &self.entries.weighted_size())
+            .field("in_flight", &self.flights().len())
+            .field("max_entry_bytes", &self.max_entry_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResponseCache {
