@@ -350,8 +350,18 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 State::Http2 if this.pending.is_empty() => Some(u64::MAX),
                 _ => None,
             };
+            // hyper's free space is uninitialised: reading into it as it is costs nothing, while
+            // initialising it first would zero up to `max_head` bytes on every read.
+            let before = buf.filled().len();
             if let Some(left) = body_left {
-                let limit = usize::try_from(left).unwrap_or(usize::MAX).min(buf.remaining());
+                if left >= buf.remaining() as u64 {
+                    std::task::ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                    let n = buf.filled().len() - before;
+                    this.consumed_body(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // The body's last bytes: read no further than its end.
+                let limit = usize::try_from(left).unwrap_or(usize::MAX);
                 let mut direct = ReadBuf::new(buf.initialize_unfilled_to(limit));
                 std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut direct))?;
                 let n = direct.filled().len();
@@ -359,9 +369,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 this.consumed_body(n);
                 return Poll::Ready(Ok(()));
             }
-            // Otherwise read into hyper's free space as scratch, and keep the bytes back.
-            let mut scratch = ReadBuf::new(buf.initialize_unfilled());
-            if Pin::new(&mut this.io).poll_read(cx, &mut scratch)?.is_pending() {
+            // Otherwise read into hyper's free space as scratch, keep the bytes back, and take
+            // them out of hyper's buffer again.
+            if Pin::new(&mut this.io).poll_read(cx, buf)?.is_pending() {
                 if this.before_first_head() {
                     std::task::ready!(this.poll_first_head(cx))?;
                 } else {
@@ -369,12 +379,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 }
                 return Poll::Pending;
             }
-            let read = scratch.filled();
+            let read = &buf.filled()[before..];
             if read.is_empty() {
                 this.eof = true;
                 continue;
             }
             this.pending.extend_from_slice(read);
+            buf.set_filled(before);
             this.advance();
         }
     }

@@ -202,8 +202,46 @@ async fn answer_within<F: Future>(
     }
 }
 
+/// The hop-by-hop headers of RFC 9110 7.6.1, and two older ones that mean the same.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Headers that tell awork about the internal network (client addresses, internal host names).
+static FORWARDING: [HeaderName; 6] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// Removes every header named in `names`. Most messages carry none of them, so one pass over
+/// the names present comes first: a removal hashes and probes the map even for a name it lacks.
+fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if !headers.keys().any(|name| names.contains(name)) {
+        return;
+    }
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 /// Headers that describe one hop (RFC 9110 7.6.1), plus those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        remove_all(headers, &HOP_BY_HOP);
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -214,28 +252,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    remove_all(headers, &HOP_BY_HOP);
 }
 
 /// Nothing about the internal network (client addresses, internal host names) goes to awork.
 fn strip_forwarding(headers: &mut HeaderMap) {
-    for name in
-        ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip"]
-    {
-        headers.remove(name);
-    }
+    remove_all(headers, &FORWARDING);
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {

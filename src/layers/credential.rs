@@ -66,6 +66,10 @@ impl Attach {
     }
 
     /// The header to send and the generation of the secret in it.
+    ///
+    /// A grant's future (it may refresh the token) and a renewal's are boxed where they are
+    /// awaited: inline, their space would be part of every request's future, and the whole of
+    /// it is copied when that future is boxed, key or not.
     async fn authorization(&self) -> Result<(HeaderValue, u64), String> {
         match self {
             Self::Key(key) => {
@@ -75,15 +79,15 @@ impl Attach {
                     None => Err(state.error.clone().unwrap_or_else(|| "not loaded".into())),
                 }
             }
-            Self::Grant(grant) => grant.authorization().await.map_err(|e| e.0),
+            Self::Grant(grant) => Box::pin(grant.authorization()).await.map_err(|e| e.0),
         }
     }
 
     /// awork refused the secret of `generation`: is a newer one in use now?
     async fn renewed_after_rejection(&self, generation: u64) -> bool {
         match self {
-            Self::Key(key) => key.refresh_after_rejection(generation).await,
-            Self::Grant(grant) => grant.after_rejection(generation).await,
+            Self::Key(key) => Box::pin(key.refresh_after_rejection(generation)).await,
+            Self::Grant(grant) => Box::pin(grant.after_rejection(generation)).await,
         }
     }
 

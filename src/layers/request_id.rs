@@ -23,9 +23,12 @@ impl RequestId {
         self.0.to_str().unwrap_or("-")
     }
 
+    /// 32 lowercase hex digits, written in place (no string in between).
     fn generate() -> Self {
-        let id = format!("{:032x}", rand::random::<u128>());
-        Self(HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-")))
+        let mut id = [0u8; 32];
+        let hexed = hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut id);
+        let value = hexed.ok().and_then(|()| HeaderValue::from_bytes(&id).ok());
+        Self(value.unwrap_or(HeaderValue::from_static("-")))
     }
 
     fn from_caller(value: &HeaderValue) -> Option<Self> {

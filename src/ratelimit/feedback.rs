@@ -5,10 +5,18 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderName, StatusCode, header};
 
 /// A hold or reset longer than this is not believed: awork's longest window is a minute.
 const LONGEST_HOLD: Duration = Duration::from_secs(61);
+
+// Looked up in every answer: as names made once, not parsed from strings per lookup.
+static REMAINING_SECOND: HeaderName = HeaderName::from_static("x-ratelimit-remaining-second");
+static REMAINING_MINUTE: HeaderName = HeaderName::from_static("x-ratelimit-remaining-minute");
+static LIMIT_SECOND: HeaderName = HeaderName::from_static("x-ratelimit-limit-second");
+static SUMMARY_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static SUMMARY_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+static SUMMARY_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 
 /// The rate-limit facts of one awork answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,21 +32,19 @@ pub struct Seen {
 impl Seen {
     /// `None` when the answer carries no rate-limit facts at all.
     pub fn read(status: StatusCode, headers: &HeaderMap) -> Option<Self> {
-        let number = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u32>().ok();
-        let remaining_second = number("x-ratelimit-remaining-second");
-        let summary_remaining = number("ratelimit-remaining");
+        let number = |name: &HeaderName| headers.get(name)?.to_str().ok()?.trim().parse::<u32>().ok();
+        let remaining_second = number(&REMAINING_SECOND);
+        let summary_remaining = number(&SUMMARY_REMAINING);
         // Believed up to a minute: a budget of 0 "until" a reset years away would stop the
         // workspace for good, as no answer would come to renew it.
-        let reset = number("ratelimit-reset").map(|s| Duration::from_secs(u64::from(s)).min(LONGEST_HOLD));
+        let reset = number(&SUMMARY_RESET).map(|s| Duration::from_secs(u64::from(s)).min(LONGEST_HOLD));
         // `ratelimit-*` describe the minute unless they describe the second (then they
         // match the second's limit); without the `x-` headers, take them as the minute.
-        let summary_is_second =
-            number("ratelimit-limit").is_some_and(|l| Some(l) == number("x-ratelimit-limit-second"));
-        let remaining_minute =
-            number("x-ratelimit-remaining-minute").or(summary_remaining.filter(|_| !summary_is_second));
+        let summary_is_second = number(&SUMMARY_LIMIT).is_some_and(|l| Some(l) == number(&LIMIT_SECOND));
+        let remaining_minute = number(&REMAINING_MINUTE).or(summary_remaining.filter(|_| !summary_is_second));
         let minute_reset = if summary_is_second { None } else { reset };
         let hold = (status == StatusCode::TOO_MANY_REQUESTS).then(|| {
-            let retry_after = number(header::RETRY_AFTER.as_str()).map(|s| Duration::from_secs(u64::from(s)));
+            let retry_after = number(&header::RETRY_AFTER).map(|s| Duration::from_secs(u64::from(s)));
             retry_after.or(reset).unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(100), LONGEST_HOLD)
         });
         let any = remaining_second.is_some() || remaining_minute.is_some() || hold.is_some();
