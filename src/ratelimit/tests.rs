@@ -310,3 +310,35 @@ allow = ["read-only"]
     let names: Vec<(String, u32)> = quotas.status().into_iter().map(|w| (w.workspace, w.used_last_minute)).collect();
     assert_eq!(names, vec![("default".to_owned(), 2), ("other".to_owned(), 2)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_keeps_the_minutes_grants_resizes_in_place_and_finds_clients_by_name() {
+    let config = |per_minute: u32, order: [&str; 2]| {
+        let clients: String = order
+            .iter()
+            .map(|name| {
+                let host = if *name == "a" { 1 } else { 2 };
+                format!("[[clients]]\nname = \"{name}\"\nnetworks = [\"10.0.0.{host}/32\"]\ncredential = \"main\"\nallow = [\"read-only\"]\n")
+            })
+            .collect();
+        let text = format!(
+            "[credentials.main]\ntype = \"api_key\"\nkey = {{ value = \"k\" }}\n[rate_limit]\nper_second = 100\nper_minute = {per_minute}\nmax_wait = \"1s\"\n{clients}"
+        );
+        Config::parse(&text, "test", &HashMap::<String, String>::new()).expect("valid config").config
+    };
+    let metrics = Arc::new(Metrics::new());
+    let before = Quotas::new(&config(3, ["a", "b"]), &metrics, None);
+    for _ in 0..3 {
+        drop(before.admit(0).await.expect("a slot of the first three"));
+    }
+    assert!(before.admit(1).await.is_err(), "the minute is spent");
+
+    // One more per minute, and the clients in the other order.
+    let after = before.reconfigured(&config(4, ["b", "a"]), &metrics, None);
+    assert_eq!(after.status()[0].used_last_minute, 3, "the minute's grants survived");
+    drop(after.admit(1).await.expect("client a (now second) gets the fourth slot"));
+    assert!(after.admit(0).await.is_err(), "the resized minute is spent too");
+    assert_eq!(after.status()[0].per_minute, 4);
+    tokio::time::advance(Duration::from_secs(62)).await;
+    drop(after.admit(0).await.expect("a new minute"));
+}
