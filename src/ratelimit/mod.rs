@@ -383,7 +383,9 @@ impl Workspace {
             let slot = &st.clients[client];
             (slot.name.clone(), slot.script_caps, st.settings.script_limits)
         };
-        shared.decide(&self.name, limits, &name, caps).await
+        // Boxed: Redis's future is large (admit's future was 7.6 KB with it inline, 272 bytes
+        // without), and every request's future is copied whole when boxed, Redis or not.
+        Box::pin(shared.decide(&self.name, limits, &name, caps)).await
     }
 
     /// A slot for a request of `client`, now or from the queue before `deadline`.
