@@ -199,13 +199,25 @@ async fn a_response_cut_mid_body_reaches_the_caller_broken_never_as_a_shorter_co
         // HTTP/1.1 and HTTP/2 callers see an error where the body breaks off.
         for (name, client) in [("http/1.1", client()), ("h2c", h2c_client())] {
             let start = Instant::now();
-            let (status, body) = get_through(&client, &target).await;
-            assert_eq!(status, 200, "{script:?} {name}: the head was already on its way");
-            assert!(
-                body.is_err(),
-                "{script:?} {name}: a cut body arrived as complete ({} bytes)",
-                body.map_or(0, |b| b.len())
-            );
+            let request = Request::get(&target).body(Full::new(Bytes::new())).expect("request");
+            let exchange = async {
+                let response = client.request(request).await.map_err(|e| format!("{e:?}"))?;
+                let status = response.status();
+                Ok::<_, String>((status, response.into_body().collect().await.map(|b| b.to_bytes())))
+            };
+            match tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("an answer within 10 s") {
+                Ok((status, body)) => {
+                    assert_eq!(status, 200, "{script:?} {name}: the head was already on its way");
+                    assert!(
+                        body.is_err(),
+                        "{script:?} {name}: a cut body arrived as complete ({} bytes)",
+                        body.map_or(0, |b| b.len())
+                    );
+                }
+                // On HTTP/2 the reset can reach the client before it has read the head: the
+                // stream fails as a whole, which is broken too, never complete.
+                Err(e) => assert!(name == "h2c" && e.contains("Reset"), "{script:?} {name}: {e}"),
+            }
             assert_took(&format!("{script:?} {name}"), start.elapsed(), Duration::ZERO, Duration::from_secs(2));
         }
         // On the wire: the announced length is not reached, or the last chunk never comes.
