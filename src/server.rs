@@ -159,7 +159,9 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         #[cfg(feature = "otlp")]
-        let deadline = tokio::time::Instant::now() + self.gateway().config.server.drain_timeout;
+        let gateway = self.gateway();
+        #[cfg(feature = "otlp")]
+        let deadline = tokio::time::Instant::now() + gateway.config.server.drain_timeout;
         let _ = self.main.await;
         let _ = self.admin.await;
         for (_, task) in self.background.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
@@ -167,7 +169,7 @@ impl Running {
         }
         // The spans of the drained requests, in what is left of the drain time (at least 1 s).
         #[cfg(feature = "otlp")]
-        self.gateway()
+        gateway
             .flush_traces(deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1)))
             .await;
         tracing::info!("awork-gateway stopped");
