@@ -27,7 +27,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,11 +37,14 @@ use clap::Parser;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 use awork_gateway::mock::MockAwork;
+
+#[path = "process.rs"]
+mod process;
+use process::{GatewayProcess, HttpClient, free_port, proc_field, wait_ready};
 
 /// The mock's API key, which the gateway attaches.
 const MOCK_KEY: &str = "soak-awork-key-6b20d4";
@@ -115,8 +118,6 @@ fn pick(n: u64) -> (Method, String, Bytes, Option<usize>, bool) {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 async fn one_request(client: &HttpClient, base: &str, n: u64) -> Result<(), String> {
     let (method, path, body, expected_len, _) = pick(n);
     let request = Request::builder()
@@ -158,17 +159,8 @@ fn per_minute_slope(samples: &[Sample], f: fn(&Sample) -> u64) -> f64 {
     if var == 0.0 { 0.0 } else { cov / var }
 }
 
-fn proc_field(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix(field))?.split_whitespace().next()?.parse().ok()
-}
-
 fn open_fds(pid: u32) -> Option<u64> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
-}
-
-fn free_port() -> Option<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).ok()
 }
 
 fn config_text(mock_url: &str, port: u16, admin_port: u16, per_minute: u32) -> String {
@@ -200,18 +192,6 @@ allow = ["* /api/v1/**"]
     )
 }
 
-/// The gateway process, killed if the soak ends early.
-struct GatewayProcess(Child);
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn start_gateway(args: &Args, dir: &Path, config: &Path) -> Result<GatewayProcess, String> {
     let log = std::fs::File::create(dir.join("gateway.log")).map_err(|e| e.to_string())?;
     let child = Command::new(&args.gateway)
@@ -224,19 +204,6 @@ fn start_gateway(args: &Args, dir: &Path, config: &Path) -> Result<GatewayProces
         .spawn()
         .map_err(|e| format!("cannot run {} ({e}); build it first: cargo build --release", args.gateway.display()))?;
     Ok(GatewayProcess(child))
-}
-
-async fn wait_ready(client: &HttpClient, url: &str) -> bool {
-    for _ in 0..200 {
-        let request = Request::get(url).body(Full::new(Bytes::new())).expect("static request");
-        if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_millis(500), client.request(request)).await
-            && response.status() == StatusCode::OK
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 fn sample(pid: u32, at: Duration, counters: &Counters, busy: usize) -> Sample {

@@ -12,7 +12,7 @@
 //! ```
 
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,10 +20,13 @@ use clap::Parser;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use awork_gateway::mock::MockAwork;
+
+#[path = "process.rs"]
+mod process;
+use process::{GatewayProcess, HttpClient, free_port, proc_field, wait_ready};
 
 /// The mock's API key, which the gateway attaches.
 const MOCK_KEY: &str = "whole-list-awork-key-41c7e9";
@@ -40,29 +43,6 @@ struct Args {
     /// The peak may end at most this far above the memory before.
     #[arg(long, default_value_t = 64)]
     max_growth_mib: u64,
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// The gateway process, killed when the run ends.
-struct GatewayProcess(Child);
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(field)?.split_whitespace().next()?.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn free_port() -> Option<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).ok()
 }
 
 fn config_text(mock_url: &str, port: u16, admin_port: u16) -> String {
@@ -86,19 +66,6 @@ credential = "main"
 allow = ["GET /api/v1/**"]
 "#
     )
-}
-
-async fn wait_ready(client: &HttpClient, url: &str) -> bool {
-    for _ in 0..200 {
-        let request = Request::get(url).body(Full::new(Bytes::new())).expect("static request");
-        if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_millis(500), client.request(request)).await
-            && response.status() == StatusCode::OK
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 /// Counts the items of a JSON array of objects as it streams: each `{` directly inside it.
@@ -225,12 +192,12 @@ async fn run(args: &Args) -> Result<bool, String> {
     let base = format!("http://127.0.0.1:{port}/api/v1/projects");
     // One small page first, so the memory before counts a warm connection pool.
     stream(&client, &format!("{base}?pageSize=10"), |_| {}).await?;
-    let before = proc_kib(pid, "VmRSS:");
+    let before = proc_field(pid, "VmRSS:").unwrap_or(0);
     println!("list: {} projects; gateway pid {pid}; RSS before: {}", args.items, mib(before));
 
     let mut items = JsonItems::default();
     let (bytes, took) = stream(&client, &format!("{base}?page=all"), |c| items.feed(c)).await?;
-    let json_peak = proc_kib(pid, "VmHWM:");
+    let json_peak = proc_field(pid, "VmHWM:").unwrap_or(0);
     println!(
         "page=all JSON: {} items, {:.1} MiB in {:.1} s; gateway peak RSS (VmHWM) {}",
         items.count,
@@ -241,7 +208,7 @@ async fn run(args: &Args) -> Result<bool, String> {
 
     let mut rows = CsvRows::default();
     let (bytes, took) = stream(&client, &format!("{base}?page=all&format=csv"), |c| rows.feed(c)).await?;
-    let csv_peak = proc_kib(pid, "VmHWM:");
+    let csv_peak = proc_field(pid, "VmHWM:").unwrap_or(0);
     let csv_items = rows.rows.saturating_sub(1);
     println!(
         "page=all CSV:  {csv_items} rows (+ header), {:.1} MiB in {:.1} s; gateway peak RSS (VmHWM) {}",
