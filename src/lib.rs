@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod civil;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -209,8 +209,17 @@ fn completions(shell: clap_complete::Shell) -> ExitCode {
     }
 }
 
+/// A worker thread per core; on one core (an affinity or a CPU quota of one) a single thread
+/// that polls I/O and runs the tasks itself, which saves the hand-offs between the runtime's
+/// scheduler and its worker (`bench/compare.sh` gives each proxy one core).
 fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    match builder.enable_all().build() {
         Ok(runtime) => {
             let code = runtime.block_on(fut);
             // A pending read of stdin (login) must not hold the process open.

@@ -210,20 +210,18 @@ impl Drop for Record {
         let elapsed = self.start.elapsed();
         let client = self.client.as_deref().unwrap_or(UNIDENTIFIED);
         self.metrics.record_request(client, &self.method, self.status, elapsed);
-        tracing::info!(
-            target: "awork_gateway::access",
-            request_id = self.request_id.as_ref().map_or("-", RequestId::as_str),
+        crate::logging::access(&crate::logging::AccessLine {
+            request_id: self.request_id.as_ref().map_or("-", RequestId::as_str),
             client,
-            method = self.method.as_str(),
-            path = self.path.as_str(),
-            status = self.status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = self.upstream_ms,
-            queue_ms = self.queue_ms,
-            bytes_in = self.bytes_in,
-            bytes_out = self.bytes_out,
-            complete = self.complete,
-            "request"
-        );
+            method: self.method.as_str(),
+            path: &self.path,
+            status: self.status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: self.upstream_ms,
+            queue_ms: self.queue_ms,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            complete: self.complete,
+        });
     }
 }
