@@ -10,8 +10,8 @@
 # wrk (keep-alive) at each connection count, targets alternated (direct nginx haproxy gateway,
 # direct nginx haproxy gateway, ...) for --rounds rounds; medians reported. wrk runs on one
 # core (LOAD_CPU), the upstream and every proxy on the other (PROXY_CPU), so each proxy gets
-# the same one core (nginx 1 worker, haproxy 1 thread, the gateway's runtime sizes itself to
-# its affinity: 1 worker). All three proxies write one access-log line per request to a file.
+# the same one core (nginx 1 worker, haproxy 1 thread, the gateway sees one core and runs
+# tokio's current-thread runtime). All three proxies write one access-log line per request to a file.
 #
 # Usage: bench/compare.sh [--rounds N] [--duration SECS] [--conns "64 256"]
 #                         [--binary target/release/awork-gateway] [--out bench/results]
@@ -61,83 +61,6 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 RUN_DIR=$(mktemp -d /tmp/awork-bench.XXXXXX)
 trap stop_started EXIT
 trap 'exit 130' INT TERM
-
-start_nginx() {
-    NGINX_PORT=$(free_port)
-    mkdir -p "$RUN_DIR/nginx/tmp"
-    cat >"$RUN_DIR/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $RUN_DIR/nginx/nginx.pid;
-error_log $RUN_DIR/nginx/error.log warn;
-events { worker_connections 10000; }
-http {
-    log_format json escape=json '{"time":"\$time_iso8601","client":"\$remote_addr",'
-        '"method":"\$request_method","path":"\$uri","status":\$status,'
-        '"duration":\$request_time,"upstream":"\$upstream_response_time","bytes_out":\$body_bytes_sent}';
-    access_log $RUN_DIR/nginx/access.log json;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $RUN_DIR/nginx/tmp;
-    proxy_temp_path $RUN_DIR/nginx/tmp;
-    fastcgi_temp_path $RUN_DIR/nginx/tmp;
-    uwsgi_temp_path $RUN_DIR/nginx/tmp;
-    scgi_temp_path $RUN_DIR/nginx/tmp;
-    upstream awork {
-        server 127.0.0.1:$UPSTREAM_PORT;
-        keepalive 1024;
-        keepalive_requests 10000000;
-        keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT backlog=4096;
-        location / {
-            proxy_pass http://awork;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Authorization "Bearer $BENCH_KEY";
-        }
-    }
-}
-EOF
-    taskset -c "$PROXY_CPU" nginx -p "$RUN_DIR/nginx" -c "$RUN_DIR/nginx/nginx.conf" \
-        -e "$RUN_DIR/nginx/error.log" -g 'daemon off;' &
-    NGINX_PID=$!
-    STARTED_PIDS+=("$NGINX_PID")
-    wait_port "$NGINX_PORT"
-}
-
-start_haproxy() {
-    HAPROXY_PORT=$(free_port)
-    mkdir -p "$RUN_DIR/haproxy"
-    cat >"$RUN_DIR/haproxy/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 5000
-    log stdout format raw local0 info
-
-defaults
-    mode http
-    log global
-    option httplog
-    timeout connect 5s
-    timeout client 300s
-    timeout server 60s
-    timeout http-keep-alive 300s
-
-frontend gateway
-    bind 127.0.0.1:$HAPROXY_PORT
-    http-request set-header Authorization "Bearer $BENCH_KEY"
-    default_backend awork
-
-backend awork
-    http-reuse always
-    server upstream 127.0.0.1:$UPSTREAM_PORT
-EOF
-    taskset -c "$PROXY_CPU" haproxy -db -f "$RUN_DIR/haproxy/haproxy.cfg" >"$RUN_DIR/haproxy/access.log" 2>&1 &
-    HAPROXY_PID=$!
-    STARTED_PIDS+=("$HAPROXY_PID")
-    wait_port "$HAPROXY_PORT"
-}
 
 start_bench_gateway() {
     GATEWAY_PORT=$(free_port)
@@ -235,8 +158,8 @@ REPORT="$OUT/$RAW_NAME.md"
 : >"$RUN_DIR/results.tsv"
 
 start_upstream "$RUN_DIR" "$PROXY_CPU"
-start_nginx
-start_haproxy
+start_nginx "$RUN_DIR" "$PROXY_CPU" "$UPSTREAM_PORT"
+start_haproxy "$RUN_DIR" "$PROXY_CPU" "$UPSTREAM_PORT"
 start_bench_gateway
 declare -A PORT=([direct]=$UPSTREAM_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT)
 smoke_check

@@ -193,3 +193,92 @@ wait_ready() {
     done
     die "the gateway's /readyz did not answer 200 within 10 s"
 }
+
+# nginx (one worker, on $cpu) in front of the upstream at 127.0.0.1:$upstream, injecting the
+# key with a keep-alive pool to the upstream and a JSON access log; $stream set: bodies of any
+# size pass through unbuffered, as an operator would set it for file transfers.
+# Sets NGINX_PORT and NGINX_PID.
+start_nginx() {
+    local dir=$1 cpu=$2 upstream=$3 stream=${4:-} streaming=""
+    if [[ -n $stream ]]; then
+        streaming="client_max_body_size 0; proxy_request_buffering off; proxy_buffering off;"
+    fi
+    NGINX_PORT=$(free_port)
+    mkdir -p "$dir/nginx/tmp"
+    cat >"$dir/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $dir/nginx/nginx.pid;
+error_log $dir/nginx/error.log warn;
+events { worker_connections 10000; }
+http {
+    log_format json escape=json '{"time":"\$time_iso8601","client":"\$remote_addr",'
+        '"method":"\$request_method","path":"\$uri","status":\$status,'
+        '"duration":\$request_time,"upstream":"\$upstream_response_time","bytes_out":\$body_bytes_sent}';
+    access_log $dir/nginx/access.log json;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $dir/nginx/tmp;
+    proxy_temp_path $dir/nginx/tmp;
+    fastcgi_temp_path $dir/nginx/tmp;
+    uwsgi_temp_path $dir/nginx/tmp;
+    scgi_temp_path $dir/nginx/tmp;
+    upstream awork {
+        server 127.0.0.1:$upstream;
+        keepalive 1024;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        location / {
+            proxy_pass http://awork;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer $BENCH_KEY";
+            $streaming
+        }
+    }
+}
+EOF
+    taskset -c "$cpu" nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" \
+        -e "$dir/nginx/error.log" -g 'daemon off;' &
+    NGINX_PID=$!
+    STARTED_PIDS+=("$NGINX_PID")
+    wait_port "$NGINX_PORT"
+}
+
+# haproxy (one thread, on $cpu) in front of the upstream, injecting the key, reusing upstream
+# connections, logging each request. Sets HAPROXY_PORT and HAPROXY_PID.
+start_haproxy() {
+    local dir=$1 cpu=$2 upstream=$3
+    HAPROXY_PORT=$(free_port)
+    mkdir -p "$dir/haproxy"
+    cat >"$dir/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 5000
+    log stdout format raw local0 info
+
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 5s
+    timeout client 300s
+    timeout server 60s
+    timeout http-keep-alive 300s
+
+frontend gateway
+    bind 127.0.0.1:$HAPROXY_PORT
+    http-request set-header Authorization "Bearer $BENCH_KEY"
+    default_backend awork
+
+backend awork
+    http-reuse always
+    server upstream 127.0.0.1:$upstream
+EOF
+    taskset -c "$cpu" haproxy -db -f "$dir/haproxy/haproxy.cfg" >"$dir/haproxy/access.log" 2>&1 &
+    HAPROXY_PID=$!
+    STARTED_PIDS+=("$HAPROXY_PID")
+    wait_port "$HAPROXY_PORT"
+}

@@ -7,9 +7,10 @@
 #   - peak RSS with 1,000 and 10,000 open keep-alive connections (each sent one request, then
 #     holds; the gateway's idle_timeout is 5m here so none is closed while counted);
 #   - 1 GiB down (GET .../download?size=1GiB) and 1 GiB up (POST /api/v1/temporaryfiles with a
-#     Content-Length) with curl, through the gateway and direct to the mock, alternated, median
-#     of --rounds; the gateway's peak RSS over all of them. Not pinned: a stream is a pipeline
-#     of three processes (curl, gateway, mock) on two cores, direct one of two.
+#     Content-Length) with curl: direct to the mock, through the gateway, and through nginx
+#     (unbuffered) and haproxy as the reference for what any proxy hop costs on this machine;
+#     alternated, median of --rounds; the gateway's peak RSS over all of them. Not pinned: a
+#     stream is a pipeline of three processes (curl, proxy, mock) on two cores, direct of two.
 #
 # Usage: bench/scale.sh [--rounds 3] [--starts 5] [--binary target/release/awork-gateway]
 #                       [--mock target/release/mock-awork] [--out bench/results]
@@ -112,13 +113,13 @@ head -c "$GIB" /dev/zero >"$RUN_DIR/upload.bin"
 : >"$RUN_DIR/streams.tsv"
 stream() { # direction target round
     local url auth out
-    if [[ $2 == direct ]]; then
-        url="http://127.0.0.1:$MOCK_PORT"
-        auth="Authorization: Bearer $BENCH_KEY"
-    else
-        url="http://127.0.0.1:$GW_PORT"
-        auth="Authorization: Bearer $BENCH_TOKEN"
-    fi
+    auth="Authorization: Bearer $BENCH_TOKEN"
+    case $2 in
+    direct) url="http://127.0.0.1:$MOCK_PORT" auth="Authorization: Bearer $BENCH_KEY" ;;
+    gateway) url="http://127.0.0.1:$GW_PORT" ;;
+    nginx) url="http://127.0.0.1:$NGINX_PORT" ;;
+    haproxy) url="http://127.0.0.1:$HAPROXY_PORT" ;;
+    esac
     if [[ $1 == down ]]; then
         out=$(curl -sS -o /dev/null -H "$auth" -w '%{http_code} %{size_download} %{speed_download}' \
             "$url/api/v1/files/0d5e0c2a-bench/download?size=$GIB")
@@ -132,10 +133,15 @@ stream() { # direction target round
         >>"$RUN_DIR/streams.tsv"
     echo "  1 GiB $1 $2 round $3: $(tail -1 "$RUN_DIR/streams.tsv" | cut -f4) MB/s" >&2
 }
+# nginx and haproxy in front of the same mock, as the reference for what a proxy hop costs here.
+start_nginx "$RUN_DIR" 0-1 "$MOCK_PORT" stream
+start_haproxy "$RUN_DIR" 0-1 "$MOCK_PORT"
+STREAM_TARGETS=(direct gateway nginx haproxy)
 for round in $(seq 1 "$ROUNDS"); do
     for direction in down up; do
-        stream "$direction" direct "$round"
-        stream "$direction" gateway "$round"
+        for target in "${STREAM_TARGETS[@]}"; do
+            stream "$direction" "$target" "$round"
+        done
     done
 done
 STREAM_PEAK=$(mib "$(peak_rss_kib "$GATEWAY_PID")")
@@ -172,10 +178,13 @@ mkdir -p "$OUT"
     done
     for direction in down up; do
         d=$(speed_of "$direction" direct)
-        g=$(speed_of "$direction" gateway)
-        echo "| 1 GiB $direction, direct (median of $ROUNDS) | $d MB/s ($(rounds_of "$direction" direct)) |"
-        echo "| 1 GiB $direction, gateway (median of $ROUNDS) | $g MB/s ($(rounds_of "$direction" gateway)) |"
-        echo "| 1 GiB $direction, gateway / direct | $(awk -v g="$g" -v d="$d" 'BEGIN { printf "%.0f%%", 100 * g / d }') |"
+        for target in "${STREAM_TARGETS[@]}"; do
+            echo "| 1 GiB $direction, $target (median of $ROUNDS) | $(speed_of "$direction" "$target") MB/s ($(rounds_of "$direction" "$target")) |"
+        done
+        for target in gateway nginx haproxy; do
+            echo "| 1 GiB $direction, $target / direct |" \
+                "$(awk -v g="$(speed_of "$direction" "$target")" -v d="$d" 'BEGIN { printf "%.0f%%", 100 * g / d }') |"
+        done
     done
     echo "| peak RSS over the 1 GiB streams | $STREAM_PEAK MiB |"
     echo
