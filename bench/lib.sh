@@ -89,27 +89,39 @@ upstream_json() {
     printf '"capacityPerWeek":144000,"workspaceId":"1b2c3d4e-5f60-4718-92a3-b4c5d6e7f809"}'
 }
 
+# Writes DIR/nginx.conf for one nginx worker with its pid, error log and temp files in DIR and
+# keep-alive raised; the rest of the http block comes from stdin.
+nginx_conf() {
+    local dir=$1
+    mkdir -p "$dir/tmp"
+    {
+        cat <<EOF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 10000; }
+http {
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $dir/tmp;
+    proxy_temp_path $dir/tmp;
+    fastcgi_temp_path $dir/tmp;
+    uwsgi_temp_path $dir/tmp;
+    scgi_temp_path $dir/tmp;
+EOF
+        cat
+        echo "}"
+    } >"$dir/nginx.conf"
+}
+
 # Starts the fixed upstream (nginx, one worker, on the proxies' core): the 1 KiB JSON for any
 # path, and at /api/v1/_authorization the Authorization header it received.
 # Sets UPSTREAM_PORT and UPSTREAM_PID.
 start_upstream() {
     local dir=$1 cpu=$2
     UPSTREAM_PORT=$(free_port)
-    mkdir -p "$dir/upstream/tmp"
-    cat >"$dir/upstream/nginx.conf" <<EOF
-worker_processes 1;
-pid $dir/upstream/nginx.pid;
-error_log $dir/upstream/error.log warn;
-events { worker_connections 10000; }
-http {
+    nginx_conf "$dir/upstream" <<EOF
     access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $dir/upstream/tmp;
-    proxy_temp_path $dir/upstream/tmp;
-    fastcgi_temp_path $dir/upstream/tmp;
-    uwsgi_temp_path $dir/upstream/tmp;
-    scgi_temp_path $dir/upstream/tmp;
     server {
         listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
         location / {
@@ -122,7 +134,6 @@ http {
             return 200 '\$http_authorization';
         }
     }
-}
 EOF
     taskset -c "$cpu" nginx -p "$dir/upstream" -c "$dir/upstream/nginx.conf" -e "$dir/upstream/error.log" \
         -g 'daemon off;' &
@@ -204,24 +215,11 @@ start_nginx() {
         streaming="client_max_body_size 0; proxy_request_buffering off; proxy_buffering off;"
     fi
     NGINX_PORT=$(free_port)
-    mkdir -p "$dir/nginx/tmp"
-    cat >"$dir/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $dir/nginx/nginx.pid;
-error_log $dir/nginx/error.log warn;
-events { worker_connections 10000; }
-http {
+    nginx_conf "$dir/nginx" <<EOF
     log_format json escape=json '{"time":"\$time_iso8601","client":"\$remote_addr",'
         '"method":"\$request_method","path":"\$uri","status":\$status,'
         '"duration":\$request_time,"upstream":"\$upstream_response_time","bytes_out":\$body_bytes_sent}';
     access_log $dir/nginx/access.log json;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $dir/nginx/tmp;
-    proxy_temp_path $dir/nginx/tmp;
-    fastcgi_temp_path $dir/nginx/tmp;
-    uwsgi_temp_path $dir/nginx/tmp;
-    scgi_temp_path $dir/nginx/tmp;
     upstream awork {
         server 127.0.0.1:$upstream;
         keepalive 1024;
@@ -238,7 +236,6 @@ http {
             $streaming
         }
     }
-}
 EOF
     taskset -c "$cpu" nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" \
         -e "$dir/nginx/error.log" -g 'daemon off;' &
