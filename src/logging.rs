@@ -8,7 +8,6 @@
 //! `write` to stderr. `RUST_LOG` still decides whether it is written.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -80,28 +79,28 @@ pub fn access(line: &AccessLine<'_>) {
         return;
     }
     thread_local! {
-        static BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
+        static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
     BUFFER.with_borrow_mut(|buffer| {
         buffer.clear();
         json_line(buffer, line, SystemTime::now());
         // As tracing's writer does: a log line that cannot be written is dropped.
-        let _ = std::io::stderr().lock().write_all(buffer.as_bytes());
+        let _ = std::io::stderr().lock().write_all(buffer);
     });
 }
 
 /// The line tracing's JSON formatter would write for the event (flattened, no span), with
 /// durations in milliseconds to the microsecond.
-fn json_line(out: &mut String, line: &AccessLine<'_>, now: SystemTime) {
-    out.push_str("{\"timestamp\":\"");
+fn json_line(out: &mut Vec<u8>, line: &AccessLine<'_>, now: SystemTime) {
+    out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out, now);
-    out.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
     json_string(out, line.request_id);
-    out.push_str(",\"client\":");
+    out.extend_from_slice(b",\"client\":");
     json_string(out, line.client);
-    out.push_str(",\"method\":");
+    out.extend_from_slice(b",\"method\":");
     json_string(out, line.method);
-    out.push_str(",\"path\":");
+    out.extend_from_slice(b",\"path\":");
     json_string(out, line.path);
     let _ = write!(out, ",\"status\":{},\"duration_ms\":{:.3}", line.status, line.duration_ms);
     if let Some(ms) = line.upstream_ms {
@@ -114,13 +113,13 @@ fn json_line(out: &mut String, line: &AccessLine<'_>, now: SystemTime) {
         let _ = write!(out, ",\"bytes_in\":{bytes}");
     }
     let _ = write!(out, ",\"bytes_out\":{},\"complete\":{}", line.bytes_out, line.complete);
-    out.push_str(",\"target\":\"");
-    out.push_str(ACCESS_TARGET);
-    out.push_str("\"}\n");
+    out.extend_from_slice(b",\"target\":\"");
+    out.extend_from_slice(ACCESS_TARGET.as_bytes());
+    out.extend_from_slice(b"\"}\n");
 }
 
 /// RFC 3339 in UTC with microseconds, as tracing writes it: `2026-11-26T20:32:45.879672Z`.
-fn timestamp(out: &mut String, now: SystemTime) {
+fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = i64::try_from(since.as_secs()).unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -135,30 +134,10 @@ fn timestamp(out: &mut String, now: SystemTime) {
     );
 }
 
-/// `text` as a JSON string: quotes, backslashes and control characters escaped.
-fn json_string(out: &mut String, text: &str) {
-    out.push('"');
-    let mut plain = 0;
-    for (i, c) in text.char_indices() {
-        let escaped = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            c if c < ' ' || c == '\u{7f}' => "",
-            _ => continue,
-        };
-        out.push_str(&text[plain..i]);
-        if escaped.is_empty() {
-            let _ = write!(out, "\\u{:04x}", u32::from(c));
-        } else {
-            out.push_str(escaped);
-        }
-        plain = i + c.len_utf8();
-    }
-    out.push_str(&text[plain..]);
-    out.push('"');
+/// `text` as a JSON string, escaped by serde_json as tracing's formatter does.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(out, text);
 }
 
 #[cfg(test)]
@@ -186,10 +165,10 @@ mod tests {
     #[test]
     fn the_json_access_line_has_tracings_keys_in_its_order_and_leaves_out_what_is_unknown() {
         let at = UNIX_EPOCH + Duration::from_micros(1_795_725_165_879_672);
-        let mut out = String::new();
+        let mut out = Vec::new();
         json_line(&mut out, &line("/api/v1/me", "bench"), at);
         assert_eq!(
-            out,
+            String::from_utf8_lossy(&out),
             "{\"timestamp\":\"2026-11-26T20:32:45.879672Z\",\"level\":\"INFO\",\"message\":\"request\",\
              \"request_id\":\"4f497813b4c076bde423159f9ef8d519\",\"client\":\"bench\",\"method\":\"GET\",\
              \"path\":\"/api/v1/me\",\"status\":200,\"duration_ms\":47.814,\"upstream_ms\":47.600,\
@@ -199,8 +178,9 @@ mod tests {
 
     #[test]
     fn quotes_backslashes_and_control_characters_in_a_field_stay_inside_its_json_string() {
-        let mut out = String::new();
+        let mut out = Vec::new();
         json_line(&mut out, &line("/a\"b\\c\u{1}é", "ops\n\"x\""), SystemTime::now());
+        let out = String::from_utf8(out).expect("UTF-8");
         let parsed: serde_json::Value = serde_json::from_str(out.trim_end()).expect("one JSON object");
         assert_eq!(parsed["path"], "/a\"b\\c\u{1}é");
         assert_eq!(parsed["client"], "ops\n\"x\"");
