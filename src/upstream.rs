@@ -187,6 +187,20 @@ impl Service<GatewayRequest> for Upstream {
     }
 }
 
+/// The request's extensions that [`Upstream`] reads: a copy of these, not of all of them (a
+/// map and a box per value), is what a layer that sends a request again hands it.
+pub fn extensions_read(all: &http::Extensions) -> http::Extensions {
+    let mut read = http::Extensions::new();
+    if let Some(id) = all.get::<RequestId>() {
+        read.insert(id.clone());
+    }
+    #[cfg(feature = "otlp")]
+    if let Some(parent) = all.get::<crate::telemetry::TraceParent>() {
+        read.insert(parent.clone());
+    }
+    read
+}
+
 /// awork's answer, waited for at most `timeout` once the request body has been sent: a long
 /// upload is not awork being slow.
 async fn answer_within<F: Future>(
@@ -225,12 +239,11 @@ static FORWARDING: [HeaderName; 6] = [
     HeaderName::from_static("x-real-ip"),
 ];
 
-/// Removes every header named in `names`. Most messages carry none of them, so one pass over
-/// the names present comes first: a removal hashes and probes the map even for a name it lacks.
-fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
-    if !headers.keys().any(|name| names.contains(name)) {
-        return;
-    }
+/// Removes every header that `doomed` picks. The names present are looked at once and only
+/// those picked are removed: a removal hashes and probes the map even for a name it lacks, and
+/// most messages carry one of these headers at most (`Connection: keep-alive`).
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderMap, &HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|name| doomed(headers, name)).cloned().collect();
     for name in names {
         headers.remove(name);
     }
@@ -238,26 +251,30 @@ fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
 
 /// Headers that describe one hop (RFC 9110 7.6.1), plus those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::CONNECTION) {
-        remove_all(headers, &HOP_BY_HOP);
-        return;
-    }
-    let named: Vec<HeaderName> = headers
+    // `Connection: keep-alive` or `close` names no header beyond those removed anyway.
+    let names_others = connection_lists(headers, |name| {
+        !name.eq_ignore_ascii_case("keep-alive") && !name.eq_ignore_ascii_case("close")
+    });
+    remove_where(headers, |headers, name| {
+        HOP_BY_HOP.contains(name)
+            || (names_others && connection_lists(headers, |listed| listed.eq_ignore_ascii_case(name.as_str())))
+    });
+}
+
+/// Whether a name the `Connection` header lists passes `test`.
+fn connection_lists(headers: &HeaderMap, test: impl Fn(&str) -> bool) -> bool {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    remove_all(headers, &HOP_BY_HOP);
+        .map(str::trim)
+        .any(|name| !name.is_empty() && test(name))
 }
 
 /// Nothing about the internal network (client addresses, internal host names) goes to awork.
 fn strip_forwarding(headers: &mut HeaderMap) {
-    remove_all(headers, &FORWARDING);
+    remove_where(headers, |_, name| FORWARDING.contains(name));
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {

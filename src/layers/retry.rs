@@ -179,7 +179,7 @@ where
             *request.uri_mut() = parts.uri.clone();
             *request.version_mut() = parts.version;
             *request.headers_mut() = parts.headers.clone();
-            *request.extensions_mut() = parts.extensions.clone();
+            *request.extensions_mut() = crate::upstream::extensions_read(&parts.extensions);
             let response = self.inner.ready().await?.call(request).await?;
             if let Some(slot) = &slot
                 && response.extensions().get::<UpstreamTiming>().is_some()
