@@ -33,6 +33,7 @@ BINARY=target/release/awork-gateway
 OUT=bench/results
 LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
+UPSTREAM_CPU=${UPSTREAM_CPU:-$PROXY_CPU}
 # The quota: above the load (the gateway does well under 100,000/s here), and per minute
 # above the requests it sees in any minute of the run (its sliding log grows with them).
 QUOTA_PER_SECOND=${QUOTA_PER_SECOND:-1000000}
@@ -157,7 +158,7 @@ REPORT="$OUT/$RAW_NAME.md"
 : >"$RAW"
 : >"$RUN_DIR/results.tsv"
 
-start_upstream "$RUN_DIR" "$PROXY_CPU"
+start_upstream "$RUN_DIR" "$UPSTREAM_CPU"
 start_nginx "$RUN_DIR" "$PROXY_CPU" "$UPSTREAM_PORT"
 start_haproxy "$RUN_DIR" "$PROXY_CPU" "$UPSTREAM_PORT"
 start_bench_gateway
@@ -167,7 +168,7 @@ smoke_check
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
 declare -A PEAK
-echo "run dir $RUN_DIR; wrk on cpu $LOAD_CPU, upstream and proxies on cpu $PROXY_CPU; load $LOAD_BEFORE" >&2
+echo "run dir $RUN_DIR; wrk on cpu $LOAD_CPU, upstream on cpu $UPSTREAM_CPU, proxies on cpu $PROXY_CPU; load $LOAD_BEFORE" >&2
 for conns in $CONNS; do
     for target in "${TARGETS[@]}"; do
         taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${WARMUP}s" -H "Authorization: Bearer $BENCH_TOKEN" \
@@ -193,7 +194,7 @@ declare -A RPS P99
         "\`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)'). "
     echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r);" \
         "$(nginx -v 2>&1 | cut -d' ' -f3), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')."
-    echo "wrk \`-t1 -c<conns> -d${DURATION}s --latency\`, keep-alive, pinned to cpu $LOAD_CPU; upstream and proxies pinned to cpu $PROXY_CPU."
+    echo "wrk \`-t1 -c<conns> -d${DURATION}s --latency\`, keep-alive, pinned to cpu $LOAD_CPU; upstream pinned to cpu $UPSTREAM_CPU, proxies to cpu $PROXY_CPU."
     echo "Load average before/after: $LOAD_BEFORE / $LOAD_AFTER."
     echo
     echo "Medians of $ROUNDS rounds (targets alternated in every round). Peak RSS: VmHWM at the end of that" \
