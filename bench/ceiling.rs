@@ -86,16 +86,10 @@ async fn serve_pooled(caller: TcpStream, client: Client<HttpConnector, Incoming>
                 Err(e) => return Ok(failed(&e)),
             };
             attach(&mut req);
-            Ok::<_, Infallible>(match client.request(req).await {
-                Ok(answer) => answer.map(BodyExt::boxed),
-                Err(e) => failed(&e),
-            })
+            Ok::<_, Infallible>(relayed(client.request(req).await))
         }
     });
-    hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(caller), service)
-        .await
-        .map_err(|e| e.to_string())
+    serve_caller(caller, service).await
 }
 
 async fn serve_per_connection(caller: TcpStream, upstream: SocketAddr) -> Result<(), String> {
@@ -111,16 +105,29 @@ async fn serve_per_connection(caller: TcpStream, upstream: SocketAddr) -> Result
         async move {
             attach(&mut req);
             let answer = sender.lock().await.send_request(req).await;
-            Ok::<_, Infallible>(match answer {
-                Ok(answer) => answer.map(BodyExt::boxed),
-                Err(e) => failed(&e),
-            })
+            Ok::<_, Infallible>(relayed(answer))
         }
     });
+    serve_caller(caller, service).await
+}
+
+async fn serve_caller<S>(caller: TcpStream, service: S) -> Result<(), String>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
     hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(caller), service)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The upstream's answer, streamed back, or a 502 naming why there is none.
+fn relayed<E: std::fmt::Display>(answer: Result<Response<Incoming>, E>) -> Response<Body> {
+    match answer {
+        Ok(answer) => answer.map(BodyExt::boxed),
+        Err(e) => failed(&e),
+    }
 }
 
 fn attach(req: &mut Request<Incoming>) {
