@@ -1,5 +1,5 @@
 //! hyper's ceiling on this machine: a proxy with nothing but what every proxy does (set
-//! `Authorization` to `bench/lib.sh`'s key, forward, stream the answer back), on tokio's
+//! `Authorization` to the key it is given, forward, stream the answer back), on tokio's
 //! current-thread runtime like the gateway on one core. `bench/ceiling.sh` runs it beside nginx and the gateway, so the
 //! gateway's gap to nginx splits into what hyper costs and what the gateway's features cost.
 //!
@@ -8,7 +8,7 @@
 //! - `per-connection`: one hyper HTTP/1 connection to the upstream per caller connection, its
 //!   requests sent in turn (no pool, no checkout).
 //!
-//! Usage: `cargo run --release --example ceiling -- <pooled|per-connection> <listen addr> <upstream addr>`
+//! Usage: `cargo run --release --example ceiling -- <pooled|per-connection> <listen addr> <upstream addr> <key>`
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -40,8 +40,8 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [mode, listen, upstream] = args.as_slice() else {
-        return Err("usage: ceiling <pooled|per-connection> <listen addr> <upstream addr>".into());
+    let [mode, listen, upstream, key] = args.as_slice() else {
+        return Err("usage: ceiling <pooled|per-connection> <listen addr> <upstream addr> <key>".into());
     };
     let mode = match mode.as_str() {
         "pooled" => Mode::Pooled,
@@ -51,10 +51,13 @@ fn run() -> Result<(), String> {
     let listen: SocketAddr = listen.parse().map_err(|e| format!("listen address {listen}: {e}"))?;
     let upstream: SocketAddr = upstream.parse().map_err(|e| format!("upstream address {upstream}: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(serve(mode, listen, upstream))
+    let mut authorization =
+        HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| "the key is not a valid header value".to_owned())?;
+    authorization.set_sensitive(true);
+    runtime.block_on(serve(mode, listen, upstream, authorization))
 }
 
-async fn serve(mode: Mode, listen: SocketAddr, upstream: SocketAddr) -> Result<(), String> {
+async fn serve(mode: Mode, listen: SocketAddr, upstream: SocketAddr, authorization: HeaderValue) -> Result<(), String> {
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("bind {listen}: {e}"))?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -63,11 +66,11 @@ async fn serve(mode: Mode, listen: SocketAddr, upstream: SocketAddr) -> Result<(
     loop {
         let Ok((caller, _)) = listener.accept().await else { continue };
         let _ = caller.set_nodelay(true);
-        let (client, base) = (client.clone(), base.clone());
+        let (client, base, authorization) = (client.clone(), base.clone(), authorization.clone());
         tokio::spawn(async move {
             let answered = match mode {
-                Mode::Pooled => serve_pooled(caller, client, base).await,
-                Mode::PerConnection => serve_per_connection(caller, upstream).await,
+                Mode::Pooled => serve_pooled(caller, client, base, authorization).await,
+                Mode::PerConnection => serve_per_connection(caller, upstream, authorization).await,
             };
             if let Err(e) = answered {
                 eprintln!("ceiling: connection ended: {e}");
@@ -76,23 +79,32 @@ async fn serve(mode: Mode, listen: SocketAddr, upstream: SocketAddr) -> Result<(
     }
 }
 
-async fn serve_pooled(caller: TcpStream, client: Client<HttpConnector, Incoming>, base: String) -> Result<(), String> {
+async fn serve_pooled(
+    caller: TcpStream,
+    client: Client<HttpConnector, Incoming>,
+    base: String,
+    authorization: HeaderValue,
+) -> Result<(), String> {
     let service = service_fn(move |mut req: Request<Incoming>| {
-        let (client, base) = (client.clone(), base.clone());
+        let (client, base, authorization) = (client.clone(), base.clone(), authorization.clone());
         async move {
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             *req.uri_mut() = match Uri::try_from(format!("{base}{path}")) {
                 Ok(uri) => uri,
                 Err(e) => return Ok(failed(&e)),
             };
-            attach(&mut req);
+            req.headers_mut().insert(header::AUTHORIZATION, authorization);
             Ok::<_, Infallible>(relayed(client.request(req).await))
         }
     });
     serve_caller(caller, service).await
 }
 
-async fn serve_per_connection(caller: TcpStream, upstream: SocketAddr) -> Result<(), String> {
+async fn serve_per_connection(
+    caller: TcpStream,
+    upstream: SocketAddr,
+    authorization: HeaderValue,
+) -> Result<(), String> {
     let stream = TcpStream::connect(upstream).await.map_err(|e| format!("connect {upstream}: {e}"))?;
     let _ = stream.set_nodelay(true);
     let (sender, connection) =
@@ -101,9 +113,9 @@ async fn serve_per_connection(caller: TcpStream, upstream: SocketAddr) -> Result
     // hyper serves a connection's requests in turn: the lock is never contended.
     let sender = Arc::new(tokio::sync::Mutex::new(sender));
     let service = service_fn(move |mut req: Request<Incoming>| {
-        let sender = sender.clone();
+        let (sender, authorization) = (sender.clone(), authorization.clone());
         async move {
-            attach(&mut req);
+            req.headers_mut().insert(header::AUTHORIZATION, authorization);
             let answer = sender.lock().await.send_request(req).await;
             Ok::<_, Infallible>(relayed(answer))
         }
@@ -128,10 +140,6 @@ fn relayed<E: std::fmt::Display>(answer: Result<Response<Incoming>, E>) -> Respo
         Ok(answer) => answer.map(BodyExt::boxed),
         Err(e) => failed(&e),
     }
-}
-
-fn attach(req: &mut Request<Incoming>) {
-    req.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer bench-awork-api-key-4f1c9e"));
 }
 
 fn failed(e: &dyn std::fmt::Display) -> Response<Body> {

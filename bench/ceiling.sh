@@ -51,7 +51,7 @@ declare -A PORTS=([nginx]=$NGINX_PORT [gateway]=$GATEWAY_PORT)
 for mode in pooled per-connection; do
     PORTS[ceiling-$mode]=$(free_port)
     taskset -c "$PROXY_CPU" target/release/examples/ceiling "$mode" "127.0.0.1:${PORTS[ceiling-$mode]}" \
-        "127.0.0.1:$UPSTREAM_PORT" 2>"$RUN_DIR/ceiling-$mode.log" &
+        "127.0.0.1:$UPSTREAM_PORT" "$BENCH_KEY" 2>"$RUN_DIR/ceiling-$mode.log" &
     STARTED_PIDS+=("$!")
     wait_port "${PORTS[ceiling-$mode]}"
 done
@@ -75,12 +75,12 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-median() { tr ' ' '\n' | sed '/^$/d' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-NGINX=$(median <<<"${RESULTS[nginx]}")
+rounds_median() { tr ' ' '\n' <<<"${RESULTS[$1]% }" | median; }
+NGINX=$(rounds_median nginx)
 echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds alternated; wrk on cpu $LOAD_CPU, upstream and proxies on cpu $PROXY_CPU"
 echo "| target | req/s (median) | / nginx | req/s per round |"
 echo "|---|---:|---:|---|"
 for target in "${TARGETS[@]}"; do
-    m=$(median <<<"${RESULTS[$target]}")
+    m=$(rounds_median "$target")
     echo "| $target | $m | $(awk -v a="$m" -v b="$NGINX" 'BEGIN { printf "%.2f", a / b }') | ${RESULTS[$target]% } |"
 done

@@ -127,11 +127,6 @@ peak_mib() {
     awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }'
 }
 
-# The median of the numbers on stdin.
-median() {
-    sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 column_of() { # conns target column -> the column's values, one per round
     awk -F'\t' -v c="$1" -v t="$2" -v k="$3" '$1 == c && $2 == t { print $k }' "$RUN_DIR/results.tsv"
 }

@@ -54,6 +54,11 @@ wait_port() {
     die "nothing listens on port $1 after 10 s"
 }
 
+# The median of the numbers on stdin, one per line.
+median() {
+    sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # Peak resident memory (VmHWM) of the given pids, summed, in KiB.
 peak_rss_kib() {
     local pid total=0 kib

@@ -251,10 +251,9 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderMap, &HeaderName
 
 /// Headers that describe one hop (RFC 9110 7.6.1), plus those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // `Connection: keep-alive` or `close` names no header beyond those removed anyway.
-    let names_others = connection_lists(headers, |name| {
-        !name.eq_ignore_ascii_case("keep-alive") && !name.eq_ignore_ascii_case("close")
-    });
+    // Most `Connection` headers (`keep-alive`) list only names that are hop-by-hop anyway.
+    let names_others =
+        connection_lists(headers, |listed| !HOP_BY_HOP.iter().any(|name| name.as_str().eq_ignore_ascii_case(listed)));
     remove_where(headers, |headers, name| {
         HOP_BY_HOP.contains(name)
             || (names_others && connection_lists(headers, |listed| listed.eq_ignore_ascii_case(name.as_str())))
