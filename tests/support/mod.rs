@@ -139,9 +139,26 @@ fn rand_suffix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Reserves a free loopback port (bound then released) for a child process to use.
+/// A loopback port free right now, for a child process to listen on.
+///
+/// Taken below Linux's ephemeral range (32768-60999), where the kernel never hands a port to
+/// a `bind(0)` (the mocks) or to an outgoing connection: a port from `bind(0)`, released and
+/// passed on, could be reused by either before the child binds it. Each port is handed out
+/// once per process; the start depends on the pid so test binaries run one after another
+/// do not walk the same ports.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(u32::MAX, (std::process::id() * 97) % COUNT, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// The real binary, started with `args`, stderr and stdout to files in `dir`.
