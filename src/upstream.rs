@@ -88,9 +88,14 @@ pub(crate) fn https_connector(
         .wrap_connector(http))
 }
 
-/// The innermost service: sends the request to awork.
+/// The innermost service: sends the request to awork. Cloned by every layer's call (tower's
+/// clone-and-swap) and into each request's future, so all of it sits behind one `Arc`: a
+/// hyper client's own clone is a dozen reference counts and a copy of its settings.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub struct Upstream(Arc<Target>);
+
+#[derive(Debug)]
+struct Target {
     client: HttpClient,
     scheme: Scheme,
     authority: Authority,
@@ -100,13 +105,13 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(client: HttpClient, config: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
-        Self {
+        Self(Arc::new(Target {
             client,
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
             request_timeout: config.request_timeout,
             metrics,
-        }
+        }))
     }
 }
 
@@ -123,20 +128,19 @@ impl Service<GatewayRequest> for Upstream {
         let request_id = req.extensions().get::<RequestId>().cloned();
         let (mut parts, mut body) = req.into_parts();
         let body_sent = body.sent();
+        let target = self.0.clone();
         #[cfg(feature = "otlp")]
         let span = parts
             .extensions
             .remove::<crate::telemetry::TraceParent>()
-            .map(|parent| parent.upstream_span(&mut parts, &self.scheme, &self.authority));
+            .map(|parent| parent.upstream_span(&mut parts, &target.scheme, &target.authority));
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(self.scheme.clone());
-        uri.authority = Some(self.authority.clone());
+        uri.scheme = Some(target.scheme.clone());
+        uri.authority = Some(target.authority.clone());
         uri.path_and_query =
             Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
-        let client = self.client.clone();
-        let metrics = self.metrics.clone();
-        let timeout = self.request_timeout;
         Box::pin(async move {
+            let (client, metrics, timeout) = (&target.client, &target.metrics, target.request_timeout);
             let answer = |e: GatewayError| e.to_response(request_id.as_ref().map_or("-", RequestId::as_str));
             parts.uri = match Uri::from_parts(uri) {
                 Ok(uri) => uri,

@@ -13,12 +13,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Request, StatusCode, header};
 use http_body::Body;
 use tower::{Layer, Service, ServiceExt};
 
 use super::request_id::RequestId;
-use super::{ClientIdentity, GatewayRequest, GatewayResponse, UserSession, request_id_of, take_ready};
+use super::{ClientIdentity, GatewayRequest, GatewayResponse, SentHead, UserSession, request_id_of, take_ready};
 use crate::body::RequestBody;
 use crate::config::Config;
 use crate::credentials::{ApiKey, Credential, Credentials, Grant, GrantStatus};
@@ -103,16 +103,6 @@ impl Attach {
     }
 }
 
-/// What is needed to send a bodiless request again.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    /// The quota ticket among them: the replay takes a slot of its own.
-    extensions: http::Extensions,
-}
-
 impl<S> Service<GatewayRequest> for AttachCredential<S>
 where
     S: Service<GatewayRequest, Response = GatewayResponse, Error = Infallible> + Clone + Send + 'static,
@@ -150,24 +140,20 @@ where
                 Err(reason) => return Ok(unavailable(reason).to_response(request_id)),
             };
             req.headers_mut().insert(header::AUTHORIZATION, auth);
-            let replay = req.body().is_end_stream().then(|| Replay {
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                version: req.version(),
-                headers: req.headers().clone(),
-                extensions: req.extensions().clone(),
-            });
-            let response = inner.call(req).await?;
+            // Only a request without a body is sent again: its head is all there is to send.
+            let bodiless = req.body().is_end_stream();
+            let mut response = inner.call(req).await?;
             if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
+            let sent = response.extensions_mut().remove::<SentHead>();
             if !attach.renewed_after_rejection(generation).await {
                 return Ok(match attach.login_needed() {
                     Some(reason) => unavailable(reason).to_response(request_id),
                     None => response,
                 });
             }
-            let (Some(replay), Ok((auth, _))) = (replay, attach.authorization().await) else {
+            let (Some(SentHead(head)), true, Ok((auth, _))) = (sent, bodiless, attach.authorization().await) else {
                 return Ok(response);
             };
             tracing::info!(
@@ -175,12 +161,7 @@ where
                 request_id,
                 "replaying a request refused by awork with the renewed credential"
             );
-            let mut again = Request::new(RequestBody::empty());
-            *again.method_mut() = replay.method;
-            *again.uri_mut() = replay.uri;
-            *again.version_mut() = replay.version;
-            *again.headers_mut() = replay.headers;
-            *again.extensions_mut() = replay.extensions;
+            let mut again = Request::from_parts(head, RequestBody::empty());
             again.headers_mut().insert(header::AUTHORIZATION, auth);
             inner.ready().await?.call(again).await
         })

@@ -55,6 +55,19 @@ pub struct UpstreamTiming(pub Duration);
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamFailure(pub crate::error::UpstreamErrorKind);
 
+/// The head of a request as it was sent to awork, set by the retry layer on awork's 401 (it
+/// keeps the head for its own replays anyway): the credential layer sends it again with a
+/// renewed credential, and takes it out of the answer, which therefore never carries it further.
+#[derive(Clone)]
+pub struct SentHead(pub http::request::Parts);
+
+impl std::fmt::Debug for SentHead {
+    /// The method and URI only: the headers hold the credential.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentHead").field("method", &self.0.method).field("uri", &self.0.uri).finish_non_exhaustive()
+    }
+}
+
 /// How long the request waited for quota slots; set on responses by the rate-limit layer.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueTiming(pub Duration);

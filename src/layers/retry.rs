@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use super::request_id::RequestId;
-use super::{GatewayRequest, GatewayResponse, UpstreamFailure, UpstreamTiming, take_ready};
+use super::{GatewayRequest, GatewayResponse, SentHead, UpstreamFailure, UpstreamTiming, take_ready};
 use crate::body::{Buffered, RequestBody};
 use crate::config::RetryConfig;
 use crate::error::UpstreamErrorKind;
@@ -192,7 +192,7 @@ where
             {
                 return Ok(caller.to_response(request_id));
             }
-            let Some(failure) = Failure::of(&response) else { return Ok(response) };
+            let Some(failure) = Failure::of(&response) else { return Ok(with_head_on_401(response, parts)) };
             if replay.is_none() {
                 return Ok(response);
             }
@@ -227,6 +227,14 @@ where
             }
         }
     }
+}
+
+/// awork's 401 carries the head that was sent, for the credential layer's replay.
+fn with_head_on_401(mut response: GatewayResponse, parts: http::request::Parts) -> GatewayResponse {
+    if response.status() == StatusCode::UNAUTHORIZED && response.extensions().get::<UpstreamTiming>().is_some() {
+        response.extensions_mut().insert(SentHead(parts));
+    }
+    response
 }
 
 /// `base * 2^(attempt-1)`, at most `MAX_BACKOFF`, jittered down to as little as half, so
