@@ -3,6 +3,7 @@
 //! Label values come from config (client and credential names) or from small fixed sets
 //! (method, status class, error kind), so the series count stays bounded whatever callers send.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -18,14 +19,15 @@ use crate::error::UpstreamErrorKind;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub client: String,
+    /// The client's name as its identity holds it: a label lookup per request clones no string.
+    pub client: Arc<str>,
     pub method: &'static str,
     pub status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabels {
-    pub client: String,
+    pub client: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -309,15 +311,15 @@ impl Metrics {
         self.retries.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    pub fn record_request(&self, client: &str, method: &Method, status: u16, elapsed: Duration) {
+    pub fn record_request(&self, client: &Arc<str>, method: &Method, status: u16, elapsed: Duration) {
         self.requests
             .get_or_create(&RequestLabels {
-                client: client.to_owned(),
+                client: client.clone(),
                 method: method_label(method),
                 status_class: status_class(status),
             })
             .inc();
-        self.request_duration.get_or_create(&ClientLabels { client: client.to_owned() }).observe(elapsed.as_secs_f64());
+        self.request_duration.get_or_create(&ClientLabels { client: client.clone() }).observe(elapsed.as_secs_f64());
     }
 
     pub fn record_upstream(&self, elapsed: Duration) {
@@ -357,6 +359,7 @@ impl Metrics {
     /// page; the request path only increments its counter, as before).
     pub fn client_traffic(&self, client: &str) -> ClientTraffic {
         let mut traffic = ClientTraffic::default();
+        let client: Arc<str> = Arc::from(client);
         for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"] {
             for (status_class, count) in [
                 ("1xx", None),
@@ -365,7 +368,7 @@ impl Metrics {
                 ("4xx", Some(&mut traffic.client_errors)),
                 ("5xx", Some(&mut traffic.server_errors)),
             ] {
-                let labels = RequestLabels { client: client.to_owned(), method, status_class };
+                let labels = RequestLabels { client: client.clone(), method, status_class };
                 let n = self.requests.get(&labels).map_or(0, |c| c.get());
                 traffic.requests += n;
                 if let Some(count) = count {

@@ -25,6 +25,12 @@ use crate::metrics::Metrics;
 /// The client label of requests no client was identified for.
 pub const UNIDENTIFIED: &str = "unidentified";
 
+/// [`UNIDENTIFIED`] as the metrics' label takes it, made once.
+fn unidentified() -> Arc<str> {
+    static NAME: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(UNIDENTIFIED));
+    NAME.clone()
+}
+
 #[derive(Debug, Clone)]
 pub struct AccessLogLayer {
     metrics: Arc<Metrics>,
@@ -208,11 +214,11 @@ impl Drop for Record {
             return;
         }
         let elapsed = self.start.elapsed();
-        let client = self.client.as_deref().unwrap_or(UNIDENTIFIED);
-        self.metrics.record_request(client, &self.method, self.status, elapsed);
+        let client = self.client.take().unwrap_or_else(unidentified);
+        self.metrics.record_request(&client, &self.method, self.status, elapsed);
         crate::logging::access(&crate::logging::AccessLine {
             request_id: self.request_id.as_ref().map_or("-", RequestId::as_str),
-            client,
+            client: &client,
             method: self.method.as_str(),
             path: &self.path,
             status: self.status,
