@@ -15,8 +15,8 @@
 #
 # Usage: bench/compare.sh [--rounds N] [--duration SECS] [--conns "64 256"]
 #                         [--binary target/release/awork-gateway] [--out bench/results]
-# Prints the table and writes it to OUT/<date>-compare.md, the raw wrk output beside it
-# (OUT/<date>-compare.raw.txt). Exit 0 when the gateway met the bar at every connection count
+# Prints the table and writes it to OUT/<date>-<HHMM>-compare.md, the raw wrk output beside it
+# (OUT/<date>-<HHMM>-compare.raw.txt). Exit 0 when the gateway met the bar at every connection count
 # (req/s at least nginx's and haproxy's, p99 no higher than either's), 1 when not, 2 when the
 # run could not be made.
 set -euo pipefail
@@ -146,7 +146,7 @@ round_ratio_range() {
         }' "$RUN_DIR/results.tsv"
 }
 
-RAW_NAME="$(date -u +%Y-%m-%d)-compare"
+RAW_NAME="$(date -u +%Y-%m-%d-%H%M)-compare"
 mkdir -p "$OUT"
 RAW="$OUT/$RAW_NAME.raw.txt"
 REPORT="$OUT/$RAW_NAME.md"

@@ -14,7 +14,7 @@
 #
 # Usage: bench/scale.sh [--rounds 3] [--starts 5] [--binary target/release/awork-gateway]
 #                       [--mock target/release/mock-awork] [--out bench/results]
-# Prints a table and writes it to OUT/<date>-scale.md. Exit 0 when the figures are within the
+# Prints a table and writes it to OUT/<date>-<HHMM>-scale.md. Exit 0 when the figures are within the
 # targets (idle <= 20 MiB, 1,000 connections <= 64 MiB, 1 GiB at >= 80% of direct both ways),
 # 1 when not, 2 when the run could not be made.
 set -euo pipefail
@@ -156,7 +156,7 @@ check() { # label ok
     fi
 }
 
-REPORT="$OUT/$(date -u +%Y-%m-%d)-scale.md"
+REPORT="$OUT/$(date -u +%Y-%m-%d-%H%M)-scale.md"
 mkdir -p "$OUT"
 {
     echo "# awork-gateway streaming and scale figures ($STARTED)"
