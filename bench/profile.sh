@@ -7,7 +7,12 @@
 # Instruction counts do not depend on the machine's load, so they compare builds on a busy
 # machine where req/s cannot.
 #
+# --ceiling pooled|per-connection profiles the `ceiling` example (bench/ceiling.rs: hyper alone,
+# setting Authorization and forwarding) under the same load instead, for the instructions the
+# gateway's own path adds.
+#
 # Usage: bench/profile.sh [--requests 20000] [--connections 16] [--binary target/release/awork-gateway]
+#                         [--ceiling pooled|per-connection]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,17 +22,24 @@ source bench/lib.sh
 REQUESTS=20000
 CONNECTIONS=16
 BINARY=target/release/awork-gateway
+CEILING=
 while (($#)); do
     case $1 in
     --requests) REQUESTS=$2 && shift 2 ;;
     --connections) CONNECTIONS=$2 && shift 2 ;;
     --binary) BINARY=$2 && shift 2 ;;
-    -h | --help) sed -n '2,11p' "$0" && exit 0 ;;
+    --ceiling) CEILING=$2 && shift 2 ;;
+    -h | --help) sed -n '2,16p' "$0" && exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
 done
 command -v valgrind >/dev/null || die "valgrind is not installed"
-[[ -x $BINARY ]] || die "$BINARY not found: cargo build --release"
+case $CEILING in
+"") ;;
+pooled | per-connection) BINARY=target/release/examples/ceiling ;;
+*) die "--ceiling takes pooled or per-connection, not $CEILING" ;;
+esac
+[[ -x $BINARY ]] || die "$BINARY not found: cargo build --release (--ceiling: cargo build --release --example ceiling)"
 
 RUN_DIR=$(mktemp -d /tmp/awork-profile.XXXXXX)
 trap stop_started EXIT
@@ -36,20 +48,29 @@ trap 'exit 130' INT TERM
 start_upstream "$RUN_DIR" 0-1
 PORT=$(free_port)
 ADMIN=$(free_port)
-gateway_config "$RUN_DIR" "$PORT" "$ADMIN" "$UPSTREAM_PORT" 1000000 3000000
-BENCH_AWORK_KEY=$BENCH_KEY RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" \
-    "$BINARY" --config "$RUN_DIR/gateway.toml" 2>"$RUN_DIR/gateway.log" &
-GATEWAY_PID=$!
-STARTED_PIDS+=("$GATEWAY_PID")
+if [[ -n $CEILING ]]; then
+    valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" \
+        "$BINARY" "$CEILING" "127.0.0.1:$PORT" "127.0.0.1:$UPSTREAM_PORT" "$BENCH_KEY" 2>"$RUN_DIR/ceiling.log" &
+else
+    gateway_config "$RUN_DIR" "$PORT" "$ADMIN" "$UPSTREAM_PORT" 1000000 3000000
+    BENCH_AWORK_KEY=$BENCH_KEY RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" \
+        "$BINARY" --config "$RUN_DIR/gateway.toml" 2>"$RUN_DIR/gateway.log" &
+fi
+PROFILED_PID=$!
+STARTED_PIDS+=("$PROFILED_PID")
 for _ in $(seq 1 600); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/readyz") == 200 ]] && break
+    if [[ -n $CEILING ]]; then
+        curl -s -o /dev/null "http://127.0.0.1:$PORT$BENCH_PATH" && break
+    else
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/readyz") == 200 ]] && break
+    fi
     sleep 0.1
 done
 python3 bench/probe.py load "$PORT" "$BENCH_TOKEN" 2000 "$CONNECTIONS"
-callgrind_control -z "$GATEWAY_PID" >/dev/null
+callgrind_control -z "$PROFILED_PID" >/dev/null
 python3 bench/probe.py load "$PORT" "$BENCH_TOKEN" "$REQUESTS" "$CONNECTIONS"
-callgrind_control -d "$GATEWAY_PID" >/dev/null
-DUMP=$(find "$RUN_DIR" -name 'callgrind.out*' -newer "$RUN_DIR/gateway.toml" -size +1k | sort | tail -1)
+callgrind_control -d "$PROFILED_PID" >/dev/null
+DUMP=$(find "$RUN_DIR" -name 'callgrind.out.*' -size +1k | sort | tail -1)
 TOTAL=$(callgrind_annotate "$DUMP" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
 echo "$(awk -v t="$TOTAL" -v n="$REQUESTS" 'BEGIN { printf "%.0f", t / n }') instructions per request" \
     "($TOTAL over $REQUESTS requests, $CONNECTIONS connections); $DUMP"
