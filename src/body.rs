@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 
 use crate::error::GatewayError;
+use crate::pool::Lease;
 
 pin_project! {
     /// A request body on its way to awork: streamed from the caller, held in memory (made by
@@ -302,8 +303,8 @@ pin_project! {
     #[project = GatewayBodyProj]
     #[derive(Debug)]
     pub enum GatewayBody {
-        /// Streamed from awork.
-        Upstream { #[pin] body: Incoming },
+        /// Streamed from awork; the connection goes back to the pool when the body has ended.
+        Upstream { #[pin] body: Incoming, lease: Option<Lease> },
         /// Made by the gateway itself (errors, admin answers).
         Full { data: Option<Bytes> },
         /// What was read ahead of a body (to cache it, until it proved too long), then the rest.
@@ -330,9 +331,10 @@ impl GatewayBody {
     }
 }
 
-impl From<Incoming> for GatewayBody {
-    fn from(body: Incoming) -> Self {
-        Self::Upstream { body }
+impl GatewayBody {
+    /// awork's answer body, and the lease of its connection if it is to go back to the pool.
+    pub fn upstream(body: Incoming, lease: Option<Lease>) -> Self {
+        Self::Upstream { body, lease }
     }
 }
 
@@ -342,7 +344,17 @@ impl Body for GatewayBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            GatewayBodyProj::Upstream { body } => body.poll_frame(cx).map_err(BoxError::from),
+            GatewayBodyProj::Upstream { mut body, lease } => {
+                let frame = body.as_mut().poll_frame(cx).map_err(BoxError::from);
+                match &frame {
+                    Poll::Ready(None) => lease.take().map_or((), Lease::release),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => lease.take().map_or((), Lease::release),
+                    // A broken answer breaks its connection: closed, not pooled.
+                    Poll::Ready(Some(Err(_))) => drop(lease.take()),
+                    _ => {}
+                }
+                frame
+            }
             GatewayBodyProj::Made { body } => Pin::new(body).poll_frame(cx),
             GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             GatewayBodyProj::Prefixed { read, rest } => match read.pop_front() {
@@ -354,7 +366,7 @@ impl Body for GatewayBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Upstream { body } => body.is_end_stream(),
+            Self::Upstream { body, .. } => body.is_end_stream(),
             Self::Full { data } => data.is_none(),
             Self::Prefixed { read, rest } => read.is_empty() && rest.is_end_stream(),
             Self::Made { body } => body.is_end_stream(),
@@ -363,7 +375,7 @@ impl Body for GatewayBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Upstream { body } => body.size_hint(),
+            Self::Upstream { body, .. } => body.size_hint(),
             Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Made { body } => body.size_hint(),
             Self::Prefixed { read, rest } => {

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mock;
 pub mod operations;
 pub mod path;
+pub mod pool;
 pub mod ratelimit;
 pub mod redis_link;
 pub mod reload;
@@ -82,7 +83,10 @@ pub struct Gateway {
     pub credentials: Credentials,
     pub metrics: Arc<Metrics>,
     pub quotas: Arc<Quotas>,
+    /// For the gateway's own calls to awork (token endpoint, login).
     client: HttpClient,
+    /// For the callers' requests.
+    pool: Arc<pool::Pool>,
     identities: Arc<Identities>,
     started: Instant,
     env: Arc<dyn Env>,
@@ -98,6 +102,7 @@ impl Gateway {
     pub fn new(config: Config, env: Arc<dyn Env>) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::new());
         let client = upstream::build_client(&config.upstream)?;
+        let pool = upstream::build_pool(&config.upstream)?;
         let redis = match &config.redis {
             Some(redis) => Some(Arc::new(
                 RedisLink::open(redis, env.as_ref(), metrics.redis_up(&redis.url)).map_err(SetupError::Redis)?,
@@ -122,6 +127,7 @@ impl Gateway {
             metrics,
             quotas,
             client,
+            pool,
             identities,
             started: Instant::now(),
             env,
@@ -158,10 +164,10 @@ impl Gateway {
         config.log = old.log.clone();
         config.tracing = old.tracing.clone();
         config.redis = old.redis.clone();
-        let client = if config.upstream == old.upstream {
-            self.client.clone()
+        let (client, pool) = if config.upstream == old.upstream {
+            (self.client.clone(), self.pool.clone())
         } else {
-            upstream::build_client(&config.upstream)?
+            (upstream::build_client(&config.upstream)?, upstream::build_pool(&config.upstream)?)
         };
         let credentials =
             self.credentials.reconfigured(old, &config, self.env.clone(), client.clone(), self.redis.clone())?;
@@ -175,6 +181,7 @@ impl Gateway {
             metrics: self.metrics.clone(),
             quotas,
             client,
+            pool,
             identities,
             started: self.started,
             env: self.env.clone(),
@@ -208,7 +215,7 @@ impl Gateway {
             .layer(RateLimitLayer::new(self.quotas.clone()))
             .layer(CredentialLayer::new(&self.config, &self.credentials))
             .layer(RetryLayer::new(&self.config.retry, self.metrics.clone()))
-            .service(Upstream::new(self.client.clone(), &self.config.upstream, self.metrics.clone()))
+            .service(Upstream::new(self.pool.clone(), &self.config.upstream, self.metrics.clone()))
     }
 
     pub fn uptime(&self) -> std::time::Duration {

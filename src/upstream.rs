@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderName, Uri, Version, header};
+use http::{HeaderMap, HeaderName, Uri, header};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -30,6 +30,7 @@ use crate::error::{GatewayError, UpstreamErrorKind};
 use crate::layers::request_id::RequestId;
 use crate::layers::{GatewayRequest, GatewayResponse, UpstreamFailure, UpstreamTiming};
 use crate::metrics::Metrics;
+use crate::pool::{Pool, SendError};
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
@@ -50,6 +51,12 @@ pub fn build_client(config: &UpstreamConfig) -> Result<HttpClient, SetupError> {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.pool_idle_timeout)
         .build(https))
+}
+
+/// The pool the callers' requests go through (see `crate::pool`), with the same TLS trust.
+pub fn build_pool(config: &UpstreamConfig) -> Result<Arc<Pool>, SetupError> {
+    let https = https_connector(config.ca_file.as_deref(), config.connect_timeout)?;
+    Ok(Pool::new(https, config.pool_idle_timeout))
 }
 
 /// Connects over TCP, or TLS trusting the web PKI plus `ca_file` with HTTP/2 by ALPN.
@@ -89,14 +96,13 @@ pub(crate) fn https_connector(
 }
 
 /// The innermost service: sends the request to awork. Cloned by every layer's call (tower's
-/// clone-and-swap) and into each request's future, so all of it sits behind one `Arc`: a
-/// hyper client's own clone is a dozen reference counts and a copy of its settings.
+/// clone-and-swap) and into each request's future, so all of it sits behind one `Arc`.
 #[derive(Debug, Clone)]
 pub struct Upstream(Arc<Target>);
 
 #[derive(Debug)]
 struct Target {
-    client: HttpClient,
+    pool: Arc<Pool>,
     scheme: Scheme,
     authority: Authority,
     request_timeout: Duration,
@@ -104,9 +110,9 @@ struct Target {
 }
 
 impl Upstream {
-    pub fn new(client: HttpClient, config: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(pool: Arc<Pool>, config: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
         Self(Arc::new(Target {
-            client,
+            pool,
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
             request_timeout: config.request_timeout,
@@ -140,26 +146,25 @@ impl Service<GatewayRequest> for Upstream {
         uri.path_and_query =
             Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
         Box::pin(async move {
-            let (client, metrics, timeout) = (&target.client, &target.metrics, target.request_timeout);
+            let (metrics, timeout) = (&target.metrics, target.request_timeout);
             let answer = |e: GatewayError| e.to_response(request_id.as_ref().map_or("-", RequestId::as_str));
-            parts.uri = match Uri::from_parts(uri) {
+            let uri = match Uri::from_parts(uri) {
                 Ok(uri) => uri,
                 Err(e) => return Ok(answer(GatewayError::BadRequest(e.to_string()))),
             };
-            parts.version = Version::HTTP_11;
             parts.headers.remove(header::HOST);
             strip_forwarding(&mut parts.headers);
             let start = Instant::now();
-            let result =
-                answer_within(timeout, client.request(http::Request::from_parts(parts, body)), body_sent).await;
+            let sent = target.pool.send(http::Request::from_parts(parts, body), uri);
+            let result = answer_within(timeout, sent, body_sent).await;
             let elapsed = start.elapsed();
             let response = match result {
-                Ok(Ok(response)) => {
+                Ok(Ok((response, lease))) => {
                     metrics.record_upstream(elapsed);
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     parts.extensions.insert(UpstreamTiming(elapsed));
-                    GatewayResponse::from_parts(parts, GatewayBody::from(body))
+                    GatewayResponse::from_parts(parts, GatewayBody::upstream(body, lease))
                 }
                 Ok(Err(e)) => {
                     let kind = classify(&e);
@@ -280,8 +285,9 @@ fn strip_forwarding(headers: &mut HeaderMap) {
     remove_where(headers, |_, name| FORWARDING.contains(name));
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
-    let mut kind = if e.is_connect() { UpstreamErrorKind::Connect } else { UpstreamErrorKind::Other };
+fn classify(e: &SendError) -> UpstreamErrorKind {
+    let connect = matches!(e, SendError::Connect(_));
+    let mut kind = if connect { UpstreamErrorKind::Connect } else { UpstreamErrorKind::Other };
     let mut source: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = source {
         if is_tls(err) {
@@ -296,7 +302,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
                         | std::io::ErrorKind::UnexpectedEof
                 )
             }) || err.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_incomplete_message() || h.is_closed());
-        if reset && !e.is_connect() {
+        if reset && !connect {
             kind = UpstreamErrorKind::Reset;
         }
         source = err.source();
