@@ -104,7 +104,9 @@ impl Pool {
                 Some(h2) => (Conn::H2(h2), true),
                 None => match self.checkout() {
                     Some(h1) => (Conn::H1(h1), true),
-                    None => (self.connect(&uri).await?, false),
+                    // Boxed: connecting (TCP, TLS, the handshake) is a future of kilobytes,
+                    // which every request's future would otherwise hold and copy.
+                    None => (Box::pin(self.connect(&uri)).await?, false),
                 },
             };
             match conn {
