@@ -1,5 +1,6 @@
-//! The pooled client to awork and the request rewrite: the caller's path and query go to
-//! the upstream origin unchanged, hop-by-hop and forwarding headers stay behind.
+//! The callers' requests to awork, through the kept connections of `crate::pool`: the
+//! caller's path and query go to the upstream origin unchanged, hop-by-hop and forwarding
+//! headers stay behind, and a failed exchange is answered by its kind (connect, TLS, reset).
 //!
 //! HTTP/2 is used when awork offers it by ALPN; redirects are handed to the caller, never
 //! followed (a redirect must not carry the credential to another host). When requests are
@@ -43,7 +44,8 @@ pub enum SetupError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds the pooled HTTP/1.1 + HTTP/2 client, trusting the web PKI plus `ca_file`.
+/// Builds hyper-util's pooled HTTP/1.1 + HTTP/2 client, trusting the web PKI plus `ca_file`:
+/// for the gateway's own calls to awork (the token endpoint, login), not the callers'.
 pub fn build_client(config: &UpstreamConfig) -> Result<HttpClient, SetupError> {
     let https = https_connector(config.ca_file.as_deref(), config.connect_timeout)?;
     Ok(Client::builder(TokioExecutor::new())
