@@ -3,14 +3,15 @@
 //! its file store kept, without a new login, and no refresh token may be presented twice.
 //!
 //! awork rotates refresh tokens strictly: once awork has answered a refresh, the old refresh
-//! token is dead. A process killed after awork rotated but before it read the answer restarts
-//! with the dead token, and nothing the gateway does can save that grant (only a grace period
+//! token is dead. A process killed after awork rotated but before it wrote the answer aside
+//! restarts with the dead token, and nothing the gateway does can save that grant (only a grace period
 //! at awork could). Each round therefore asks the mock when it last issued tokens and compares
 //! with what the store kept right after the kill (`service.json`, or a complete aside file of
 //! a save the kill interrupted before its rename, which the restart must finish). A round
 //! where awork's last answer is nowhere on disk is a lost grant, proven rather than assumed,
-//! and there the test asserts what is still guaranteed: the killed gateway had not read that
-//! answer (once read, it is written aside at once), the tokens of the lost answer were never
+//! and there the test asserts what is still guaranteed: the killed gateway had not written
+//! that answer aside (it does so as soon as it has parsed it, and logs it), the tokens of the
+//! lost answer were never
 //! used, the restarted gateway presents the dead token once, reports `login_needed` with a
 //! clear reason on /readyz and a 503 to callers (no hang, no 500), and a new login heals it.
 //! Any other loss, a second presentation of a token, a store that cannot be read, an
@@ -238,9 +239,9 @@ struct Report {
     in_flight_kills_survived: u32,
     /// Rounds where awork's last answer never reached `service.json` (see the file comment).
     lost_grants: u32,
-    /// Of those, rounds where the killed gateway had read awork's answer: it must have written
-    /// it aside at once, so this stays 0.
-    lost_after_the_answer_was_read: u32,
+    /// Of those, rounds where the killed gateway had already written awork's answer aside: a
+    /// restart finishes that save, so this stays 0.
+    lost_after_it_was_written_aside: u32,
     /// Rounds killed between the write-aside and the rename: `service.json` was behind, the
     /// newer tokens complete in the aside file, and the restart had to finish the save.
     recovered_from_aside: u32,
@@ -361,9 +362,11 @@ async fn crash_rounds(name: &str, plan: Plan) -> Report {
 
         let mut received = false;
         if lost {
-            // Had the killed gateway read that answer? It logs each token answer it parsed,
-            // before writing it aside.
-            let logged = gw.stderr().matches("token request succeeded").count();
+            // Had the killed gateway written that answer aside? It logs each one as soon as it
+            // is (from then on a kill must not lose it). Between reading the answer and that
+            // write there is always a window, however short, that a kill can hit: a loss there
+            // is counted, not a failure.
+            let logged = gw.stderr().matches("new tokens written aside").count();
             received = logged >= token_answers_since(&h.mock, run_started);
             // The tokens of the lost answer were never used: they go to disk first.
             let used = api_requests_with_another_token(&h.mock, last_issue, &newest_access);
@@ -391,11 +394,11 @@ async fn crash_rounds(name: &str, plan: Plan) -> Report {
         }
         if lost {
             report.lost_grants += 1;
-            report.lost_after_the_answer_was_read += u32::from(received);
+            report.lost_after_it_was_written_aside += u32::from(received);
             eprintln!(
                 "round {round}: GRANT LOST: the refresh awork answered (and rotated) reached it {} ms \
                  before the killed gateway was reaped (token delay {:?}, in flight at the kill: {in_flight}); \
-                 the gateway had read that answer: {received}; the disk held tokens obtained {} ms before \
+                 the gateway had written that answer aside: {received}; the disk held tokens obtained {} ms before \
                  the reaping (kill {} ms into the round); up in {} ms",
                 i128::from(killed_at) - i128::from(last_issue),
                 plan.token_delay,
@@ -452,9 +455,9 @@ async fn crash_rounds(name: &str, plan: Plan) -> Report {
 /// What holds in every run, lost grants or not.
 fn assert_guarantees(report: &Report) {
     assert_eq!(
-        report.lost_after_the_answer_was_read, 0,
-        "a grant was lost although the killed gateway had read awork's answer (it should be written aside at \
-         once, and a restart finishes the save): {report:?}"
+        report.lost_after_it_was_written_aside, 0,
+        "a grant was lost although the killed gateway had written awork's answer aside (a restart finishes \
+         that save): {report:?}"
     );
     let losses = u64::from(report.lost_grants);
     assert_eq!(report.logins, 1 + losses, "a login other than the first and one per proven loss: {report:?}");

@@ -357,6 +357,7 @@ impl Grant {
             return Err(std::io::Error::other("a shared grant is saved to redis"));
         };
         let pending = store.write_aside(&self.id, tokens)?;
+        tracing::info!(credential = self.client.credential(), grant = %self.id, "new tokens written aside");
         tokio::task::spawn_blocking(move || pending.commit()).await.map_err(std::io::Error::other)?
     }
 
