@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use support::*;
 
-/// An HTTP/1.1 upstream answering `{}` to every request (and 1 MB to `/api/v1/big`), counting
+/// An HTTP/1.1 upstream answering `{}` to every request (and 256 MiB to `/api/v1/big`: more than
+/// any socket buffers hold, so a caller that stops reading leaves it unfinished), counting
 /// the connections it accepted and those still open.
 struct CountingUpstream {
     url: String,
@@ -44,6 +45,9 @@ impl CountingUpstream {
     }
 }
 
+/// 64 KiB chunks of `/api/v1/big`: 256 MiB.
+const BIG_CHUNKS: usize = 4096;
+
 async fn serve(mut stream: TcpStream, close_after_each: bool) {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
@@ -56,11 +60,16 @@ async fn serve(mut stream: TcpStream, close_after_each: bool) {
         let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
         let big = head.starts_with(b"GET /api/v1/big ");
         head.drain(..end + 4);
-        let body = if big { vec![b'x'; 1_000_000] } else { b"{}".to_vec() };
-        let answer =
-            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
-        if stream.write_all(answer.as_bytes()).await.is_err() || stream.write_all(&body).await.is_err() {
+        let (chunk, chunks) = if big { (vec![b'x'; 64 * 1024], BIG_CHUNKS) } else { (b"{}".to_vec(), 1) };
+        let length = chunk.len() * chunks;
+        let answer = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n");
+        if stream.write_all(answer.as_bytes()).await.is_err() {
             return;
+        }
+        for _ in 0..chunks {
+            if stream.write_all(&chunk).await.is_err() {
+                return;
+            }
         }
         if close_after_each {
             let _ = stream.shutdown().await;
@@ -135,6 +144,6 @@ async fn an_answer_dropped_half_read_closes_its_connection_instead_of_pooling_it
     assert!(eventually(|| upstream.open.load(Ordering::SeqCst) == 0).await, "the half-read connection closed");
     let answer = get(&url(&gw, "/api/v1/me"), &[]).await;
     assert_eq!(answer.status, 200);
-    assert_eq!(&answer.body[..], b"{}", "not the rest of the 1 MB answer");
+    assert_eq!(&answer.body[..], b"{}", "not the rest of the big answer");
     assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
 }
