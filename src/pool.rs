@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use http::uri::Authority;
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -40,6 +41,8 @@ pub enum SendError {
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
     idle_timeout: Duration,
+    /// awork's `Host` for HTTP/1, made once from the configured origin.
+    host: Option<HeaderValue>,
     idle: Mutex<Vec<Idle>>,
     /// The HTTP/2 connection, when awork spoke HTTP/2.
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
@@ -81,10 +84,11 @@ enum Conn {
 }
 
 impl Pool {
-    pub fn new(connector: HttpsConnector<HttpConnector>, idle_timeout: Duration) -> Arc<Self> {
+    pub fn new(connector: HttpsConnector<HttpConnector>, authority: &Authority, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             connector,
             idle_timeout,
+            host: HeaderValue::from_str(authority.as_str()).ok(),
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             reaping: AtomicBool::new(false),
@@ -131,7 +135,7 @@ impl Pool {
                         }
                         return Err(SendError::Connect("the new connection closed at once".into()));
                     }
-                    origin_form(&mut req, &uri);
+                    self.origin_form(&mut req, &uri);
                     match sender.try_send_request(req).await {
                         Ok(answer) if answer.body().is_end_stream() => {
                             self.put(sender);
@@ -173,6 +177,15 @@ impl Pool {
         }
     }
 
+    /// HTTP/1 sends the path and query, and the origin in `Host`.
+    fn origin_form(&self, req: &mut Request<RequestBody>, uri: &Uri) {
+        if let Some(host) = &self.host {
+            req.headers_mut().insert(header::HOST, host.clone());
+        }
+        *req.version_mut() = Version::HTTP_11;
+        *req.uri_mut() = uri.path_and_query().map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+    }
+
     fn forget_shared(&self) {
         *self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
@@ -201,17 +214,6 @@ impl Pool {
         });
         Ok(Conn::H1(sender))
     }
-}
-
-/// HTTP/1 sends the path and query, and the origin in `Host`.
-fn origin_form(req: &mut Request<RequestBody>, uri: &Uri) {
-    if let Some(authority) = uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        req.headers_mut().insert(header::HOST, host);
-    }
-    *req.version_mut() = Version::HTTP_11;
-    *req.uri_mut() = uri.path_and_query().map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
 }
 
 /// Closes the connections idle for `timeout`, every half of it, while the pool lives.

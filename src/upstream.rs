@@ -58,7 +58,7 @@ pub fn build_client(config: &UpstreamConfig) -> Result<HttpClient, SetupError> {
 /// The pool the callers' requests go through (see `crate::pool`), with the same TLS trust.
 pub fn build_pool(config: &UpstreamConfig) -> Result<Arc<Pool>, SetupError> {
     let https = https_connector(config.ca_file.as_deref(), config.connect_timeout)?;
-    Ok(Pool::new(https, config.pool_idle_timeout))
+    Ok(Pool::new(https, &config.authority, config.pool_idle_timeout))
 }
 
 /// Connects over TCP, or TLS trusting the web PKI plus `ca_file` with HTTP/2 by ALPN.
