@@ -4,8 +4,13 @@
 //!
 //! The access log is the one event per request, so in JSON it skips tracing's formatter (a
 //! field visitor and serde per field, a fifth of the gateway's instructions per request in
-//! `bench/profile.sh`) and writes the same line itself: the same keys in the same order, one
-//! `write` to stderr. `RUST_LOG` still decides whether it is written.
+//! `bench/profile.sh`) and writes the same line itself: the same keys in the same order.
+//! `RUST_LOG` still decides whether it is written. Those lines are written in batches: they
+//! wait in a buffer of their thread until it has nothing left to do (the runtime's park hook
+//! calls [`flush_access`]) or the buffer passes 32 KiB, so under load one `write` carries many lines
+//! instead of one each (as Envoy's buffered file access log does), and an idle gateway writes
+//! a line as soon as its request is done. The buffer is flushed at shutdown too; a crash loses
+//! at most the lines of the moment.
 
 use std::cell::RefCell;
 use std::io::Write as _;
@@ -78,14 +83,50 @@ pub fn access(line: &AccessLine<'_>) {
     if !tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
         return;
     }
-    thread_local! {
-        static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    PENDING.with_borrow_mut(|pending| {
+        json_line(&mut pending.0, line, SystemTime::now());
+        if pending.0.len() >= FLUSH_AT {
+            pending.write_out();
+        }
+    });
+}
+
+thread_local! {
+    /// This thread's JSON access lines not yet written (see the module doc): one buffer per
+    /// thread, so no lock is taken per request.
+    static PENDING: RefCell<Pending> = const { RefCell::new(Pending(Vec::new())) };
+}
+
+/// The buffered lines are written once they pass this many bytes, even under endless load.
+const FLUSH_AT: usize = 32 * 1024;
+
+struct Pending(Vec<u8>);
+
+impl Pending {
+    fn write_out(&mut self) {
+        if !self.0.is_empty() {
+            // As tracing's writer does: a log line that cannot be written is dropped.
+            let _ = std::io::stderr().lock().write_all(&self.0);
+            self.0.clear();
+        }
     }
-    BUFFER.with_borrow_mut(|buffer| {
-        buffer.clear();
-        json_line(buffer, line, SystemTime::now());
-        // As tracing's writer does: a log line that cannot be written is dropped.
-        let _ = std::io::stderr().lock().write_all(buffer);
+}
+
+/// A thread that ends writes what it buffered.
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.write_out();
+    }
+}
+
+/// Writes the access lines this thread buffered: the runtime calls it before one of its
+/// threads sleeps, and the process at shutdown (the main thread's buffer is not dropped).
+pub fn flush_access() {
+    // Fails only while the thread is being torn down, when `Pending::drop` writes instead.
+    let _ = PENDING.try_with(|pending| {
+        if let Ok(mut pending) = pending.try_borrow_mut() {
+            pending.write_out();
+        }
     });
 }
 

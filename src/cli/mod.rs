@@ -211,7 +211,8 @@ fn completions(shell: clap_complete::Shell) -> ExitCode {
 
 /// A worker thread per core; on one core (an affinity or a CPU quota of one) a single thread
 /// that polls I/O and runs the tasks itself, which saves the hand-offs between the runtime's
-/// scheduler and its worker (`bench/compare.sh` gives each proxy one core).
+/// scheduler and its worker (`bench/compare.sh` gives each proxy one core). A thread about to
+/// sleep first writes the access lines its work buffered (`logging::flush_access`).
 fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
     let mut builder = if one_core {
@@ -219,9 +220,10 @@ fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    match builder.enable_all().build() {
+    match builder.enable_all().on_thread_park(logging::flush_access).build() {
         Ok(runtime) => {
             let code = runtime.block_on(fut);
+            logging::flush_access();
             // A pending read of stdin (login) must not hold the process open.
             runtime.shutdown_background();
             code
