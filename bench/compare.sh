@@ -185,8 +185,7 @@ declare -A RPS P99
 {
     echo "# awork-gateway vs nginx and haproxy ($STARTED)"
     echo
-    echo "\`bench/compare.sh --rounds $ROUNDS --duration $DURATION --conns \"$CONNS\"\`, gateway at" \
-        "\`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)'). "
+    echo "\`bench/compare.sh --rounds $ROUNDS --duration $DURATION --conns \"$CONNS\"\`, $(gateway_label "$BINARY"). "
     echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r);" \
         "$(nginx -v 2>&1 | cut -d' ' -f3), HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')."
     echo "wrk \`-t1 -c<conns> -d${DURATION}s --latency\`, keep-alive, pinned to cpu $LOAD_CPU; upstream pinned to cpu $UPSTREAM_CPU, proxies to cpu $PROXY_CPU."

@@ -54,6 +54,16 @@ wait_port() {
     die "nothing listens on port $1 after 10 s"
 }
 
+# What the report says was measured: the tree's commit for the default binary, else the path
+# given with --binary (its commit is not known here).
+gateway_label() {
+    if [[ $1 == target/release/awork-gateway ]]; then
+        echo "gateway at \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
+    else
+        echo "gateway binary \`$1\`"
+    fi
+}
+
 # The median of the numbers on stdin, one per line.
 median() {
     sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'

@@ -161,8 +161,7 @@ mkdir -p "$OUT"
 {
     echo "# awork-gateway streaming and scale figures ($STARTED)"
     echo
-    echo "\`bench/scale.sh --rounds $ROUNDS --starts $STARTS\`, gateway at" \
-        "\`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)'),"
+    echo "\`bench/scale.sh --rounds $ROUNDS --starts $STARTS\`, $(gateway_label "$BINARY"),"
     echo "upstream: mock-awork (quota off). $(nproc) cores, $(uname -r). Load average before/after: $LOAD_BEFORE / $LOAD_AFTER."
     echo
     echo "| measure | value |"
