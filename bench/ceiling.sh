@@ -8,6 +8,9 @@
 # wrk -t1 at --conns connections, targets alternated for --rounds rounds; prints each round's
 # req/s and the medians, with each target's ratio to nginx. The gap between the gateway and
 # ceiling-pooled is what the gateway's features cost; between ceiling-pooled and nginx, hyper.
+# Beside them, each proxy's CPU per request over all its rounds, user and kernel (from
+# /proc/PID/stat, so to the clock tick), and with perf installed its syscalls and context
+# switches per request (perf stat on the proxy process while wrk runs): where the time goes.
 #
 # Usage: bench/ceiling.sh [--rounds 3] [--duration 8] [--conns 64]
 set -euo pipefail
@@ -26,7 +29,7 @@ while (($#)); do
     --rounds) ROUNDS=$2 && shift 2 ;;
     --duration) DURATION=$2 && shift 2 ;;
     --conns) CONNS=$2 && shift 2 ;;
-    -h | --help) sed -n '2,11p' "$0" && exit 0 ;;
+    -h | --help) sed -n '2,14p' "$0" && exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -48,29 +51,62 @@ GATEWAY_ADMIN=$(free_port)
 gateway_config "$RUN_DIR" "$GATEWAY_PORT" "$GATEWAY_ADMIN" "$UPSTREAM_PORT" 1000000 3000000
 start_gateway "$RUN_DIR" "$PROXY_CPU" target/release/awork-gateway "$GATEWAY_ADMIN"
 declare -A PORTS=([nginx]=$NGINX_PORT [gateway]=$GATEWAY_PORT)
+# The process doing each target's work: nginx's worker, not its master.
+declare -A PIDS=([nginx]=$(children_of "$NGINX_PID" | awk '{ print $1 }') [gateway]=$GATEWAY_PID)
 for mode in pooled per-connection; do
     PORTS[ceiling-$mode]=$(free_port)
     taskset -c "$PROXY_CPU" target/release/examples/ceiling "$mode" "127.0.0.1:${PORTS[ceiling-$mode]}" \
         "127.0.0.1:$UPSTREAM_PORT" "$BENCH_KEY" 2>"$RUN_DIR/ceiling-$mode.log" &
     STARTED_PIDS+=("$!")
+    PIDS[ceiling-$mode]=$!
     wait_port "${PORTS[ceiling-$mode]}"
 done
 TARGETS=(nginx gateway ceiling-pooled ceiling-per-connection)
+PERF=$(command -v perf || true)
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+# Per target, over all measured rounds: requests, user and kernel clock ticks, syscalls, switches.
+declare -A REQUESTS USER_TICKS SYS_TICKS SYSCALLS SWITCHES
 
-load() { # target seconds -> req/s
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$2s" -H "Authorization: Bearer $BENCH_TOKEN" \
-        "http://127.0.0.1:${PORTS[$1]}$BENCH_PATH" | awk '/^Requests\/sec/ { print $2 }'
+ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
+
+load() { # target seconds [measure]; sets RPS (not in a subshell: it adds to the totals)
+    local target=$1 seconds=$2 pid=${PIDS[$1]} out u0 s0 u1 s1 perf_pid=""
+    read -r u0 s0 < <(ticks "$pid")
+    if [[ -n ${3:-} && -n $PERF ]]; then
+        "$PERF" stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$RUN_DIR/perf.$target" \
+            -- sleep "$seconds" 2>/dev/null &
+        perf_pid=$!
+    fi
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${seconds}s" -H "Authorization: Bearer $BENCH_TOKEN" \
+        "http://127.0.0.1:${PORTS[$target]}$BENCH_PATH")
+    [[ -z $perf_pid ]] || wait "$perf_pid"
+    read -r u1 s1 < <(ticks "$pid")
+    if [[ -n ${3:-} ]]; then
+        REQUESTS[$target]=$((${REQUESTS[$target]:-0} + $(awk '/requests in/ { print $1 }' <<<"$out")))
+        USER_TICKS[$target]=$((${USER_TICKS[$target]:-0} + u1 - u0))
+        SYS_TICKS[$target]=$((${SYS_TICKS[$target]:-0} + s1 - s0))
+        if [[ -n $PERF ]]; then
+            SYSCALLS[$target]=$((${SYSCALLS[$target]:-0} + $(awk -F, '/sys_enter/ { print $1 }' "$RUN_DIR/perf.$target")))
+            SWITCHES[$target]=$((${SWITCHES[$target]:-0} + $(awk -F, '/context-switches/ { print $1 }' "$RUN_DIR/perf.$target")))
+        fi
+    fi
+    RPS=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
+}
+
+per_request() { # total requests scale -> total * scale / requests, 2 decimals ("-" without a figure)
+    awk -v t="$1" -v n="$2" -v k="$3" 'BEGIN { if (t == "" || n == 0) print "-"; else printf "%.2f", t * k / n }'
 }
 
 for target in "${TARGETS[@]}"; do
     [[ $(curl -s -H "Authorization: Bearer $BENCH_TOKEN" "http://127.0.0.1:${PORTS[$target]}$BENCH_PATH") == "$(upstream_json)" ]] ||
         die "$target does not answer the upstream's JSON"
-    load "$target" 2 >/dev/null
+    load "$target" 2
 done
 declare -A RESULTS
 for round in $(seq 1 "$ROUNDS"); do
     for target in "${TARGETS[@]}"; do
-        RESULTS[$target]+="$(load "$target" "$DURATION") "
+        load "$target" "$DURATION" measure
+        RESULTS[$target]+="$RPS "
         echo "round $round $target ${RESULTS[$target]##* }" >&2
     done
 done
@@ -78,9 +114,12 @@ done
 rounds_median() { tr ' ' '\n' <<<"${RESULTS[$1]% }" | median; }
 NGINX=$(rounds_median nginx)
 echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds alternated; wrk on cpu $LOAD_CPU, upstream and proxies on cpu $PROXY_CPU"
-echo "| target | req/s (median) | / nginx | req/s per round |"
-echo "|---|---:|---:|---|"
+echo "| target | req/s (median) | / nginx | user µs/request | kernel µs/request | syscalls/request | switches/request | req/s per round |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|"
 for target in "${TARGETS[@]}"; do
     m=$(rounds_median "$target")
-    echo "| $target | $m | $(awk -v a="$m" -v b="$NGINX" 'BEGIN { printf "%.2f", a / b }') | ${RESULTS[$target]% } |"
+    n=${REQUESTS[$target]}
+    echo "| $target | $m | $(awk -v a="$m" -v b="$NGINX" 'BEGIN { printf "%.2f", a / b }')" \
+        "| $(per_request "${USER_TICKS[$target]}" "$n" "$TICK_US") | $(per_request "${SYS_TICKS[$target]}" "$n" "$TICK_US")" \
+        "| $(per_request "${SYSCALLS[$target]:-}" "$n" 1) | $(per_request "${SWITCHES[$target]:-}" "$n" 1) | ${RESULTS[$target]% } |"
 done
