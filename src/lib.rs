@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use http::header;
 use tower::ServiceBuilder;
+use tower::util::Either;
 use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
 use config::{Config, Env};
@@ -54,12 +55,11 @@ use ratelimit::Quotas;
 use redis_link::RedisLink;
 use upstream::{HttpClient, Upstream};
 
-/// The request path as one service, outside in.
-pub type Stack = SetSensitiveRequestHeaders<
-    SetRequestId<
-        AccessLog<SignIn<IdentifyClient<Policy<ToCsv<Cache<Paginate<RateLimit<AttachCredential<Retry<Upstream>>>>>>>>>>,
-    >,
->;
+/// The request path as one service, outside in. Sign-in and the response cache are in it only
+/// when the config has something for them to do (`Either::Right` skips them).
+pub type Stack = SetSensitiveRequestHeaders<SetRequestId<AccessLog<Either<SignIn<Identified>, Identified>>>>;
+type Identified = IdentifyClient<Policy<ToCsv<Either<Cache<Paged>, Paged>>>>;
+type Paged = Paginate<RateLimit<AttachCredential<Retry<Upstream>>>>;
 
 /// Why a gateway could not be built from a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -206,11 +206,11 @@ impl Gateway {
             ]))
             .layer(RequestIdLayer)
             .layer(access_log)
-            .layer(SignInLayer::new(&self.credentials, self.config.server.tls.is_some()))
+            .option_layer(SignInLayer::new(&self.credentials, self.config.server.tls.is_some()))
             .layer(ClientIdentityLayer::new(self.identities.clone()))
             .layer(PolicyLayer::new(self.config.clone()))
             .layer(CsvLayer)
-            .layer(CacheLayer::new(self.cache.clone(), self.config.clone(), self.metrics.clone()))
+            .option_layer(CacheLayer::new(self.cache.clone(), self.config.clone(), self.metrics.clone()))
             .layer(PaginateLayer::new(&self.config.paginate))
             .layer(RateLimitLayer::new(self.quotas.clone()))
             .layer(CredentialLayer::new(&self.config, &self.credentials))

@@ -174,3 +174,16 @@ async fn https_upstream_that_fails_the_tls_handshake_is_a_tls_502() {
     assert_eq!(body["code"], "gateway-upstream-unavailable");
     assert!(body["description"].as_str().expect("text").contains("(tls)"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_paths_are_held_to_the_rules_like_any_other_without_oauth_user_credentials() {
+    let (mock, gw) = setup().await;
+    // The test client's rules cover /api/v1 only: the policy answers, not a sign-in page.
+    let start = get(&url(&gw, "/oauth2/start?next=/"), &[]).await;
+    assert_eq!(start.status, 403, "{:?}", start.body);
+    assert!(start.json()["description"].as_str().is_some_and(|d| d.ends_with("may not GET /oauth2/start")));
+    let logout = send(&client(), Method::POST, &url(&gw, "/oauth2/logout"), &[], "").await;
+    assert_eq!(logout.status, 403, "{:?}", logout.body);
+    assert!(logout.json()["description"].as_str().is_some_and(|d| d.ends_with("may not POST /oauth2/logout")));
+    assert!(mock.requests().is_empty());
+}

@@ -328,8 +328,10 @@ pub struct CacheLayer {
 }
 
 impl CacheLayer {
-    pub fn new(cache: Arc<ResponseCache>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
-        Self { cache, config, metrics }
+    /// `None` when no client has a `cache_ttl`: nothing can be cached or served from the cache
+    /// then, so the layer stays out of the stack and costs its requests nothing.
+    pub fn new(cache: Arc<ResponseCache>, config: Arc<Config>, metrics: Arc<Metrics>) -> Option<Self> {
+        config.clients.iter().any(|c| c.cache.is_some()).then_some(Self { cache, config, metrics })
     }
 }
 

@@ -32,7 +32,9 @@ pub struct SignInLayer {
 }
 
 impl SignInLayer {
-    pub fn new(credentials: &Credentials, secure_cookie: bool) -> Self {
+    /// `None` without `oauth_user` credentials: the sign-in paths are then forwarded like any
+    /// other, which is what the stack does without this layer.
+    pub fn new(credentials: &Credentials, secure_cookie: bool) -> Option<Self> {
         let users: Vec<(usize, u64)> = credentials
             .iter()
             .filter_map(|(i, _, c)| match c {
@@ -40,12 +42,12 @@ impl SignInLayer {
                 _ => None,
             })
             .collect();
-        Self {
+        (!users.is_empty()).then(|| Self {
             credentials: credentials.clone(),
             user_credentials: users.iter().map(|(i, _)| *i).collect(),
             secure_cookie,
             session_max_age: users.iter().map(|(_, age)| *age).max().unwrap_or(0),
-        }
+        })
     }
 }
 
@@ -99,9 +101,9 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let action: &'static str = match req.uri().path() {
-            "/oauth2/start" if !self.config.user_credentials.is_empty() => "/oauth2/start",
-            "/oauth2/callback" if !self.config.user_credentials.is_empty() => "/oauth2/callback",
-            "/oauth2/logout" if !self.config.user_credentials.is_empty() => "/oauth2/logout",
+            "/oauth2/start" => "/oauth2/start",
+            "/oauth2/callback" => "/oauth2/callback",
+            "/oauth2/logout" => "/oauth2/logout",
             _ => return SignInFuture::Inner { future: self.inner.call(req) },
         };
         let config = self.config.clone();
