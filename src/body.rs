@@ -194,11 +194,13 @@ impl RequestBody {
     /// Reads the body into memory when it is at most `max` bytes of data. A longer body comes
     /// back as a stream that starts with what was read, so nothing is lost and at most `max`
     /// bytes are held. A caller that hangs up mid-body, stalls or sends too much is an error.
-    pub async fn buffer(self, max: usize) -> Result<Buffered, BodyError> {
+    pub async fn buffer(mut self, max: usize) -> Result<Buffered, BodyError> {
+        if let Some(whole) = self.take_whole_now(max) {
+            return Ok(Buffered::Whole(whole));
+        }
         let longer = self.size_hint().lower() > max as u64;
         let mut body = match self.inner {
             RequestInner::Caller { body } => body,
-            RequestInner::Full { data } if !longer => return Ok(Buffered::Whole(data.unwrap_or_default())),
             inner => return Ok(Buffered::Streaming(Self { inner, on_end: self.on_end })),
         };
         if longer {
@@ -220,6 +222,20 @@ impl RequestBody {
             }
         }
         Ok(Buffered::Whole(whole.freeze()))
+    }
+
+    /// What `buffer` gives, taken out of the body, when that takes no reading (a body held in
+    /// memory of at most `max` bytes, or none left to read), without a future. `None`: the
+    /// body is as it was.
+    pub fn take_whole_now(&mut self, max: usize) -> Option<Bytes> {
+        let ended = self.is_end_stream();
+        match &mut self.inner {
+            RequestInner::Full { data } if data.as_ref().is_none_or(|d| d.len() <= max) => {
+                Some(data.take().unwrap_or_default())
+            }
+            RequestInner::Caller { .. } if ended => Some(Bytes::new()),
+            _ => None,
+        }
     }
 
     /// Resolves once the body has been read to its end, or dropped unfinished.

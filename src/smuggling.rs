@@ -305,6 +305,24 @@ impl<IO> Guarded<IO> {
         }
     }
 
+    /// The common read, one whole request head without a body and nothing after it, judged
+    /// where it lies in hyper's buffer: it passes without being copied out and back. Anything
+    /// else (a partial head, a body, a refusal, what may be the HTTP/2 preface) is `false` and
+    /// goes the long way through `pending`.
+    fn passes_in_place(&mut self, read: &[u8]) -> bool {
+        let may_be_preface = self.state == State::Start && PREFACE.starts_with(&read[..read.len().min(PREFACE.len())]);
+        if !matches!(self.state, State::Start | State::Head) || may_be_preface || read.starts_with(b"\r\n") {
+            return false;
+        }
+        let whole = find_head_end(read, 0) == Ok(read.len());
+        if !whole || !matches!(judge(read), Ok(Framing::None | Framing::Length(0))) {
+            return false;
+        }
+        self.heads += 1;
+        self.state = State::Head;
+        true
+    }
+
     /// `n` bytes of a length-delimited body or of chunk data went to hyper.
     fn consumed_body(&mut self, n: usize) {
         let n = n as u64;
@@ -383,6 +401,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
             if read.is_empty() {
                 this.eof = true;
                 continue;
+            }
+            if this.pending.is_empty() && this.passes_in_place(read) {
+                return Poll::Ready(Ok(()));
             }
             this.pending.extend_from_slice(read);
             buf.set_filled(before);
@@ -521,8 +542,24 @@ fn trim_ows(mut value: &[u8]) -> &[u8] {
 
 /// A token character of a header name (RFC 9110 5.6.2).
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
+
+/// [`is_tchar`] for every byte, made at compile time: every header name's bytes are looked up.
+static TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
 
 fn imitates_framing(name: &[u8]) -> bool {
     let dashed: Vec<u8> = name.iter().map(|&b| if b == b'_' { b'-' } else { b }).collect();

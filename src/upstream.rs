@@ -135,7 +135,8 @@ impl Service<GatewayRequest> for Upstream {
     fn call(&mut self, req: GatewayRequest) -> Self::Future {
         let request_id = req.extensions().get::<RequestId>().cloned();
         let (mut parts, mut body) = req.into_parts();
-        let body_sent = body.sent();
+        // A request without a body has been sent once its head is: the clock starts at once.
+        let body_sent = (!http_body::Body::is_end_stream(&body)).then(|| body.sent());
         let target = self.0.clone();
         #[cfg(feature = "otlp")]
         let span = parts
@@ -158,7 +159,11 @@ impl Service<GatewayRequest> for Upstream {
             strip_forwarding(&mut parts.headers);
             let start = Instant::now();
             let sent = target.pool.send(http::Request::from_parts(parts, body), uri);
-            let result = answer_within(timeout, sent, body_sent).await;
+            let result = match body_sent {
+                None => tokio::time::timeout(timeout, sent).await,
+                // Boxed: it holds the send twice over, and only requests with a body need it.
+                Some(body_sent) => Box::pin(answer_within(timeout, sent, body_sent)).await,
+            };
             let elapsed = start.elapsed();
             let response = match result {
                 Ok(Ok((response, lease))) => {
@@ -227,35 +232,31 @@ async fn answer_within<F: Future>(
     }
 }
 
-/// The hop-by-hop headers of RFC 9110 7.6.1, and two older ones that mean the same.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
+/// The hop-by-hop headers of RFC 9110 7.6.1, and two older ones that mean the same. Compared as
+/// strings (a length check rejects most at once), not as `HeaderName`s: every header of every
+/// request and answer is looked up here.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "keep-alive",
+    "proxy-connection",
 ];
 
 /// Headers that tell awork about the internal network (client addresses, internal host names).
-static FORWARDING: [HeaderName; 6] = [
-    header::FORWARDED,
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-real-ip"),
-];
+const FORWARDING: [&str; 6] =
+    ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip"];
 
-/// Removes every header that `doomed` picks. The names present are looked at once and only
-/// those picked are removed: a removal hashes and probes the map even for a name it lacks, and
-/// most messages carry one of these headers at most (`Connection: keep-alive`).
+/// Removes every header that `doomed` picks. Only names present are removed (a removal hashes
+/// and probes the map even for a name it lacks), one scan of the names per removal: most
+/// messages carry one of these headers at most (`Connection: keep-alive`), so a list of the
+/// doomed names would cost an allocation to save a scan of a dozen names.
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderMap, &HeaderName) -> bool) {
-    let names: Vec<HeaderName> = headers.keys().filter(|name| doomed(headers, name)).cloned().collect();
-    for name in names {
+    while let Some(name) = headers.keys().find(|name| doomed(headers, name)).cloned() {
         headers.remove(name);
     }
 }
@@ -264,11 +265,15 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderMap, &HeaderName
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most `Connection` headers (`keep-alive`) list only names that are hop-by-hop anyway.
     let names_others =
-        connection_lists(headers, |listed| !HOP_BY_HOP.iter().any(|name| name.as_str().eq_ignore_ascii_case(listed)));
-    remove_where(headers, |headers, name| {
-        HOP_BY_HOP.contains(name)
-            || (names_others && connection_lists(headers, |listed| listed.eq_ignore_ascii_case(name.as_str())))
-    });
+        connection_lists(headers, |listed| !HOP_BY_HOP.iter().any(|name| name.eq_ignore_ascii_case(listed)));
+    if names_others {
+        // What `Connection` lists goes first, while it is still there to say what that is.
+        remove_where(headers, |headers, name| {
+            *name != header::CONNECTION
+                && connection_lists(headers, |listed| listed.eq_ignore_ascii_case(name.as_str()))
+        });
+    }
+    remove_where(headers, |_, name| HOP_BY_HOP.contains(&name.as_str()));
 }
 
 /// Whether a name the `Connection` header lists passes `test`.
@@ -284,7 +289,7 @@ fn connection_lists(headers: &HeaderMap, test: impl Fn(&str) -> bool) -> bool {
 
 /// Nothing about the internal network (client addresses, internal host names) goes to awork.
 fn strip_forwarding(headers: &mut HeaderMap) {
-    remove_where(headers, |_, name| FORWARDING.contains(name));
+    remove_where(headers, |_, name| FORWARDING.contains(&name.as_str()));
 }
 
 fn classify(e: &SendError) -> UpstreamErrorKind {

@@ -257,6 +257,28 @@ async fn pipelined_requests_are_served_in_order_until_a_refused_one_and_nothing_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_sent_whole_or_in_pieces_are_judged_alike_on_one_connection() {
+    let (mock, gw) = setup().await;
+    let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+    // One head in two writes (kept back until whole), then whole heads in one write each
+    // (judged where they lie): a good one, then a refused one that ends the connection.
+    let writes: [&[u8]; 4] = [
+        b"GET /api/v1/me HTTP/1.1\r\nHo",
+        b"st: x\r\n\r\n",
+        b"GET /api/v1/users HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    ];
+    for write in writes {
+        stream.write_all(write).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let raw = read_all(&mut stream).await;
+    assert_eq!(statuses(&raw), [200, 200, 400], "{raw}");
+    assert!(raw.contains("more than one Host header"), "{raw}");
+    assert_eq!(seen_paths(&mock), ["GET /api/v1/me", "GET /api/v1/users"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_prior_knowledge_and_keep_alive_pass_the_guard() {
     let (mock, gw) = setup().await;
     let answer = send(&h2c_client(), http::Method::POST, &url(&gw, "/api/v1/echo"), &[], "h2 body").await;

@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 
 use super::request_id::RequestId;
 use super::{ClientIdentity, GatewayRequest, GatewayResponse, QueueTiming, take_ready};
-use crate::ratelimit::Quotas;
+use crate::ratelimit::{QuotaTicket, Quotas};
 
 /// How long the request waited for quota slots, in milliseconds.
 pub const QUEUE_MS: HeaderName = HeaderName::from_static("x-awork-gateway-queue-ms");
@@ -57,7 +57,7 @@ where
 {
     type Response = GatewayResponse;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, Infallible>> + Send>>;
+    type Future = Admission<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -67,25 +67,61 @@ where
         let mut inner = take_ready(&mut self.inner);
         // Without an identity the credential layer answers 401; that costs no quota.
         let Some(client) = req.extensions().get::<ClientIdentity>().map(|c| c.index) else {
-            return Box::pin(inner.call(req));
+            return Admission::Admitted { inner: inner.call(req), ticket: None };
         };
-        let quotas = self.quotas.clone();
-        Box::pin(async move {
-            let start = Instant::now();
-            let ticket = match quotas.admit(client).await {
-                Ok(ticket) => ticket,
-                Err(refused) => {
-                    let request_id = req.extensions().get::<RequestId>().map_or("-", RequestId::as_str);
-                    let mut answer = refused.to_response(request_id);
-                    mark(&mut answer, start.elapsed());
-                    return Ok(answer);
-                }
-            };
+        if let Some(ticket) = self.quotas.admit_now(client) {
             req.extensions_mut().insert(ticket.clone());
-            let mut response = inner.call(req).await?;
-            mark(&mut response, ticket.queued());
-            Ok(response)
-        })
+            return Admission::Admitted { inner: inner.call(req), ticket: Some(ticket) };
+        }
+        let quotas = self.quotas.clone();
+        Admission::Queued {
+            future: Box::pin(async move {
+                let start = Instant::now();
+                let ticket = match quotas.admit(client).await {
+                    Ok(ticket) => ticket,
+                    Err(refused) => {
+                        let request_id = req.extensions().get::<RequestId>().map_or("-", RequestId::as_str);
+                        let mut answer = refused.to_response(request_id);
+                        mark(&mut answer, start.elapsed());
+                        return Ok(answer);
+                    }
+                };
+                req.extensions_mut().insert(ticket.clone());
+                let mut response = inner.call(req).await?;
+                mark(&mut response, ticket.queued());
+                Ok(response)
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request admitted at once goes on without a future of its own (most do); one that
+    /// waits in the queue, or is refused, is a boxed future.
+    #[project = AdmissionProjection]
+    pub enum Admission<F> {
+        Admitted { #[pin] inner: F, ticket: Option<QuotaTicket> },
+        Queued { future: Pin<Box<dyn Future<Output = Result<GatewayResponse, Infallible>> + Send>> },
+    }
+}
+
+impl<F> Future for Admission<F>
+where
+    F: Future<Output = Result<GatewayResponse, Infallible>>,
+{
+    type Output = Result<GatewayResponse, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AdmissionProjection::Admitted { inner, ticket } => {
+                let mut response = std::task::ready!(inner.poll(cx))?;
+                if let Some(ticket) = ticket {
+                    mark(&mut response, ticket.queued());
+                }
+                Poll::Ready(Ok(response))
+            }
+            AdmissionProjection::Queued { future } => future.as_mut().poll(cx),
+        }
     }
 }
 

@@ -132,100 +132,99 @@ where
     }
 
     fn call(&mut self, req: GatewayRequest) -> Self::Future {
-        let this = Self { inner: take_ready(&mut self.inner), shared: self.shared.clone() };
-        Box::pin(this.send(req))
-    }
-}
-
-impl<S> Retry<S>
-where
-    S: Service<GatewayRequest, Response = GatewayResponse, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    async fn send(mut self, req: GatewayRequest) -> Result<GatewayResponse, Infallible> {
+        let mut this = Self { inner: take_ready(&mut self.inner), shared: self.shared.clone() };
         let request_id = req.extensions().get::<RequestId>().cloned();
-        let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
         let ticket = req.extensions().get::<QuotaTicket>().cloned();
-        let (parts, body) = req.into_parts();
-        let (replay, mut once) = match body.buffer(self.shared.config.max_replay_bytes).await {
-            Ok(Buffered::Whole(bytes)) => (Some(bytes), None),
-            Ok(Buffered::Streaming(body)) => (None, Some(body)),
-            Err(e) => return Ok(e.to_gateway_error().to_response(request_id)),
-        };
-        // A streamed body that fails (too long, stalled, cut) fails the exchange with awork
-        // too: the answer then says what the caller did, not that awork was unreachable.
-        let fault = once.as_ref().and_then(RequestBody::fault);
-        let idempotent = idempotent(&parts.method);
-        self.shared.budget.record_request();
-        let mut attempt = 1;
-        // The failed answer a retry is waiting to improve on.
-        let mut failed: Option<GatewayResponse> = None;
-        loop {
-            let slot = match &ticket {
-                Some(ticket) => match ticket.slot().await {
-                    Ok(slot) => Some(slot),
-                    // No slot before the deadline: awork's own failure says more than a 429.
-                    Err(refused) => return Ok(failed.unwrap_or_else(|| refused.to_response(request_id))),
+        let (parts, mut body) = req.into_parts();
+        // An async block, not an async fn: a function's arguments would be held twice over in
+        // the future, and this future is boxed, which copies it whole, for every request.
+        Box::pin(async move {
+            let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
+            let max_replay = this.shared.config.max_replay_bytes;
+            let (replay, mut once) = match body.take_whole_now(max_replay) {
+                Some(bytes) => (Some(bytes), None),
+                // Boxed: only a request with a body to read needs this future's space.
+                None => match Box::pin(body.buffer(max_replay)).await {
+                    Ok(Buffered::Whole(bytes)) => (Some(bytes), None),
+                    Ok(Buffered::Streaming(body)) => (None, Some(body)),
+                    Err(e) => return Ok(e.to_gateway_error().to_response(request_id)),
                 },
-                None => None,
             };
-            let body = match (&replay, once.take()) {
-                (Some(bytes), _) => RequestBody::full(Bytes::clone(bytes)),
-                (None, Some(body)) => body,
-                (None, None) => RequestBody::empty(), // unreachable: a streamed body is never retried
-            };
-            let mut request = Request::new(body);
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = parts.uri.clone();
-            *request.version_mut() = parts.version;
-            *request.headers_mut() = parts.headers.clone();
-            *request.extensions_mut() = crate::upstream::extensions_read(&parts.extensions);
-            let response = self.inner.ready().await?.call(request).await?;
-            if let Some(slot) = &slot
-                && response.extensions().get::<UpstreamTiming>().is_some()
-            {
-                slot.observe(response.status(), response.headers());
-            }
-            drop(slot);
-            if let Some(caller) = fault.as_ref().and_then(|f| f.get())
-                && response.extensions().get::<UpstreamFailure>().is_some()
-            {
-                return Ok(caller.to_response(request_id));
-            }
-            let Some(failure) = Failure::of(&response) else { return Ok(with_head_on_401(response, parts)) };
-            if replay.is_none() {
-                return Ok(response);
-            }
-            match failure {
-                // Back into the queue, behind the hold awork asked for.
-                Failure::RateLimited if idempotent && ticket.is_some() => {
-                    self.shared.metrics.record_retry(failure.label());
-                    tracing::info!(request_id, "awork answered 429: the request waits in the quota queue again");
-                    failed = None;
-                }
-                Failure::Connect | Failure::Status(_)
-                    if (idempotent || failure == Failure::Connect) && attempt < self.shared.config.max_attempts =>
+            // A streamed body that fails (too long, stalled, cut) fails the exchange with awork
+            // too: the answer then says what the caller did, not that awork was unreachable.
+            let fault = once.as_ref().and_then(RequestBody::fault);
+            let idempotent = idempotent(&parts.method);
+            this.shared.budget.record_request();
+            let mut attempt = 1;
+            // The failed answer a retry is waiting to improve on.
+            let mut failed: Option<GatewayResponse> = None;
+            loop {
+                let slot = match &ticket {
+                    Some(ticket) => match ticket.slot().await {
+                        Ok(slot) => Some(slot),
+                        // No slot before the deadline: awork's own failure says more than a 429.
+                        Err(refused) => return Ok(failed.unwrap_or_else(|| refused.to_response(request_id))),
+                    },
+                    None => None,
+                };
+                let body = match (&replay, once.take()) {
+                    (Some(bytes), _) => RequestBody::full(Bytes::clone(bytes)),
+                    (None, Some(body)) => body,
+                    (None, None) => RequestBody::empty(), // unreachable: a streamed body is never retried
+                };
+                let mut request = Request::new(body);
+                *request.method_mut() = parts.method.clone();
+                *request.uri_mut() = parts.uri.clone();
+                *request.version_mut() = parts.version;
+                *request.headers_mut() = parts.headers.clone();
+                *request.extensions_mut() = crate::upstream::extensions_read(&parts.extensions);
+                let response = this.inner.ready().await?.call(request).await?;
+                if let Some(slot) = &slot
+                    && response.extensions().get::<UpstreamTiming>().is_some()
                 {
-                    if !self.shared.budget.try_withdraw() {
-                        self.shared.metrics.record_retry("budget_exhausted");
-                        return Ok(response);
-                    }
-                    self.shared.metrics.record_retry(failure.label());
-                    let pause = backoff(self.shared.config.backoff, attempt);
-                    tracing::info!(
-                        request_id,
-                        attempt,
-                        status = response.status().as_u16(),
-                        backoff_ms = pause.as_millis() as u64,
-                        "retrying a failed request to awork"
-                    );
-                    tokio::time::sleep(pause).await;
-                    failed = Some(response);
-                    attempt += 1;
+                    slot.observe(response.status(), response.headers());
                 }
-                _ => return Ok(response),
+                drop(slot);
+                if let Some(caller) = fault.as_ref().and_then(|f| f.get())
+                    && response.extensions().get::<UpstreamFailure>().is_some()
+                {
+                    return Ok(caller.to_response(request_id));
+                }
+                let Some(failure) = Failure::of(&response) else { return Ok(with_head_on_401(response, parts)) };
+                if replay.is_none() {
+                    return Ok(response);
+                }
+                match failure {
+                    // Back into the queue, behind the hold awork asked for.
+                    Failure::RateLimited if idempotent && ticket.is_some() => {
+                        this.shared.metrics.record_retry(failure.label());
+                        tracing::info!(request_id, "awork answered 429: the request waits in the quota queue again");
+                        failed = None;
+                    }
+                    Failure::Connect | Failure::Status(_)
+                        if (idempotent || failure == Failure::Connect) && attempt < this.shared.config.max_attempts =>
+                    {
+                        if !this.shared.budget.try_withdraw() {
+                            this.shared.metrics.record_retry("budget_exhausted");
+                            return Ok(response);
+                        }
+                        this.shared.metrics.record_retry(failure.label());
+                        let pause = backoff(this.shared.config.backoff, attempt);
+                        tracing::info!(
+                            request_id,
+                            attempt,
+                            status = response.status().as_u16(),
+                            backoff_ms = pause.as_millis() as u64,
+                            "retrying a failed request to awork"
+                        );
+                        tokio::time::sleep(pause).await;
+                        failed = Some(response);
+                        attempt += 1;
+                    }
+                    _ => return Ok(response),
+                }
             }
-        }
+        })
     }
 }
 

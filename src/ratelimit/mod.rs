@@ -118,13 +118,23 @@ impl Quotas {
         let workspace = self.workspaces[ws].clone();
         let deadline = Instant::now() + lock(&workspace.state).settings.max_wait;
         let (slot, waited) = workspace.acquire(local, deadline).await?;
-        Ok(QuotaTicket(Arc::new(Ticket {
-            workspace,
-            client: local,
-            deadline,
-            prepaid: Mutex::new(Some(slot)),
-            queued_micros: AtomicU64::new(micros(waited)),
-        })))
+        Ok(QuotaTicket::new(workspace, local, deadline, slot, waited))
+    }
+
+    /// `admit`'s answer when it needs no waiting and no Redis: this replica decides alone and
+    /// the quota has room now. Most requests are admitted so, without a future or the queue.
+    /// `None` leaves the decision to `admit`.
+    pub fn admit_now(&self, client: usize) -> Option<QuotaTicket> {
+        let &(ws, local) = self.by_client.get(client)?;
+        let workspace = &self.workspaces[ws];
+        let now = Instant::now();
+        if workspace.shared.is_some() || !workspace.grant_now(local, now) {
+            return None;
+        }
+        workspace.metrics.queue_wait.observe(0.0);
+        let deadline = now + lock(&workspace.state).settings.max_wait;
+        let slot = Slot { workspace: workspace.clone() };
+        Some(QuotaTicket::new(workspace.clone(), local, deadline, slot, Duration::ZERO))
     }
 
     /// Whether the shared quota's Redis answered last time (`None`: no Redis configured).
@@ -162,6 +172,16 @@ struct Ticket {
 }
 
 impl QuotaTicket {
+    fn new(workspace: Arc<Workspace>, client: usize, deadline: Instant, slot: Slot, waited: Duration) -> Self {
+        Self(Arc::new(Ticket {
+            workspace,
+            client,
+            deadline,
+            prepaid: Mutex::new(Some(slot)),
+            queued_micros: AtomicU64::new(micros(waited)),
+        }))
+    }
+
     /// A slot for one exchange with awork: the first one is already granted, later ones wait
     /// in the queue again (behind any hold awork asked for), until the ticket's deadline.
     pub async fn slot(&self) -> Result<Slot, GatewayError> {
@@ -460,12 +480,20 @@ impl Workspace {
                 None => {} // Redis is down: this replica's share decides
             }
         }
+        self.grant_now(client, now)
+    }
+
+    /// Grants `client` a slot if nothing waits and this replica's quota has room `now`.
+    fn grant_now(&self, client: usize, now: Instant) -> bool {
         let mut st = lock(&self.state);
-        if st.queued == 0 && st.ready_at(now) <= now && st.client_ready_at(client, now) <= now {
+        let free = client < st.clients.len()
+            && st.queued == 0
+            && st.ready_at(now) <= now
+            && st.client_ready_at(client, now) <= now;
+        if free {
             st.grant(client, now, &self.in_flight);
-            return true;
         }
-        false
+        free
     }
 
     fn reject(&self, client: usize, reason: &'static str, retry_after: Duration) -> GatewayError {
