@@ -83,6 +83,21 @@ impl Attach {
         }
     }
 
+    /// An API key's header and generation, when it is loaded: no waiting needed.
+    fn authorization_now(&self) -> Option<(HeaderValue, u64)> {
+        match self {
+            Self::Key(key) => {
+                let state = key.current();
+                state.header.clone().map(|header| (header, state.generation))
+            }
+            Self::Grant(_) => None,
+        }
+    }
+
+    fn unavailable(&self, reason: String) -> GatewayError {
+        GatewayError::CredentialUnavailable { credential: self.name().to_owned(), reason }
+    }
+
     /// awork refused the secret of `generation`: is a newer one in use now?
     async fn renewed_after_rejection(&self, generation: u64) -> bool {
         match self {
@@ -110,7 +125,7 @@ where
 {
     type Response = GatewayResponse;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, Infallible>> + Send>>;
+    type Future = Attached<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -121,7 +136,7 @@ where
             Ok(attach) => attach,
             Err(e) => {
                 let answer = e.to_response(request_id_of(&req));
-                return Box::pin(async move { Ok(answer) });
+                return Attached::Boxed { future: Box::pin(std::future::ready(Ok(answer))) };
             }
         };
         // Only needed on the rare failure paths: a refcounted header, not a new string.
@@ -131,40 +146,118 @@ where
         headers.remove(header::PROXY_AUTHORIZATION);
         headers.remove(header::COOKIE);
         let mut inner = take_ready(&mut self.inner);
-        Box::pin(async move {
-            let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
-            let unavailable =
-                |reason: String| GatewayError::CredentialUnavailable { credential: attach.name().to_owned(), reason };
-            let (auth, generation) = match attach.authorization().await {
-                Ok(found) => found,
-                Err(reason) => return Ok(unavailable(reason).to_response(request_id)),
-            };
+        // A loaded API key is at hand: the request goes on at once, without a future of its own.
+        if let Some((auth, generation)) = attach.authorization_now() {
             req.headers_mut().insert(header::AUTHORIZATION, auth);
-            // Only a request without a body is sent again: its head is all there is to send.
             let bodiless = req.body().is_end_stream();
-            let mut response = inner.call(req).await?;
-            if response.status() != StatusCode::UNAUTHORIZED {
-                return Ok(response);
+            let sent = inner.call(req);
+            return Attached::Sent { sent, renewal: Some(Renewal { attach, generation, bodiless, inner, request_id }) };
+        }
+        Attached::Boxed {
+            future: Box::pin(async move {
+                let (auth, generation) = match attach.authorization().await {
+                    Ok(found) => found,
+                    Err(reason) => {
+                        let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
+                        return Ok(attach.unavailable(reason).to_response(request_id));
+                    }
+                };
+                req.headers_mut().insert(header::AUTHORIZATION, auth);
+                // Only a request without a body is sent again: its head is all there is to send.
+                let bodiless = req.body().is_end_stream();
+                let response = inner.call(req).await?;
+                Renewal { attach, generation, bodiless, inner, request_id }.after(response).await
+            }),
+        }
+    }
+}
+
+/// What answering awork's 401 takes: the credential, the generation of the secret that was
+/// refused, and the means to send a bodiless request again.
+pub struct Renewal<S> {
+    attach: Attach,
+    generation: u64,
+    bodiless: bool,
+    inner: S,
+    request_id: Option<RequestId>,
+}
+
+impl<S> std::fmt::Debug for Renewal<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renewal")
+            .field("credential", &self.attach.name())
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl<S> Renewal<S>
+where
+    S: Service<GatewayRequest, Response = GatewayResponse, Error = Infallible>,
+{
+    /// awork's answer, or after a 401 the answer to the request sent again with the renewed
+    /// secret (or 503 when the credential needs a login).
+    async fn after(mut self, mut response: GatewayResponse) -> Result<GatewayResponse, Infallible> {
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let request_id = self.request_id.as_ref().map_or("-", RequestId::as_str);
+        let sent = response.extensions_mut().remove::<SentHead>();
+        if !self.attach.renewed_after_rejection(self.generation).await {
+            return Ok(match self.attach.login_needed() {
+                Some(reason) => self.attach.unavailable(reason).to_response(request_id),
+                None => response,
+            });
+        }
+        let (Some(SentHead(head)), true, Ok((auth, _))) = (sent, self.bodiless, self.attach.authorization().await)
+        else {
+            return Ok(response);
+        };
+        tracing::info!(
+            credential = self.attach.name(),
+            request_id,
+            "replaying a request refused by awork with the renewed credential"
+        );
+        let mut again = Request::from_parts(head, RequestBody::empty());
+        again.headers_mut().insert(header::AUTHORIZATION, auth);
+        self.inner.ready().await?.call(again).await
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request sent with a key at hand is the inner call itself until awork answers 401
+    /// (most never are); a grant's, which may wait for a token, and a renewal are boxed.
+    #[project = AttachedProjection]
+    pub enum Attached<S>
+    where
+        S: Service<GatewayRequest, Response = GatewayResponse, Error = Infallible>,
+    {
+        Sent { #[pin] sent: S::Future, renewal: Option<Renewal<S>> },
+        Boxed { future: Pin<Box<dyn Future<Output = Result<GatewayResponse, Infallible>> + Send>> },
+    }
+}
+
+impl<S> Future for Attached<S>
+where
+    S: Service<GatewayRequest, Response = GatewayResponse, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+{
+    type Output = Result<GatewayResponse, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                AttachedProjection::Sent { sent, renewal } => {
+                    let response = std::task::ready!(sent.poll(cx))?;
+                    let renewal = match renewal.take() {
+                        Some(renewal) if response.status() == StatusCode::UNAUTHORIZED => renewal,
+                        _ => return Poll::Ready(Ok(response)),
+                    };
+                    self.set(Attached::Boxed { future: Box::pin(renewal.after(response)) });
+                }
+                AttachedProjection::Boxed { future } => return future.as_mut().poll(cx),
             }
-            let sent = response.extensions_mut().remove::<SentHead>();
-            if !attach.renewed_after_rejection(generation).await {
-                return Ok(match attach.login_needed() {
-                    Some(reason) => unavailable(reason).to_response(request_id),
-                    None => response,
-                });
-            }
-            let (Some(SentHead(head)), true, Ok((auth, _))) = (sent, bodiless, attach.authorization().await) else {
-                return Ok(response);
-            };
-            tracing::info!(
-                credential = attach.name(),
-                request_id,
-                "replaying a request refused by awork with the renewed credential"
-            );
-            let mut again = Request::from_parts(head, RequestBody::empty());
-            again.headers_mut().insert(header::AUTHORIZATION, auth);
-            inner.ready().await?.call(again).await
-        })
+        }
     }
 }
 
