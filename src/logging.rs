@@ -210,6 +210,14 @@ fn decimal(out: &mut Vec<u8>, mut value: u64, width: usize) {
 
 /// `text` as a JSON string, escaped by serde_json as tracing's formatter does.
 fn json_string(out: &mut Vec<u8>, text: &str) {
+    // What serde_json would leave as it is (no control character, quote or backslash), as
+    // most ids, names and paths are, is copied in one go.
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing to a Vec cannot fail.
     let _ = serde_json::to_writer(out, text);
 }
@@ -259,6 +267,15 @@ mod tests {
         assert_eq!(parsed["path"], "/a\"b\\c\u{1}é");
         assert_eq!(parsed["client"], "ops\n\"x\"");
         assert_eq!(out.matches('\n').count(), 1, "one line: {out}");
+    }
+
+    #[test]
+    fn strings_are_written_byte_for_byte_as_serde_json_writes_them() {
+        for text in ["", "/api/v1/me", "caf\u{e9} \u{1f600}", "a\u{7f}b", "tab\there", "q\"b\\", "\u{1f}", "\u{0}x"] {
+            let mut ours = Vec::new();
+            json_string(&mut ours, text);
+            assert_eq!(String::from_utf8(ours).expect("UTF-8"), serde_json::to_string(text).expect("JSON"), "{text:?}");
+        }
     }
 
     #[test]

@@ -75,3 +75,20 @@ async fn connections_past_the_limit_wait_until_a_slot_frees() {
         .expect("read");
     assert_eq!(&buf, b"HTTP/1.1 200");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_max_headers_of_100_holds_when_not_configured() {
+    let mock = mock().await;
+    let gw = gateway(&config_text(&mock.url(), "")).await;
+    // Host and Connection, and 90 or 99 more (the mock awork takes 100 too, with the ones the
+    // gateway adds).
+    let head = |extra: usize| {
+        let many: String = (0..extra).map(|i| format!("x-h{i}: v\r\n")).collect();
+        format!("GET /api/v1/me HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{many}\r\n")
+    };
+    let fine = raw_exchange(gw.addr, head(90).as_bytes()).await;
+    assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
+    let crowded = raw_exchange(gw.addr, head(99).as_bytes()).await;
+    assert!(crowded.starts_with("HTTP/1.1 431"), "{crowded}");
+    assert_eq!(mock.requests().len(), 1);
+}
