@@ -195,7 +195,7 @@ impl Gateway {
 
     /// The request path as a tower service; cheap to clone.
     pub fn service(&self) -> Stack {
-        let access_log = AccessLogLayer::new(self.metrics.clone());
+        let access_log = AccessLogLayer::new(self.metrics.clone(), &self.config);
         #[cfg(feature = "otlp")]
         let access_log = access_log.traced(self.tracing.clone());
         ServiceBuilder::new()

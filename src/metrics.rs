@@ -3,8 +3,8 @@
 //! Label values come from config (client and credential names) or from small fixed sets
 //! (method, status class, error kind), so the series count stays bounded whatever callers send.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::Method;
@@ -311,15 +311,24 @@ impl Metrics {
         self.retries.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    pub fn record_request(&self, client: &Arc<str>, method: &Method, status: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                client: client.clone(),
-                method: method_label(method),
-                status_class: status_class(status),
+    pub fn record_request(&self, client: &ClientRequests, method: &Method, status: u16, elapsed: Duration) {
+        let (m, c) = (method_index(method), status_class_index(status));
+        client.requests[m * STATUS_CLASSES.len() + c]
+            .get_or_init(|| {
+                let labels = RequestLabels {
+                    client: client.client.clone(),
+                    method: METHOD_LABELS[m],
+                    status_class: STATUS_CLASSES[c],
+                };
+                self.requests.get_or_create(&labels).clone()
             })
             .inc();
-        self.request_duration.get_or_create(&ClientLabels { client: client.clone() }).observe(elapsed.as_secs_f64());
+        client
+            .duration
+            .get_or_init(|| {
+                self.request_duration.get_or_create(&ClientLabels { client: client.client.clone() }).clone()
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn record_upstream(&self, elapsed: Duration) {
@@ -388,25 +397,71 @@ impl Metrics {
     }
 }
 
-fn method_label(method: &Method) -> &'static str {
+/// The method label of the requests counter, by `method_index`.
+const METHOD_LABELS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"];
+/// The status class label of the requests counter, by `status_class_index`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
-fn status_class(status: u16) -> &'static str {
+fn status_class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// One client's request series, fetched from their families on first use and kept for the
+/// config generation: a family lookup hashes the labels and takes the family's lock, which
+/// per request was a seventieth of the gateway's instructions (bench/profile.sh).
+#[derive(Debug)]
+pub struct ClientRequests {
+    client: Arc<str>,
+    duration: OnceLock<Histogram>,
+    /// By method and status class: `method_index * STATUS_CLASSES.len() + status_class_index`.
+    requests: [OnceLock<Counter>; METHOD_LABELS.len() * STATUS_CLASSES.len()],
+}
+
+impl ClientRequests {
+    pub fn new(client: Arc<str>) -> Self {
+        Self { client, duration: OnceLock::new(), requests: std::array::from_fn(|_| OnceLock::new()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clients_requests_add_up_in_one_series_across_config_generations() {
+        let metrics = Metrics::new();
+        for _generation in 0..2 {
+            let client = ClientRequests::new(Arc::from("bi"));
+            metrics.record_request(&client, &Method::GET, 200, Duration::from_millis(5));
+            metrics.record_request(&client, &Method::GET, 204, Duration::from_millis(5));
+            metrics.record_request(&client, &Method::PATCH, 503, Duration::from_millis(5));
+        }
+        let text = metrics.render();
+        for line in [
+            r#"awork_gateway_requests_total{client="bi",method="GET",status_class="2xx"} 4"#,
+            r#"awork_gateway_requests_total{client="bi",method="PATCH",status_class="5xx"} 2"#,
+            r#"awork_gateway_request_duration_seconds_count{client="bi"} 6"#,
+        ] {
+            assert!(text.contains(line), "{line} is missing from\n{text}");
+        }
     }
 }

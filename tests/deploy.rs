@@ -649,7 +649,8 @@ fn readme_metrics() -> BTreeMap<String, String> {
 fn exposition_types() -> BTreeMap<String, String> {
     use awork_gateway::metrics::Metrics;
     let metrics = Metrics::new();
-    metrics.record_request(&std::sync::Arc::from("c"), &http::Method::GET, 200, Duration::from_millis(3));
+    let client = awork_gateway::metrics::ClientRequests::new(std::sync::Arc::from("c"));
+    metrics.record_request(&client, &http::Method::GET, 200, Duration::from_millis(3));
     metrics.record_upstream(Duration::from_millis(2));
     metrics.record_upstream_error(awork_gateway::error::UpstreamErrorKind::Connect);
     metrics.record_reload("main", "changed");

@@ -20,7 +20,8 @@ use tower::{Layer, Service};
 use super::request_id::RequestId;
 use super::{ClientIdentity, GatewayResponse, QueueTiming, UpstreamTiming};
 use crate::body::GatewayBody;
-use crate::metrics::Metrics;
+use crate::config::Config;
+use crate::metrics::{ClientRequests, Metrics};
 
 /// The client label of requests no client was identified for.
 pub const UNIDENTIFIED: &str = "unidentified";
@@ -33,15 +34,30 @@ fn unidentified() -> Arc<str> {
 
 #[derive(Debug, Clone)]
 pub struct AccessLogLayer {
-    metrics: Arc<Metrics>,
+    counted: Arc<Counted>,
     #[cfg(feature = "otlp")]
     tracing: Option<Arc<crate::telemetry::Tracing>>,
 }
 
+/// Where a request is counted: the metrics, and each client's series of this config
+/// generation, by client index, with the unidentified callers' last.
+#[derive(Debug)]
+struct Counted {
+    metrics: Arc<Metrics>,
+    clients: Box<[ClientRequests]>,
+}
+
+impl Counted {
+    fn series(&self, client: Option<&ClientIdentity>) -> Option<&ClientRequests> {
+        client.and_then(|c| self.clients.get(..self.clients.len() - 1)?.get(c.index)).or(self.clients.last())
+    }
+}
+
 impl AccessLogLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, config: &Config) -> Self {
+        let names = config.clients.iter().map(|c| Arc::from(c.name.as_str())).chain([unidentified()]);
         Self {
-            metrics,
+            counted: Arc::new(Counted { metrics, clients: names.map(ClientRequests::new).collect() }),
             #[cfg(feature = "otlp")]
             tracing: None,
         }
@@ -60,7 +76,7 @@ impl<S> Layer<S> for AccessLogLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AccessLog {
             inner,
-            metrics: self.metrics.clone(),
+            counted: self.counted.clone(),
             #[cfg(feature = "otlp")]
             tracing: self.tracing.clone(),
         }
@@ -70,7 +86,7 @@ impl<S> Layer<S> for AccessLogLayer {
 #[derive(Debug, Clone)]
 pub struct AccessLog<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    counted: Arc<Counted>,
     #[cfg(feature = "otlp")]
     tracing: Option<Arc<crate::telemetry::Tracing>>,
 }
@@ -94,7 +110,7 @@ where
         let span = self.tracing.as_ref().map(|tracing| tracing.start(&mut req));
         let bytes_in = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
         let record = Record {
-            metrics: self.metrics.clone(),
+            counted: self.counted.clone(),
             start: Instant::now(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
@@ -135,7 +151,7 @@ where
         };
         record.status = response.status().as_u16();
         record.complete = response.body().is_end_stream();
-        record.client = response.extensions().get::<ClientIdentity>().map(|c| c.name.clone());
+        record.client = response.extensions().get::<ClientIdentity>().cloned();
         record.upstream_ms = response.extensions().get::<UpstreamTiming>().map(|t| t.0.as_secs_f64() * 1000.0);
         record.queue_ms = response.extensions().get::<QueueTiming>().map(|t| t.0.as_secs_f64() * 1000.0);
         #[cfg(feature = "otlp")]
@@ -187,13 +203,13 @@ impl Body for AccessLogBody {
 
 /// What is known of one request; emitted on drop.
 struct Record {
-    metrics: Arc<Metrics>,
+    counted: Arc<Counted>,
     start: Instant,
     method: Method,
     path: String,
     request_id: Option<RequestId>,
     bytes_in: Option<u64>,
-    client: Option<Arc<str>>,
+    client: Option<ClientIdentity>,
     status: u16,
     upstream_ms: Option<f64>,
     queue_ms: Option<f64>,
@@ -214,11 +230,12 @@ impl Drop for Record {
             return;
         }
         let elapsed = self.start.elapsed();
-        let client = self.client.take().unwrap_or_else(unidentified);
-        self.metrics.record_request(&client, &self.method, self.status, elapsed);
+        if let Some(series) = self.counted.series(self.client.as_ref()) {
+            self.counted.metrics.record_request(series, &self.method, self.status, elapsed);
+        }
         crate::logging::access(&crate::logging::AccessLine {
             request_id: self.request_id.as_ref().map_or("-", RequestId::as_str),
-            client: &client,
+            client: self.client.as_ref().map_or(UNIDENTIFIED, |c| &c.name),
             method: self.method.as_str(),
             path: &self.path,
             status: self.status,

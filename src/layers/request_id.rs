@@ -13,7 +13,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A caller's id longer than this, or with odd characters, is replaced.
 const MAX_LEN: usize = 128;
 
-/// The request's id, in request (and response) extensions.
+/// The request's id, in the request's extensions (the answer carries it in `x-request-id`).
 #[derive(Debug, Clone)]
 pub struct RequestId(HeaderValue);
 
@@ -21,6 +21,11 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         // Only ever built from visible ASCII.
         self.0.to_str().unwrap_or("-")
+    }
+
+    /// The id an answer of this layer's carries in its `x-request-id` header.
+    pub fn of_answer(headers: &http::HeaderMap) -> Option<Self> {
+        headers.get(&X_REQUEST_ID).cloned().map(Self)
     }
 
     /// 32 lowercase hex digits, written in place (no string in between).
@@ -95,8 +100,7 @@ where
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
-            response.headers_mut().insert(X_REQUEST_ID.clone(), id.0.clone());
-            response.extensions_mut().insert(id);
+            response.headers_mut().insert(X_REQUEST_ID.clone(), id.0);
         }
         Poll::Ready(Ok(response))
     }
