@@ -348,7 +348,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         let answer = generation.stack.clone().oneshot(req.map(|body| RequestBody::caller(body, limits)));
         Box::pin(async move {
             let (parts, body) = answer.await?.into_parts();
-            let request_id = RequestId::of_answer(&parts.headers);
+            let request_id = RequestId::in_headers(&parts.headers);
             Ok(Response::from_parts(parts, ResponseBody::new(Either::Left(body), idle, request_id)))
         })
     }

@@ -133,7 +133,7 @@ impl Service<GatewayRequest> for Upstream {
     }
 
     fn call(&mut self, req: GatewayRequest) -> Self::Future {
-        let request_id = req.extensions().get::<RequestId>().cloned();
+        let request_id = RequestId::in_headers(req.headers());
         let (mut parts, mut body) = req.into_parts();
         // A request without a body has been sent once its head is: the clock starts at once.
         let body_sent = (!http_body::Body::is_end_stream(&body)).then(|| body.sent());
@@ -204,17 +204,17 @@ impl Service<GatewayRequest> for Upstream {
 }
 
 /// The request's extensions that [`Upstream`] reads: a copy of these, not of all of them (a
-/// map and a box per value), is what a layer that sends a request again hands it.
+/// map and a box per value), is what a layer that sends a request again hands it. Only the
+/// trace context; the request id it reads from `x-request-id`.
+#[cfg_attr(not(feature = "otlp"), allow(unused_variables))]
 pub fn extensions_read(all: &http::Extensions) -> http::Extensions {
-    let mut read = http::Extensions::new();
-    if let Some(id) = all.get::<RequestId>() {
-        read.insert(id.clone());
-    }
     #[cfg(feature = "otlp")]
     if let Some(parent) = all.get::<crate::telemetry::TraceParent>() {
+        let mut read = http::Extensions::new();
         read.insert(parent.clone());
+        return read;
     }
-    read
+    http::Extensions::new()
 }
 
 /// awork's answer, waited for at most `timeout` once the request body has been sent: a long
@@ -263,6 +263,10 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderMap, &HeaderName
 
 /// Headers that describe one hop (RFC 9110 7.6.1), plus those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: one look at the names settles it.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
+        return;
+    }
     // Most `Connection` headers (`keep-alive`) list only names that are hop-by-hop anyway.
     let names_others =
         connection_lists(headers, |listed| !HOP_BY_HOP.iter().any(|name| name.eq_ignore_ascii_case(listed)));

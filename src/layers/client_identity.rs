@@ -91,6 +91,9 @@ impl Identities {
     /// A presented session token that Redis must confirm before `identify` may trust it (a
     /// shared session this replica does not know, or has not checked lately).
     pub fn unchecked_session(&self, headers: &HeaderMap) -> Option<(Arc<Sessions>, String)> {
+        if self.sessions.is_empty() {
+            return None;
+        }
         let token = presented_session(headers)?;
         self.sessions.iter().find(|(_, s)| s.needs_check(token)).map(|(_, s)| (s.clone(), token.to_owned()))
     }

@@ -23,8 +23,9 @@ impl RequestId {
         self.0.to_str().unwrap_or("-")
     }
 
-    /// The id an answer of this layer's carries in its `x-request-id` header.
-    pub fn of_answer(headers: &http::HeaderMap) -> Option<Self> {
+    /// The id in `x-request-id`, which this layer sets on the request it passes on and on
+    /// the answer it gives back.
+    pub fn in_headers(headers: &http::HeaderMap) -> Option<Self> {
         headers.get(&X_REQUEST_ID).cloned().map(Self)
     }
 
