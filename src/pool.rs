@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -40,6 +40,8 @@ pub enum SendError {
 
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
+    /// awork's origin (`scheme://authority`): where connections go, and HTTP/2's targets.
+    origin: Uri,
     idle_timeout: Duration,
     /// awork's `Host` for HTTP/1, made once from the configured origin.
     host: Option<HeaderValue>,
@@ -84,23 +86,30 @@ enum Conn {
 }
 
 impl Pool {
-    pub fn new(connector: HttpsConnector<HttpConnector>, authority: &Authority, idle_timeout: Duration) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        scheme: &Scheme,
+        authority: &Authority,
+        idle_timeout: Duration,
+    ) -> Result<Arc<Self>, http::Error> {
+        let origin = Uri::builder().scheme(scheme.clone()).authority(authority.clone()).path_and_query("/").build()?;
+        Ok(Arc::new(Self {
             connector,
+            origin,
             idle_timeout,
             host: HeaderValue::from_str(authority.as_str()).ok(),
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             reaping: AtomicBool::new(false),
-        })
+        }))
     }
 
-    /// Sends `req` to `uri` (absolute) on a kept connection or a new one. With an HTTP/1
-    /// answer whose body is still to come, the lease to release when it has ended.
+    /// Sends `req` to awork on a kept connection or a new one; of its target only the path and
+    /// query count. With an HTTP/1 answer whose body is still to come, the lease to release
+    /// when it has ended.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
-        uri: Uri,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         loop {
             let shared = self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
@@ -110,12 +119,12 @@ impl Pool {
                     Some(h1) => (Conn::H1(h1), true),
                     // Boxed: connecting (TCP, TLS, the handshake) is a future of kilobytes,
                     // which every request's future would otherwise hold and copy.
-                    None => (Box::pin(self.connect(&uri)).await?, false),
+                    None => (Box::pin(self.connect()).await?, false),
                 },
             };
             match conn {
                 Conn::H2(mut sender) => {
-                    *req.uri_mut() = uri.clone();
+                    *req.uri_mut() = self.absolute(req.uri());
                     *req.version_mut() = Version::HTTP_2;
                     req.headers_mut().remove(header::HOST);
                     if let Err(e) = sender.ready().await {
@@ -135,7 +144,7 @@ impl Pool {
                         }
                         return Err(SendError::Connect("the new connection closed at once".into()));
                     }
-                    self.origin_form(&mut req, &uri);
+                    self.origin_form(&mut req);
                     match sender.try_send_request(req).await {
                         Ok(answer) if answer.body().is_end_stream() => {
                             self.put(sender);
@@ -177,21 +186,32 @@ impl Pool {
         }
     }
 
-    /// HTTP/1 sends the path and query, and the origin in `Host`.
-    fn origin_form(&self, req: &mut Request<RequestBody>, uri: &Uri) {
+    /// HTTP/1 sends the path and query, and the origin in `Host`. A caller's target is mostly
+    /// in that form already and is kept as it is.
+    fn origin_form(&self, req: &mut Request<RequestBody>) {
         if let Some(host) = &self.host {
             req.headers_mut().insert(header::HOST, host.clone());
         }
         *req.version_mut() = Version::HTTP_11;
-        *req.uri_mut() = uri.path_and_query().map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+        let uri = req.uri();
+        if uri.scheme().is_some() || uri.authority().is_some() || uri.path_and_query().is_none() {
+            *req.uri_mut() = uri.path_and_query().map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+        }
+    }
+
+    /// HTTP/2 sends the whole target: awork's origin with the path and query of `uri`.
+    fn absolute(&self, uri: &Uri) -> Uri {
+        let mut parts = self.origin.clone().into_parts();
+        parts.path_and_query = uri.path_and_query().cloned().or(parts.path_and_query);
+        Uri::from_parts(parts).unwrap_or_else(|_| self.origin.clone())
     }
 
     fn forget_shared(&self) {
         *self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
-    async fn connect(&self, uri: &Uri) -> Result<Conn, SendError> {
-        let io = self.connector.clone().oneshot(uri.clone()).await.map_err(SendError::Connect)?;
+    async fn connect(&self) -> Result<Conn, SendError> {
+        let io = self.connector.clone().oneshot(self.origin.clone()).await.map_err(SendError::Connect)?;
         if io.connected().is_negotiated_h2() {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderName, Uri, header};
+use http::{HeaderMap, HeaderName, header};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -42,6 +41,9 @@ pub enum SetupError {
     CaFile { path: String, reason: String },
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
+    /// Only a config the validator let through gets here, so this is not expected.
+    #[error("upstream.url gives no usable origin: {0}")]
+    Origin(String),
 }
 
 /// Builds hyper-util's pooled HTTP/1.1 + HTTP/2 client, trusting the web PKI plus `ca_file`:
@@ -58,7 +60,8 @@ pub fn build_client(config: &UpstreamConfig) -> Result<HttpClient, SetupError> {
 /// The pool the callers' requests go through (see `crate::pool`), with the same TLS trust.
 pub fn build_pool(config: &UpstreamConfig) -> Result<Arc<Pool>, SetupError> {
     let https = https_connector(config.ca_file.as_deref(), config.connect_timeout)?;
-    Ok(Pool::new(https, &config.authority, config.pool_idle_timeout))
+    Pool::new(https, &config.scheme, &config.authority, config.pool_idle_timeout)
+        .map_err(|e| SetupError::Origin(e.to_string()))
 }
 
 /// Connects over TCP, or TLS trusting the web PKI plus `ca_file` with HTTP/2 by ALPN.
@@ -105,8 +108,11 @@ pub struct Upstream(Arc<Target>);
 #[derive(Debug)]
 struct Target {
     pool: Arc<Pool>,
-    scheme: Scheme,
-    authority: Authority,
+    /// For the upstream span's attributes.
+    #[cfg(feature = "otlp")]
+    scheme: http::uri::Scheme,
+    #[cfg(feature = "otlp")]
+    authority: http::uri::Authority,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -115,7 +121,9 @@ impl Upstream {
     pub fn new(pool: Arc<Pool>, config: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
         Self(Arc::new(Target {
             pool,
+            #[cfg(feature = "otlp")]
             scheme: config.scheme.clone(),
+            #[cfg(feature = "otlp")]
             authority: config.authority.clone(),
             request_timeout: config.request_timeout,
             metrics,
@@ -143,22 +151,13 @@ impl Service<GatewayRequest> for Upstream {
             .extensions
             .remove::<crate::telemetry::TraceParent>()
             .map(|parent| parent.upstream_span(&mut parts, &target.scheme, &target.authority));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(target.scheme.clone());
-        uri.authority = Some(target.authority.clone());
-        uri.path_and_query =
-            Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
         Box::pin(async move {
             let (metrics, timeout) = (&target.metrics, target.request_timeout);
             let answer = |e: GatewayError| e.to_response(request_id.as_ref().map_or("-", RequestId::as_str));
-            let uri = match Uri::from_parts(uri) {
-                Ok(uri) => uri,
-                Err(e) => return Ok(answer(GatewayError::BadRequest(e.to_string()))),
-            };
             parts.headers.remove(header::HOST);
             strip_forwarding(&mut parts.headers);
             let start = Instant::now();
-            let sent = target.pool.send(http::Request::from_parts(parts, body), uri);
+            let sent = target.pool.send(http::Request::from_parts(parts, body));
             let result = match body_sent {
                 None => tokio::time::timeout(timeout, sent).await,
                 // Boxed: it holds the send twice over, and only requests with a body need it.
