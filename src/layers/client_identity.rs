@@ -294,7 +294,10 @@ where
 
 /// Marks the request with its caller, or says why the caller is not identified.
 fn identified<B>(identities: &Identities, req: &mut Request<B>) -> Result<ClientIdentity, GatewayError> {
-    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+    // Taken, not read: nothing further in needs it, and without it the request's extension map
+    // keeps room for the identity and the quota ticket (a fourth entry grows the map: an
+    // allocation and a rehash for every request).
+    let peer = req.extensions_mut().remove::<PeerAddr>().map(|p| p.0.ip());
     match identities.identify(req.headers(), peer) {
         Ok(Identified { identity, session }) => {
             let identity = identity.clone();
