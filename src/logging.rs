@@ -12,7 +12,7 @@
 //! a line as soon as its request is done. The buffer is flushed at shutdown too; a crash loses
 //! at most the lines of the moment.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -170,21 +170,46 @@ fn json_line(out: &mut Vec<u8>, line: &AccessLine<'_>, now: SystemTime) {
 /// RFC 3339 in UTC with microseconds, as tracing writes it: `2026-11-26T20:32:45.879672Z`.
 fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = i64::try_from(since.as_secs()).unwrap_or(0);
+    let secs = since.as_secs();
+    SECOND.with(|second| {
+        let (at, mut text) = second.get();
+        if at != secs {
+            text = date_time(secs);
+            second.set((secs, text));
+        }
+        out.extend_from_slice(&text);
+    });
+    decimal(out, u64::from(since.subsec_micros()), 6);
+    out.push(b'Z');
+}
+
+thread_local! {
+    /// The second the last line of this thread was written in, and its `date_time`: the lines
+    /// of one second share it, so the calendar is worked out once a second, not per line.
+    static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+}
+
+/// `2026-11-26T20:32:45.`: a second since the epoch, up to its fraction.
+fn date_time(secs: u64) -> [u8; 20] {
+    let secs = i64::try_from(secs).unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = crate::civil::civil_from_days(days);
+    let mut text = Vec::with_capacity(20);
     for (value, width, after) in [
-        (y.max(0) as u64, 4, b'-'),
+        (y.clamp(0, 9999) as u64, 4, b'-'),
         (m as u64, 2, b'-'),
         (d as u64, 2, b'T'),
         ((rem / 3600) as u64, 2, b':'),
         ((rem / 60 % 60) as u64, 2, b':'),
         ((rem % 60) as u64, 2, b'.'),
-        (u64::from(since.subsec_micros()), 6, b'Z'),
     ] {
-        decimal(out, value, width);
-        out.push(after);
+        decimal(&mut text, value, width);
+        text.push(after);
     }
+    let mut fixed = [0; 20];
+    let n = text.len().min(fixed.len());
+    fixed[..n].copy_from_slice(&text[..n]);
+    fixed
 }
 
 /// Milliseconds to the microsecond (`47.814`), as `{:.3}` writes them.
@@ -267,6 +292,23 @@ mod tests {
         assert_eq!(parsed["path"], "/a\"b\\c\u{1}é");
         assert_eq!(parsed["client"], "ops\n\"x\"");
         assert_eq!(out.matches('\n').count(), 1, "one line: {out}");
+    }
+
+    #[test]
+    fn timestamps_follow_the_clock_across_seconds_and_days() {
+        let at = |secs: u64, micros: u64| UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
+        for (time, text) in [
+            (at(1_795_725_165, 879_672), "2026-11-26T20:32:45.879672Z"),
+            (at(1_795_725_165, 5), "2026-11-26T20:32:45.000005Z"),
+            (at(1_795_725_166, 0), "2026-11-26T20:32:46.000000Z"),
+            (at(1_795_737_599, 999_999), "2026-11-26T23:59:59.999999Z"),
+            (at(1_795_737_600, 1), "2026-11-27T00:00:00.000001Z"),
+            (at(1_795_725_165, 1), "2026-11-26T20:32:45.000001Z"),
+        ] {
+            let mut out = Vec::new();
+            timestamp(&mut out, time);
+            assert_eq!(String::from_utf8_lossy(&out), text);
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderName, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -261,33 +261,36 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderMap, &HeaderName
 }
 
 /// Headers that describe one hop (RFC 9110 7.6.1), plus those the `Connection` header names.
+/// The names are looked at once; only those present are removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none: one look at the names settles it.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
-        return;
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut names_others = false;
+    for (name, value) in headers.iter() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|hop| *hop == name.as_str()) {
+            present[at] = true;
+            // Most `Connection` headers (`keep-alive`) list only names that are hop-by-hop anyway.
+            names_others |= *name == header::CONNECTION
+                && listed(value).any(|listed| !HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(listed)));
+        }
     }
-    // Most `Connection` headers (`keep-alive`) list only names that are hop-by-hop anyway.
-    let names_others =
-        connection_lists(headers, |listed| !HOP_BY_HOP.iter().any(|name| name.eq_ignore_ascii_case(listed)));
     if names_others {
         // What `Connection` lists goes first, while it is still there to say what that is.
         remove_where(headers, |headers, name| {
             *name != header::CONNECTION
-                && connection_lists(headers, |listed| listed.eq_ignore_ascii_case(name.as_str()))
+                && headers
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .any(|value| listed(value).any(|listed| listed.eq_ignore_ascii_case(name.as_str())))
         });
     }
-    remove_where(headers, |_, name| HOP_BY_HOP.contains(&name.as_str()));
+    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, present)| *present) {
+        headers.remove(*hop);
+    }
 }
 
-/// Whether a name the `Connection` header lists passes `test`.
-fn connection_lists(headers: &HeaderMap, test: impl Fn(&str) -> bool) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .any(|name| !name.is_empty() && test(name))
+/// The names a `Connection` header value lists.
+fn listed(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value.to_str().unwrap_or_default().split(',').map(str::trim).filter(|name| !name.is_empty())
 }
 
 /// Nothing about the internal network (client addresses, internal host names) goes to awork.
@@ -344,4 +347,33 @@ fn error_chain(e: &dyn StdError) -> String {
         source = err.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_stripped_and_the_rest_kept() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("content-type", "application/json"),
+            ("x-keep", "2"),
+            ("connection", "upgrade"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["content-type", "x-keep"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        plain.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["content-length"]);
+    }
 }
