@@ -13,12 +13,14 @@
 //! body that awork stops sending for `upstream.body_idle_timeout` is cut here, so a stalled
 //! awork holds no caller forever.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -75,6 +77,8 @@ pub struct Running {
 /// One gateway generation as the listeners serve it.
 pub(crate) struct Generation {
     pub(crate) gateway: Arc<Gateway>,
+    /// Tells generations apart: a connection keeps the stack of the one it last used.
+    id: u64,
     stack: Stack,
     tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -96,7 +100,9 @@ impl Generation {
         let tls = server.tls.as_ref().map(tls_acceptor).transpose()?;
         let builder = Arc::new(connection_builder(server));
         let limits = BodyLimits { max_bytes: server.max_body_bytes, stall_timeout: Some(server.idle_timeout) };
-        Ok(Self { stack: gateway.service(), tls, builder, limits, gateway })
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(Self { id, stack: gateway.service(), tls, builder, limits, gateway })
     }
 }
 
@@ -234,7 +240,8 @@ async fn serve_main(listener: TcpListener, current: Arc<ArcSwap<Generation>>, mu
         };
         let _ = stream.set_nodelay(true);
         let refusals = Arc::new(Refusals::default());
-        let service = ConnectionService { current: current.clone(), peer, refusals: refusals.clone() };
+        let service =
+            ConnectionService { current: current.clone(), peer, refusals: refusals.clone(), stack: RefCell::new(None) };
         // A connection's own settings are the generation's it arrived in.
         let generation = current.load();
         let server = &generation.gateway.config.server;
@@ -322,12 +329,20 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
 
 /// Per connection: answers the stand-in of a head the smuggling guard refused, tags requests
 /// with the peer address, drops hop-by-hop headers, holds request bodies to the limits, and
-/// hands requests to a clone of the stack of the generation in effect.
-#[derive(Debug, Clone)]
+/// hands requests to the stack of the generation in effect.
 struct ConnectionService {
     current: Arc<ArcSwap<Generation>>,
     peer: SocketAddr,
     refusals: Arc<Refusals>,
+    /// The stack of the generation the connection's last request went to, by its id, called
+    /// where it is: a clone per request increments and decrements every layer's `Arc`s.
+    stack: RefCell<Option<(u64, Stack)>>,
+}
+
+impl std::fmt::Debug for ConnectionService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionService").field("peer", &self.peer).finish_non_exhaustive()
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
@@ -345,9 +360,24 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         upstream::strip_hop_by_hop(req.headers_mut());
         req.extensions_mut().insert(PeerAddr(self.peer));
         let limits = generation.limits;
-        let answer = generation.stack.clone().oneshot(req.map(|body| RequestBody::caller(body, limits)));
+        let req = req.map(|body| RequestBody::caller(body, limits));
+        let mut kept = self.stack.borrow_mut();
+        let stack = match &mut *kept {
+            Some((id, stack)) if *id == generation.id => stack,
+            slot => &mut slot.insert((generation.id, generation.stack.clone())).1,
+        };
+        // Every layer is ready at once (none holds requests back in `poll_ready`), so the
+        // stack is called in place; were one not, the request would wait on a clone.
+        let answer = match tower::Service::poll_ready(stack, &mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Ok(tower::Service::call(stack, req)),
+            _ => Err(stack.clone().oneshot(req)),
+        };
         Box::pin(async move {
-            let (parts, body) = answer.await?.into_parts();
+            let answer = match answer {
+                Ok(call) => call.await?,
+                Err(waiting) => waiting.await?,
+            };
+            let (parts, body) = answer.into_parts();
             let request_id = RequestId::in_headers(&parts.headers);
             Ok(Response::from_parts(parts, ResponseBody::new(Either::Left(body), idle, request_id)))
         })

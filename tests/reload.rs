@@ -330,3 +330,34 @@ async fn a_hundred_reloads_under_load_fail_no_request() {
     assert!(during > 1000, "the load kept running through the reloads: {during}");
     assert_eq!(gateway.terminate(Duration::from_secs(10)).map(|s| s.code()), Some(Some(0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_serves_its_next_request_with_the_config_reloaded_meanwhile() {
+    let mock = mock().await;
+    let mock_url = mock.url();
+    let dir = temp_dir("reload-keep-alive");
+    let allow_me = "\"GET /api/v1/me\"";
+    let mut gateway = BinaryGateway::start(&dir, |p, a| config_with_agent(&mock_url, p, a, allow_me, ""), &[]).await;
+    let (port, admin) = (gateway.addr.port(), gateway.admin_addr.port());
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.expect("connect");
+    let (mut one_connection, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(connection);
+    let me = || {
+        Request::get("/api/v1/me")
+            .header("host", "gateway")
+            .header("authorization", format!("Bearer {AGENT_TOKEN}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let before = one_connection.send_request(me()).await.expect("answer before the reload");
+    assert_eq!(before.status(), StatusCode::OK);
+    before.into_body().collect().await.expect("body");
+
+    write_config(&gateway, &config_with_agent(&mock_url, port, admin, "\"GET /api/v1/users\"", ""));
+    signal(&gateway.child, "HUP");
+    wait_reloads(&gateway, 1, 0).await;
+    let after = one_connection.send_request(me()).await.expect("answer after the reload, same connection");
+    assert_eq!(after.status(), StatusCode::FORBIDDEN, "the connection's next request sees the new policy");
+    assert_eq!(gateway.terminate(Duration::from_secs(10)).map(|s| s.code()), Some(Some(0)));
+}

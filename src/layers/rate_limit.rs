@@ -64,16 +64,15 @@ where
     }
 
     fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
         // Without an identity the credential layer answers 401; that costs no quota.
         let Some(client) = req.extensions().get::<ClientIdentity>().map(|c| c.index) else {
-            return Admission::Admitted { inner: inner.call(req), ticket: None };
+            return Admission::Admitted { inner: self.inner.call(req), ticket: None };
         };
         if let Some(ticket) = self.quotas.admit_now(client) {
             req.extensions_mut().insert(ticket.clone());
-            return Admission::Admitted { inner: inner.call(req), ticket: Some(ticket) };
+            return Admission::Admitted { inner: self.inner.call(req), ticket: Some(ticket) };
         }
-        let quotas = self.quotas.clone();
+        let (quotas, mut inner) = (self.quotas.clone(), take_ready(&mut self.inner));
         Admission::Queued {
             future: Box::pin(async move {
                 let start = Instant::now();
