@@ -189,9 +189,10 @@ impl Pool {
     /// HTTP/1 sends the path and query, and the origin in `Host`. A caller's target is mostly
     /// in that form already and is kept as it is.
     fn origin_form(&self, req: &mut Request<RequestBody>) {
-        if let Some(host) = &self.host {
-            req.headers_mut().insert(header::HOST, host.clone());
-        }
+        match &self.host {
+            Some(host) => req.headers_mut().insert(header::HOST, host.clone()),
+            None => req.headers_mut().remove(header::HOST),
+        };
         *req.version_mut() = Version::HTTP_11;
         let uri = req.uri();
         if uri.scheme().is_some() || uri.authority().is_some() || uri.path_and_query().is_none() {

@@ -141,8 +141,9 @@ where
         };
         // Only needed on the rare failure paths: a refcounted header, not a new string.
         let request_id = req.extensions().get::<RequestId>().cloned();
+        // The caller's `Authorization` is replaced by the credential's below; a request that
+        // gets no credential is answered here and never sent.
         let headers = req.headers_mut();
-        headers.remove(header::AUTHORIZATION);
         headers.remove(header::PROXY_AUTHORIZATION);
         headers.remove(header::COOKIE);
         let mut inner = take_ready(&mut self.inner);
