@@ -32,10 +32,8 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header;
 use tower::ServiceBuilder;
 use tower::util::Either;
-use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
 use config::{Config, Env};
 use credentials::Credentials;
@@ -57,7 +55,7 @@ use upstream::{HttpClient, Upstream};
 
 /// The request path as one service, outside in. Sign-in and the response cache are in it only
 /// when the config has something for them to do (`Either::Right` skips them).
-pub type Stack = SetSensitiveRequestHeaders<SetRequestId<AccessLog<Either<SignIn<Identified>, Identified>>>>;
+pub type Stack = SetRequestId<AccessLog<Either<SignIn<Identified>, Identified>>>;
 type Identified = IdentifyClient<Policy<ToCsv<Either<Cache<Paged>, Paged>>>>;
 type Paged = Paginate<RateLimit<AttachCredential<Retry<Upstream>>>>;
 
@@ -199,11 +197,6 @@ impl Gateway {
         #[cfg(feature = "otlp")]
         let access_log = access_log.traced(self.tracing.clone());
         ServiceBuilder::new()
-            .layer(SetSensitiveRequestHeadersLayer::new([
-                header::AUTHORIZATION,
-                header::PROXY_AUTHORIZATION,
-                header::COOKIE,
-            ]))
             .layer(RequestIdLayer)
             .layer(access_log)
             .option_layer(SignInLayer::new(&self.credentials, self.config.server.tls.is_some()))

@@ -327,9 +327,10 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Per connection: answers the stand-in of a head the smuggling guard refused, tags requests
-/// with the peer address, drops hop-by-hop headers, holds request bodies to the limits, and
-/// hands requests to the stack of the generation in effect.
+/// Per connection: answers the stand-in of a head the smuggling guard refused, marks the
+/// caller's secrets sensitive, drops hop-by-hop headers, tags requests with the peer address,
+/// holds request bodies to the limits, and hands requests to the stack of the generation in
+/// effect.
 struct ConnectionService {
     current: Arc<ArcSwap<Generation>>,
     peer: SocketAddr,
@@ -359,6 +360,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
             let answer = refused(reason).map(|body| ResponseBody::new(Either::Right(body), idle, None));
             return Box::pin(std::future::ready(Ok(answer)));
         }
+        mark_secrets(req.headers_mut());
         upstream::strip_hop_by_hop(req.headers_mut());
         req.extensions_mut().insert(PeerAddr(self.peer));
         let limits = generation.limits;
@@ -384,6 +386,17 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
             let request_id = RequestId::in_headers(&parts.headers);
             Ok(Response::from_parts(parts, ResponseBody::new(Either::Left(body), idle, request_id)))
         })
+    }
+}
+
+/// Marks the caller's secrets (its token, proxy credentials, cookies) sensitive, so that no
+/// `Debug` of the request's headers can show them, whatever prints them further in. One pass
+/// over the headers.
+fn mark_secrets(headers: &mut http::HeaderMap) {
+    for (name, value) in headers.iter_mut() {
+        if [header::AUTHORIZATION, header::PROXY_AUTHORIZATION, header::COOKIE].contains(name) {
+            value.set_sensitive(true);
+        }
     }
 }
 
@@ -470,4 +483,36 @@ fn refused(reason: &str) -> Response<GatewayBody> {
     }
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_secrets_are_marked_sensitive_and_nothing_else() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer caller-token"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("accept", "application/json"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        mark_secrets(&mut headers);
+        let sensitive: Vec<_> = headers.iter().map(|(name, value)| (name.as_str(), value.is_sensitive())).collect();
+        assert_eq!(
+            sensitive,
+            [
+                ("authorization", true),
+                ("cookie", true),
+                ("cookie", true),
+                ("proxy-authorization", true),
+                ("accept", false)
+            ]
+        );
+        assert!(!format!("{headers:?}").contains("caller-token"), "{headers:?}");
+    }
 }
