@@ -293,7 +293,7 @@ impl<IO> Guarded<IO> {
     /// The end of a complete chunk-size or trailer line in `pending`; `None` while it is
     /// incomplete (a line too long to follow is given up on).
     fn line_end(&mut self) -> Option<usize> {
-        match self.pending[self.scan..].iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', &self.pending[self.scan..]) {
             Some(at) => Some(self.scan + at + 1),
             None => {
                 self.scan = self.pending.len();
@@ -443,7 +443,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
 /// is scanned once, not once per byte).
 fn find_head_end(buf: &[u8], from: usize) -> Result<usize, usize> {
     let mut i = from;
-    while let Some(at) = buf.get(i..).and_then(|rest| rest.iter().position(|&b| b == b'\n')) {
+    while let Some(at) = buf.get(i..).and_then(|rest| memchr::memchr(b'\n', rest)) {
         let newline = i + at;
         match &buf[newline + 1..] {
             [b'\n', ..] => return Ok(newline + 2),
@@ -460,7 +460,7 @@ const BARE_LF: &str = "a line of the request head ends in a bare LF instead of C
 /// Decides whether a complete request head is unambiguous, and how its body is framed.
 fn judge(head: &[u8]) -> Result<Framing, &'static str> {
     let head = head.strip_suffix(b"\n").unwrap_or(head);
-    let mut lines = head.split(|&b| b == b'\n');
+    let mut lines = lines(head);
     let request_line = lines.next().unwrap_or_default().strip_suffix(b"\r").ok_or(BARE_LF)?;
     let http10 = if request_line.ends_with(b" HTTP/1.1") {
         false
@@ -480,7 +480,7 @@ fn judge(head: &[u8]) -> Result<Framing, &'static str> {
         if matches!(line[0], b' ' | b'\t') {
             return Err("obsolete line folding (a header line starting with white space)");
         }
-        let colon = line.iter().position(|&b| b == b':').ok_or("a header line without a colon")?;
+        let colon = memchr::memchr(b':', line).ok_or("a header line without a colon")?;
         let (name, value) = (&line[..colon], trim_ows(&line[colon + 1..]));
         if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
             return Err("white space or a character not allowed in a header name");
@@ -527,6 +527,25 @@ fn judge(head: &[u8]) -> Result<Framing, &'static str> {
         Framing::Length(length)
     } else {
         Framing::None
+    })
+}
+
+/// What `head.split(|&b| b == b'\n')` gives (the pieces between line feeds, the last one after
+/// the last), found with `memchr`: every request head is split so.
+fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(head);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match memchr::memchr(b'\n', current) {
+            Some(at) => {
+                rest = Some(&current[at + 1..]);
+                Some(&current[..at])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
     })
 }
 
@@ -630,6 +649,14 @@ mod tests {
             "GET /\r\nHost: x\r\n\r\n",
         ] {
             assert!(judged(head).is_err(), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn lines_are_the_pieces_split_gives() {
+        for head in [&b""[..], b"\n", b"a", b"a\n", b"\na", b"GET / HTTP/1.1\r\nHost: x\r\n\r", b"a\n\nb\n"] {
+            let split: Vec<&[u8]> = head.split(|&b| b == b'\n').collect();
+            assert_eq!(lines(head).collect::<Vec<_>>(), split, "{:?}", String::from_utf8_lossy(head));
         }
     }
 
