@@ -250,9 +250,9 @@ const FORWARDING: [&str; 6] =
     ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-real-ip"];
 
 /// Removes every header that `doomed` picks. Only names present are removed (a removal hashes
-/// and probes the map even for a name it lacks), one scan of the names per removal: most
-/// messages carry one of these headers at most (`Connection: keep-alive`), so a list of the
-/// doomed names would cost an allocation to save a scan of a dozen names.
+/// and probes the map even for a name it lacks), one scan of the names per removal: a message
+/// rarely carries more than one such header, so a list of the doomed names would cost an
+/// allocation to save a scan of a dozen names.
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderMap, &HeaderName) -> bool) {
     while let Some(name) = headers.keys().find(|name| doomed(headers, name)).cloned() {
         headers.remove(name);

@@ -26,12 +26,6 @@ use crate::metrics::{ClientRequests, Metrics};
 /// The client label of requests no client was identified for.
 pub const UNIDENTIFIED: &str = "unidentified";
 
-/// [`UNIDENTIFIED`] as the metrics' label takes it, made once.
-fn unidentified() -> Arc<str> {
-    static NAME: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(UNIDENTIFIED));
-    NAME.clone()
-}
-
 #[derive(Debug, Clone)]
 pub struct AccessLogLayer {
     counted: Arc<Counted>,
@@ -39,25 +33,27 @@ pub struct AccessLogLayer {
     tracing: Option<Arc<crate::telemetry::Tracing>>,
 }
 
-/// Where a request is counted: the metrics, and each client's series of this config
-/// generation, by client index, with the unidentified callers' last.
+/// Where a request is counted: the metrics, and the series of this config generation's
+/// clients, by client index, and of the callers no client was identified for.
 #[derive(Debug)]
 struct Counted {
     metrics: Arc<Metrics>,
     clients: Box<[ClientRequests]>,
+    unidentified: ClientRequests,
 }
 
 impl Counted {
-    fn series(&self, client: Option<&ClientIdentity>) -> Option<&ClientRequests> {
-        client.and_then(|c| self.clients.get(..self.clients.len() - 1)?.get(c.index)).or(self.clients.last())
+    fn series(&self, client: Option<&ClientIdentity>) -> &ClientRequests {
+        client.and_then(|c| self.clients.get(c.index)).unwrap_or(&self.unidentified)
     }
 }
 
 impl AccessLogLayer {
     pub fn new(metrics: Arc<Metrics>, config: &Config) -> Self {
-        let names = config.clients.iter().map(|c| Arc::from(c.name.as_str())).chain([unidentified()]);
+        let clients = config.clients.iter().map(|c| ClientRequests::new(Arc::from(c.name.as_str()))).collect();
+        let unidentified = ClientRequests::new(Arc::from(UNIDENTIFIED));
         Self {
-            counted: Arc::new(Counted { metrics, clients: names.map(ClientRequests::new).collect() }),
+            counted: Arc::new(Counted { metrics, clients, unidentified }),
             #[cfg(feature = "otlp")]
             tracing: None,
         }
@@ -230,9 +226,12 @@ impl Drop for Record {
             return;
         }
         let elapsed = self.start.elapsed();
-        if let Some(series) = self.counted.series(self.client.as_ref()) {
-            self.counted.metrics.record_request(series, &self.method, self.status, elapsed);
-        }
+        self.counted.metrics.record_request(
+            self.counted.series(self.client.as_ref()),
+            &self.method,
+            self.status,
+            elapsed,
+        );
         crate::logging::access(&crate::logging::AccessLine {
             request_id: self.request_id.as_ref().map_or("-", RequestId::as_str),
             client: self.client.as_ref().map_or(UNIDENTIFIED, |c| &c.name),

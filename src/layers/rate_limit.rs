@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::request_id::RequestId;
-use super::{ClientIdentity, GatewayRequest, GatewayResponse, QueueTiming, take_ready};
+use super::{ClientIdentity, Decision, GatewayRequest, GatewayResponse, QueueTiming, take_ready};
 use crate::ratelimit::{QuotaTicket, Quotas};
 
 /// How long the request waited for quota slots, in milliseconds.
@@ -57,7 +57,7 @@ where
 {
     type Response = GatewayResponse;
     type Error = Infallible;
-    type Future = Admission<S::Future>;
+    type Future = MarkQueue<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -66,14 +66,15 @@ where
     fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
         // Without an identity the credential layer answers 401; that costs no quota.
         let Some(client) = req.extensions().get::<ClientIdentity>().map(|c| c.index) else {
-            return Admission::Admitted { inner: self.inner.call(req), ticket: None };
+            return MarkQueue { inner: Decision::Inner { future: self.inner.call(req) }, ticket: None };
         };
         if let Some(ticket) = self.quotas.admit_now(client) {
             req.extensions_mut().insert(ticket.clone());
-            return Admission::Admitted { inner: self.inner.call(req), ticket: Some(ticket) };
+            return MarkQueue { inner: Decision::Inner { future: self.inner.call(req) }, ticket: Some(ticket) };
         }
         let (quotas, mut inner) = (self.quotas.clone(), take_ready(&mut self.inner));
-        Admission::Queued {
+        // Waiting in the queue, or refused: a future of its own, which marks its answer itself.
+        let queued = Decision::Later {
             future: Box::pin(async move {
                 let start = Instant::now();
                 let ticket = match quotas.admit(client).await {
@@ -90,37 +91,34 @@ where
                 mark(&mut response, ticket.queued());
                 Ok(response)
             }),
-        }
+        };
+        MarkQueue { inner: queued, ticket: None }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A request admitted at once goes on without a future of its own (most do); one that
-    /// waits in the queue, or is refused, is a boxed future.
-    #[project = AdmissionProjection]
-    pub enum Admission<F> {
-        Admitted { #[pin] inner: F, ticket: Option<QuotaTicket> },
-        Queued { future: Pin<Box<dyn Future<Output = Result<GatewayResponse, Infallible>> + Send>> },
+    /// A request admitted at once goes on without a future of its own (most do), and its
+    /// answer is marked with the ticket's wait here.
+    pub struct MarkQueue<F> {
+        #[pin]
+        inner: Decision<F>,
+        ticket: Option<QuotaTicket>,
     }
 }
 
-impl<F> Future for Admission<F>
+impl<F> Future for MarkQueue<F>
 where
     F: Future<Output = Result<GatewayResponse, Infallible>>,
 {
     type Output = Result<GatewayResponse, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            AdmissionProjection::Admitted { inner, ticket } => {
-                let mut response = std::task::ready!(inner.poll(cx))?;
-                if let Some(ticket) = ticket {
-                    mark(&mut response, ticket.queued());
-                }
-                Poll::Ready(Ok(response))
-            }
-            AdmissionProjection::Queued { future } => future.as_mut().poll(cx),
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(ticket) = this.ticket.take() {
+            mark(&mut response, ticket.queued());
         }
+        Poll::Ready(Ok(response))
     }
 }
 
