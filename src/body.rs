@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 
 use crate::error::GatewayError;
-use crate::pool::Lease;
+use crate::pool::Answer;
 
 pin_project! {
     /// A request body on its way to awork: streamed from the caller, held in memory (made by
@@ -319,8 +319,8 @@ pin_project! {
     #[project = GatewayBodyProj]
     #[derive(Debug)]
     pub enum GatewayBody {
-        /// Streamed from awork; the connection goes back to the pool when the body has ended.
-        Upstream { #[pin] body: Incoming, lease: Option<Lease> },
+        /// Streamed from awork; its connection goes back to the pool when the body has ended.
+        Upstream { #[pin] body: Answer },
         /// Made by the gateway itself (errors, admin answers).
         Full { data: Option<Bytes> },
         /// What was read ahead of a body (to cache it, until it proved too long), then the rest.
@@ -348,9 +348,9 @@ impl GatewayBody {
 }
 
 impl GatewayBody {
-    /// awork's answer body, and the lease of its connection if it is to go back to the pool.
-    pub fn upstream(body: Incoming, lease: Option<Lease>) -> Self {
-        Self::Upstream { body, lease }
+    /// awork's answer body.
+    pub fn upstream(body: Answer) -> Self {
+        Self::Upstream { body }
     }
 }
 
@@ -360,17 +360,7 @@ impl Body for GatewayBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            GatewayBodyProj::Upstream { mut body, lease } => {
-                let frame = body.as_mut().poll_frame(cx).map_err(BoxError::from);
-                match &frame {
-                    Poll::Ready(None) => lease.take().map_or((), Lease::release),
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => lease.take().map_or((), Lease::release),
-                    // A broken answer breaks its connection: closed, not pooled.
-                    Poll::Ready(Some(Err(_))) => drop(lease.take()),
-                    _ => {}
-                }
-                frame
-            }
+            GatewayBodyProj::Upstream { body } => body.poll_frame(cx),
             GatewayBodyProj::Made { body } => Pin::new(body).poll_frame(cx),
             GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             GatewayBodyProj::Prefixed { read, rest } => match read.pop_front() {
@@ -382,7 +372,7 @@ impl Body for GatewayBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Upstream { body, .. } => body.is_end_stream(),
+            Self::Upstream { body } => body.is_end_stream(),
             Self::Full { data } => data.is_none(),
             Self::Prefixed { read, rest } => read.is_empty() && rest.is_end_stream(),
             Self::Made { body } => body.is_end_stream(),
@@ -391,7 +381,7 @@ impl Body for GatewayBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Upstream { body, .. } => body.size_hint(),
+            Self::Upstream { body } => body.size_hint(),
             Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Made { body } => body.size_hint(),
             Self::Prefixed { read, rest } => {

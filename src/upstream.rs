@@ -164,12 +164,12 @@ impl Service<GatewayRequest> for Upstream {
             };
             let elapsed = start.elapsed();
             let response = match result {
-                Ok(Ok((response, lease))) => {
+                Ok(Ok(response)) => {
                     metrics.record_upstream(elapsed);
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     parts.extensions.insert(UpstreamTiming(elapsed));
-                    GatewayResponse::from_parts(parts, GatewayBody::upstream(body, lease))
+                    GatewayResponse::from_parts(parts, GatewayBody::upstream(body))
                 }
                 Ok(Err(e)) => {
                     let kind = classify(&e);

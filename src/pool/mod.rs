@@ -1,26 +1,32 @@
 //! awork's connections, kept open for the next request.
 //!
-//! hyper-util's pooled client cost ~11,400 of the gateway's ~83,500 instructions per request
-//! (`bench/profile.sh`): its checkout hashes a pool key, and a connection goes back to the pool
-//! through a task of its own. Here idle HTTP/1 connections are a stack under a lock held for
-//! a push or a pop, most recently used on top; a connection goes back when the body of its
-//! answer has ended, and one whose answer is dropped half read is closed. HTTP/2, when awork
-//! offers it by ALPN, is one connection shared by all requests. Idle connections are closed
-//! after `upstream.pool_idle_timeout`. A kept-alive connection that awork closed before the
-//! request was written to it is replaced by a fresh one, the request sent there instead.
+//! HTTP/1 connections are spoken by the caller's own task (`h1`); idle ones are a stack under
+//! a lock held for a push or a pop, most recently used on top. A connection goes back when the
+//! body of its answer has ended; one whose answer is dropped half read, or that was cut or
+//! malformed, is closed. An idle connection awork closed is noticed when it is taken (tokio
+//! already knows the socket is readable), and a request that could not be written to a kept
+//! connection goes to a fresh one. HTTP/2, when awork offers it by ALPN, is one hyper
+//! connection shared by all requests. Idle connections are closed after
+//! `upstream.pool_idle_timeout`.
 
+pub mod h1;
+
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::ServiceExt;
 
 use crate::body::RequestBody;
@@ -35,7 +41,7 @@ pub enum SendError {
     Connect(#[source] BoxError),
     /// The exchange on an open connection failed.
     #[error("request error")]
-    Request(#[source] hyper::Error),
+    Request(#[source] BoxError),
 }
 
 pub struct Pool {
@@ -58,30 +64,45 @@ impl std::fmt::Debug for Pool {
 }
 
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: Box<h1::Connection>,
     since: Instant,
 }
 
-/// An HTTP/1 connection lent to one answer: back to the pool when its body has ended.
-pub struct Lease {
-    pool: Arc<Pool>,
-    sender: http1::SendRequest<RequestBody>,
+/// awork's answer body, from an HTTP/1 connection or the HTTP/2 one.
+#[derive(Debug)]
+pub enum Answer {
+    Http1(h1::ResponseBody),
+    Http2(Incoming),
 }
 
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Lease")
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Http1(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+        }
     }
-}
 
-impl Lease {
-    pub fn release(self) {
-        self.pool.put(self.sender);
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Http1(body) => body.is_end_stream(),
+            Self::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Http1(body) => body.size_hint(),
+            Self::Http2(body) => body.size_hint(),
+        }
     }
 }
 
 enum Conn {
-    H1(http1::SendRequest<RequestBody>),
+    H1(Box<h1::Connection>),
     H2(http2::SendRequest<RequestBody>),
 }
 
@@ -105,82 +126,74 @@ impl Pool {
     }
 
     /// Sends `req` to awork on a kept connection or a new one; of its target only the path and
-    /// query count. With an HTTP/1 answer whose body is still to come, the lease to release
-    /// when it has ended.
-    pub async fn send(
-        self: &Arc<Self>,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-        loop {
+    /// query count.
+    pub async fn send(self: &Arc<Self>, mut req: Request<RequestBody>) -> Result<Response<Answer>, SendError> {
+        let (mut conn, mut reused) = loop {
             let shared = self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             let (conn, reused) = match shared.filter(|h2| !h2.is_closed()) {
                 Some(h2) => (Conn::H2(h2), true),
-                None => match self.checkout() {
+                None => match poll_fn(|cx| Poll::Ready(self.checkout(cx))).await {
                     Some(h1) => (Conn::H1(h1), true),
                     // Boxed: connecting (TCP, TLS, the handshake) is a future of kilobytes,
                     // which every request's future would otherwise hold and copy.
                     None => (Box::pin(self.connect()).await?, false),
                 },
             };
-            match conn {
-                Conn::H2(mut sender) => {
-                    *req.uri_mut() = self.absolute(req.uri());
-                    *req.version_mut() = Version::HTTP_2;
-                    req.headers_mut().remove(header::HOST);
-                    if let Err(e) = sender.ready().await {
-                        if reused {
-                            self.forget_shared();
-                            continue;
-                        }
-                        return Err(SendError::Connect(e.into()));
-                    }
-                    let answer = sender.send_request(req).await.map_err(SendError::Request)?;
-                    return Ok((answer, None));
+            let mut sender = match conn {
+                Conn::H1(conn) => break (conn, reused),
+                Conn::H2(sender) => sender,
+            };
+            *req.uri_mut() = self.absolute(req.uri());
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(header::HOST);
+            if let Err(e) = sender.ready().await {
+                if reused {
+                    self.forget_shared();
+                    continue;
                 }
-                Conn::H1(mut sender) => {
-                    if sender.ready().await.is_err() {
-                        if reused {
-                            continue;
-                        }
-                        return Err(SendError::Connect("the new connection closed at once".into()));
-                    }
-                    self.origin_form(&mut req);
-                    match sender.try_send_request(req).await {
-                        Ok(answer) if answer.body().is_end_stream() => {
-                            self.put(sender);
-                            return Ok((answer, None));
-                        }
-                        Ok(answer) => return Ok((answer, Some(Lease { pool: self.clone(), sender }))),
-                        Err(mut e) => match e.take_message() {
-                            // Closed under us before a byte was written: a fresh connection.
-                            Some(unsent) if reused => req = unsent,
-                            _ => return Err(SendError::Request(e.into_error())),
-                        },
-                    }
+                return Err(SendError::Connect(e.into()));
+            }
+            let answer = sender.send_request(req).await.map_err(|e| SendError::Request(e.into()))?;
+            return Ok(answer.map(Answer::Http2));
+        };
+        self.origin_form(&mut req);
+        let mut out = h1::Outgoing::new(req);
+        loop {
+            match poll_fn(|cx| conn.poll_exchange(&mut out, cx)).await {
+                Ok(head) => {
+                    let body = h1::ResponseBody::after(&head, conn, self);
+                    let mut answer = Response::new(Answer::Http1(body));
+                    *answer.status_mut() = head.status;
+                    *answer.version_mut() = head.version;
+                    *answer.headers_mut() = head.headers;
+                    return Ok(answer);
                 }
+                // Closed under us before a byte was written: the request goes to a fresh connection.
+                Err(_) if reused && out.untouched() => {
+                    conn = match Box::pin(self.connect()).await? {
+                        Conn::H1(fresh) => fresh,
+                        Conn::H2(_) => return Err(SendError::Connect("awork switched to HTTP/2 mid-request".into())),
+                    };
+                    reused = false;
+                }
+                Err(e) => return Err(SendError::Request(e.into())),
             }
         }
     }
 
     /// The most recently used idle connection still open and not idle too long.
-    fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
+    fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<h1::Connection>> {
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while let Some(Idle { sender, since }) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
-                return Some(sender);
+        while let Some(Idle { mut conn, since }) = idle.pop() {
+            if since.elapsed() < self.idle_timeout && conn.poll_usable(cx) {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn put(self: &Arc<Self>, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Idle { sender, since: Instant::now() });
+    fn put(self: &Arc<Self>, conn: Box<h1::Connection>) {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Idle { conn, since: Instant::now() });
         if !self.reaping.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
         }
@@ -227,13 +240,7 @@ impl Pool {
             *self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sender.clone());
             return Ok(Conn::H2(sender));
         }
-        let (sender, connection) = http1::handshake(io).await.map_err(|e| SendError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection to awork ended");
-            }
-        });
-        Ok(Conn::H1(sender))
+        Ok(Conn::H1(h1::Connection::new(TokioIo::new(io))))
     }
 }
 
@@ -244,6 +251,6 @@ async fn reap(pool: Weak<Pool>, timeout: Duration) {
         tokio::time::sleep(every).await;
         let Some(pool) = pool.upgrade() else { return };
         let mut idle = pool.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < timeout);
+        idle.retain(|i| i.since.elapsed() < timeout);
     }
 }
