@@ -315,7 +315,8 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, head_only: bool) -> Res
         let mut answer = httparse::Response::new(&mut []);
         let length =
             match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut answer, buf, &mut slots) {
-                Ok(httparse::Status::Complete(length)) => length,
+                Ok(httparse::Status::Complete(length)) if length <= MAX_HEAD => length,
+                Ok(httparse::Status::Complete(_)) => return Err(Error::HeadTooLong),
                 Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(Error::HeadTooLong),
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(httparse::Error::TooManyHeaders) => return Err(Error::Malformed("more than 100 headers")),
