@@ -127,7 +127,14 @@ impl Pool {
 
     /// Sends `req` to awork on a kept connection or a new one; of its target only the path and
     /// query count.
+    ///
+    /// The request waits for the task's next turn first, behind the other callers' requests that
+    /// arrived with it: each write to awork wakes whatever answers there, and a process that
+    /// shares the gateway's core then takes the core once per batch of requests instead of once
+    /// per request (`bench/ceiling.sh`: 0.84 → 0.44 involuntary context switches per request,
+    /// 1 µs less kernel time, +8 % requests per second, for ~2,000 instructions of a second poll).
     pub async fn send(self: &Arc<Self>, mut req: Request<RequestBody>) -> Result<Response<Answer>, SendError> {
+        tokio::task::yield_now().await;
         let (mut conn, mut reused) = loop {
             let shared = self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             let (conn, reused) = match shared.filter(|h2| !h2.is_closed()) {
