@@ -30,7 +30,7 @@ use crate::error::{GatewayError, UpstreamErrorKind};
 use crate::layers::request_id::RequestId;
 use crate::layers::{GatewayRequest, GatewayResponse, UpstreamFailure, UpstreamTiming};
 use crate::metrics::Metrics;
-use crate::pool::{Pool, SendError};
+use crate::pool::{Answer, Pool, SendError};
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
@@ -167,7 +167,10 @@ impl Service<GatewayRequest> for Upstream {
                 Ok(Ok(response)) => {
                     metrics.record_upstream(elapsed);
                     let (mut parts, body) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
+                    // HTTP/1 answers come without them (`pool::h1`).
+                    if matches!(body, Answer::Http2(_)) {
+                        strip_hop_by_hop(&mut parts.headers);
+                    }
                     parts.extensions.insert(UpstreamTiming(elapsed));
                     GatewayResponse::from_parts(parts, GatewayBody::upstream(body))
                 }
@@ -233,7 +236,7 @@ async fn answer_within<F: Future>(
 /// The hop-by-hop headers of RFC 9110 7.6.1, and two older ones that mean the same. Compared as
 /// strings (a length check rejects most at once), which costs a fraction of comparing
 /// `HeaderName`s: every header of every request and answer is looked up here.
-const HOP_BY_HOP: [&str; 9] = [
+pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "te",
     "trailer",
@@ -289,7 +292,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The names a `Connection` header value lists.
-fn listed(value: &HeaderValue) -> impl Iterator<Item = &str> {
+pub(crate) fn listed(value: &HeaderValue) -> impl Iterator<Item = &str> {
     value.to_str().unwrap_or_default().split(',').map(str::trim).filter(|name| !name.is_empty())
 }
 

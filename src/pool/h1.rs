@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 
 use super::Pool;
 use crate::body::RequestBody;
+use crate::upstream::{HOP_BY_HOP, listed};
 
 /// A connection to awork as the connector makes it (TCP, or TLS over TCP), with tokio's I/O traits.
 pub type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
@@ -349,24 +350,40 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, head_only: bool) -> Res
         };
         let (mut content_length, mut transfer_encoding, mut chunked) = (None, false, false);
         let mut keep_alive = version == Version::HTTP_11;
+        // `Connection` values that name other headers as hop-by-hop (rare): those go too.
+        let mut naming_others = Vec::new();
         for &(name_start, name_end, value_start, value_end) in spans.iter() {
-            let name =
-                HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| Error::Malformed("a header name"))?;
+            let raw_name = &head[name_start..name_end];
             let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
                 .map_err(|_| Error::Malformed("a header value"))?;
+            // Hop-by-hop headers describe this connection, not the answer: read, never passed on.
+            if HOP_BY_HOP.iter().any(|hop| hop.len() == raw_name.len() && hop.as_bytes().eq_ignore_ascii_case(raw_name))
+            {
+                if raw_name.eq_ignore_ascii_case(b"transfer-encoding") {
+                    transfer_encoding = true;
+                    chunked = last_coding_is_chunked(value.as_bytes());
+                } else if raw_name.eq_ignore_ascii_case(b"connection") {
+                    keep_alive &= !has_token(value.as_bytes(), b"close");
+                    if listed(&value).any(|name| !HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))) {
+                        naming_others.push(value);
+                    }
+                }
+                continue;
+            }
+            let name = HeaderName::from_bytes(raw_name).map_err(|_| Error::Malformed("a header name"))?;
             if name == header::CONTENT_LENGTH {
                 let length = decimal(value.as_bytes()).ok_or(Error::Malformed("Content-Length"))?;
                 if content_length.is_some_and(|seen| seen != length) {
                     return Err(Error::Malformed("Content-Length values that differ"));
                 }
                 content_length = Some(length);
-            } else if name == header::TRANSFER_ENCODING {
-                transfer_encoding = true;
-                chunked = last_coding_is_chunked(value.as_bytes());
-            } else if name == header::CONNECTION && has_token(value.as_bytes(), b"close") {
-                keep_alive = false;
             }
             headers.append(name, value);
+        }
+        for value in &naming_others {
+            for name in listed(value) {
+                headers.remove(name);
+            }
         }
         if !matches!(framing, Framing::Empty) {
             if transfer_encoding {
@@ -646,12 +663,26 @@ mod tests {
             head_of("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false);
         assert!(matches!(head.framing, Framing::Chunked));
         assert!(head.headers.get(header::CONTENT_LENGTH).is_none());
+        assert!(head.headers.get(header::TRANSFER_ENCODING).is_none());
         let (head, _) = head_of("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n", false);
         assert!(matches!(head.framing, Framing::UntilClose) && !head.keep_alive);
         let (head, _) = head_of("HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n", false);
         assert!(!head.keep_alive);
         let (head, _) = head_of("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
         assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_not_passed_on() {
+        let (head, _) = head_of(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\n\
+             Upgrade: h2c\r\nX-Keep: 2\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        let mut names: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-keep"]);
+        assert!(head.keep_alive);
     }
 
     #[test]
