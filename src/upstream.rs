@@ -28,7 +28,7 @@ use crate::body::{GatewayBody, RequestBody};
 use crate::config::UpstreamConfig;
 use crate::error::{GatewayError, UpstreamErrorKind};
 use crate::layers::request_id::RequestId;
-use crate::layers::{GatewayRequest, GatewayResponse, UpstreamFailure, UpstreamTiming};
+use crate::layers::{GatewayRequest, GatewayResponse, SentHead, UpstreamFailure, UpstreamTiming};
 use crate::metrics::Metrics;
 use crate::pool::{Answer, Pool, SendError};
 
@@ -149,21 +149,22 @@ impl Service<GatewayRequest> for Upstream {
         #[cfg(feature = "otlp")]
         let span = parts
             .extensions
-            .remove::<crate::telemetry::TraceParent>()
+            .get::<crate::telemetry::TraceParent>()
+            .cloned()
             .map(|parent| parent.upstream_span(&mut parts, &target.scheme, &target.authority));
         Box::pin(async move {
             let (metrics, timeout) = (&target.metrics, target.request_timeout);
             let answer = |e: GatewayError| e.to_response(request_id.as_ref().map_or("-", RequestId::as_str));
             strip_forwarding(&mut parts.headers);
             let start = Instant::now();
-            let sent = target.pool.send(http::Request::from_parts(parts, body));
+            let sent = target.pool.send(&mut parts, body);
             let result = match body_sent {
                 None => tokio::time::timeout(timeout, sent).await,
                 // Boxed: it holds the send twice over, and only requests with a body need it.
                 Some(body_sent) => Box::pin(answer_within(timeout, sent, body_sent)).await,
             };
             let elapsed = start.elapsed();
-            let response = match result {
+            let mut response = match result {
                 Ok(Ok(response)) => {
                     metrics.record_upstream(elapsed);
                     let (mut parts, body) = response.into_parts();
@@ -199,23 +200,16 @@ impl Service<GatewayRequest> for Upstream {
             if let Some(span) = span {
                 span.end(&response);
             }
+            // The answers a retry or a renewed credential may improve on take the head back up
+            // (not a certificate's failure, which no replay mends).
+            if matches!(response.status().as_u16(), 401 | 429 | 502 | 503 | 504)
+                && !response.extensions().get::<UpstreamFailure>().is_some_and(|f| f.0 == UpstreamErrorKind::Tls)
+            {
+                response.extensions_mut().insert(SentHead(parts));
+            }
             Ok(response)
         })
     }
-}
-
-/// The request's extensions that [`Upstream`] reads: a copy of these, not of all of them (a
-/// map and a box per value), is what a layer that sends a request again hands it. Only the
-/// trace context; the request id it reads from `x-request-id`.
-#[cfg_attr(not(feature = "otlp"), allow(unused_variables))]
-pub fn extensions_read(all: &http::Extensions) -> http::Extensions {
-    #[cfg(feature = "otlp")]
-    if let Some(parent) = all.get::<crate::telemetry::TraceParent>() {
-        let mut read = http::Extensions::new();
-        read.insert(parent.clone());
-        return read;
-    }
-    http::Extensions::new()
 }
 
 /// awork's answer, waited for at most `timeout` once the request body has been sent: a long

@@ -55,9 +55,10 @@ pub struct UpstreamTiming(pub Duration);
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamFailure(pub crate::error::UpstreamErrorKind);
 
-/// The head of a request as it was sent to awork, set by the retry layer on awork's 401 (it
-/// keeps the head for its own replays anyway): the credential layer sends it again with a
-/// renewed credential, and takes it out of the answer, which therefore never carries it further.
+/// The head of a request as it was sent to awork, handed back by `Upstream` with the answers a
+/// replay may improve on (401, 429, 502, 503, 504) instead of being copied for every request
+/// in case: the retry layer takes it for its next attempt, the credential layer after a 401 to
+/// send it again with a renewed credential. Neither lets it go further up.
 #[derive(Clone)]
 pub struct SentHead(pub http::request::Parts);
 

@@ -156,6 +156,9 @@ where
             let idempotent = idempotent(&parts.method);
             this.shared.budget.record_request();
             let mut attempt = 1;
+            // The head of the next attempt: the caller's, then each time as the answer to the
+            // last one hands it back (`SentHead`).
+            let mut parts = parts;
             // The failed answer a retry is waiting to improve on.
             let mut failed: Option<GatewayResponse> = None;
             loop {
@@ -172,13 +175,7 @@ where
                     (None, Some(body)) => body,
                     (None, None) => RequestBody::empty(), // unreachable: a streamed body is never retried
                 };
-                let mut request = Request::new(body);
-                *request.method_mut() = parts.method.clone();
-                *request.uri_mut() = parts.uri.clone();
-                *request.version_mut() = parts.version;
-                *request.headers_mut() = parts.headers.clone();
-                *request.extensions_mut() = crate::upstream::extensions_read(&parts.extensions);
-                let response = this.inner.ready().await?.call(request).await?;
+                let mut response = this.inner.ready().await?.call(Request::from_parts(parts, body)).await?;
                 if let Some(slot) = &slot
                     && response.extensions().get::<UpstreamTiming>().is_some()
                 {
@@ -190,10 +187,13 @@ where
                 {
                     return Ok(caller.to_response(request_id));
                 }
-                let Some(failure) = Failure::of(&response) else { return Ok(with_head_on_401(response, parts)) };
+                // awork's 401 keeps its head, for the credential layer's replay.
+                let Some(failure) = Failure::of(&response) else { return Ok(response) };
+                let Some(SentHead(sent)) = response.extensions_mut().remove::<SentHead>() else { return Ok(response) };
                 if replay.is_none() {
                     return Ok(response);
                 }
+                parts = sent;
                 match failure {
                     // Back into the queue, behind the hold awork asked for.
                     Failure::RateLimited if idempotent && ticket.is_some() => {
@@ -226,14 +226,6 @@ where
             }
         })
     }
-}
-
-/// awork's 401 carries the head that was sent, for the credential layer's replay.
-fn with_head_on_401(mut response: GatewayResponse, parts: http::request::Parts) -> GatewayResponse {
-    if response.status() == StatusCode::UNAUTHORIZED && response.extensions().get::<UpstreamTiming>().is_some() {
-        response.extensions_mut().insert(SentHead(parts));
-    }
-    response
 }
 
 /// `base * 2^(attempt-1)`, at most `MAX_BACKOFF`, jittered down to as little as half, so

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header, request};
 use http_body::{Body, Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
@@ -160,9 +160,9 @@ impl std::fmt::Debug for Outgoing {
 }
 
 impl Outgoing {
-    /// Encodes the head of `req` (whose target is in origin form, its hop-by-hop headers gone).
-    pub fn new(req: Request<RequestBody>) -> Self {
-        let (parts, body) = req.into_parts();
+    /// Encodes `parts` (whose target is in origin form, its hop-by-hop headers gone), to be
+    /// followed by `body`.
+    pub fn new(parts: &request::Parts, body: RequestBody) -> Self {
         let mut head = Vec::with_capacity(256);
         head.extend_from_slice(parts.method.as_str().as_bytes());
         head.push(b' ');
@@ -724,19 +724,19 @@ mod tests {
 
     #[test]
     fn a_request_head_sets_its_own_framing() {
-        let mut req = Request::new(RequestBody::full(Bytes::from_static(b"{}")));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = http::Uri::from_static("/api/v1/tasks?x=1");
-        req.headers_mut().insert(header::HOST, HeaderValue::from_static("api.awork.com"));
-        req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
-        let out = Outgoing::new(req);
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = Method::POST;
+        parts.uri = http::Uri::from_static("/api/v1/tasks?x=1");
+        parts.headers.insert(header::HOST, HeaderValue::from_static("api.awork.com"));
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let out = Outgoing::new(&parts, RequestBody::full(Bytes::from_static(b"{}")));
         assert_eq!(
             String::from_utf8_lossy(&out.head),
             "POST /api/v1/tasks?x=1 HTTP/1.1\r\nhost: api.awork.com\r\ncontent-length: 2\r\n\r\n"
         );
-        let mut req = Request::new(RequestBody::empty());
-        *req.uri_mut() = http::Uri::from_static("/api/v1/me");
-        let out = Outgoing::new(req);
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.uri = http::Uri::from_static("/api/v1/me");
+        let out = Outgoing::new(&parts, RequestBody::empty());
         assert_eq!(String::from_utf8_lossy(&out.head), "GET /api/v1/me HTTP/1.1\r\n\r\n");
     }
 }
