@@ -98,6 +98,15 @@ impl Connection {
         self.poll_fill(cx).is_pending()
     }
 
+    /// Ready to wait in the pool: a read buffer grown by a download (up to `MAX_READ`) is let go
+    /// rather than held by an idle connection, and reads start small again.
+    pub fn settle(&mut self) {
+        if self.buf.capacity() > 2 * FIRST_READ {
+            self.buf = BytesMut::new();
+        }
+        self.read_size = FIRST_READ;
+    }
+
     /// Reads what awork sent next into `buf`: how many bytes, 0 at the end of the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < self.read_size / 2 {

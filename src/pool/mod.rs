@@ -206,7 +206,8 @@ impl Pool {
         None
     }
 
-    fn put(self: &Arc<Self>, conn: Box<h1::Connection>) {
+    fn put(self: &Arc<Self>, mut conn: Box<h1::Connection>) {
+        conn.settle();
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Idle { conn, since: Instant::now() });
         if !self.reaping.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
