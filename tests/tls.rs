@@ -1,10 +1,12 @@
 //! TLS on both sides: the gateway's own listener (ALPN, client certificates) and a TLS
-//! upstream verified against the web PKI plus `upstream.ca_file`.
+//! upstream verified against the web PKI plus `upstream.ca_file`, spoken to in HTTP/2 when it
+//! offers it by ALPN and in HTTP/1.1 (`pool::h1`) when it does not.
 
 mod support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{Request, Version};
@@ -14,6 +16,8 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)
@@ -111,6 +115,75 @@ async fn tls_upstream_is_trusted_through_ca_file_and_refused_without_it() {
     assert!(body["description"].as_str().expect("text").contains("(tls)"), "{body}");
     assert!(body["description"].as_str().expect("text").contains("certificate"), "{body}");
     assert_eq!(mock.requests().len(), 3, "an unverified upstream must never see the request");
+}
+
+/// A TLS upstream without ALPN, so HTTP/1.1, counting the connections it accepted: it answers
+/// each request in turn, odd ones with a `Content-Length` and even ones chunked.
+async fn http1_tls_upstream() -> (u16, Arc<AtomicUsize>) {
+    let chain = vec![CertificateDer::from_pem_file(fixture("server.pem")).expect("server cert")];
+    let key = PrivateKeyDer::from_pem_file(fixture("server.key")).expect("server key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let (mut head, mut buf, mut answered) = (Vec::new(), [0u8; 4096], 0);
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    head.clear();
+                    answered += 1;
+                    let body = format!("{{\"n\":{answered}}}");
+                    let answer = if answered % 2 == 1 {
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+                    } else {
+                        let (first, rest) = body.split_at(4);
+                        format!(
+                            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n",
+                            first.len(),
+                            rest.len()
+                        )
+                    };
+                    if tls.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_without_http2_is_spoken_to_in_http1_on_one_kept_connection() {
+    let (port, accepted) = http1_tls_upstream().await;
+    let text = config_text(&format!("https://localhost:{port}"), "").replace(
+        "request_timeout = \"2s\"",
+        &format!("request_timeout = \"2s\"\nca_file = \"{}\"", fixture("ca.pem").display()),
+    );
+    let gw = gateway(&text).await;
+    for n in 1..=4 {
+        let answer = get(&url(&gw, "/api/v1/me"), &[]).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(answer.json()["n"], n, "answer {n}: {:?}", answer.body);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the four requests share one kept TLS connection");
 }
 
 #[tokio::test]
