@@ -135,7 +135,7 @@ where
         let mut this = Self { inner: take_ready(&mut self.inner), shared: self.shared.clone() };
         let request_id = req.extensions().get::<RequestId>().cloned();
         let ticket = req.extensions().get::<QuotaTicket>().cloned();
-        let (parts, mut body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
         // An async block, not an async fn: a function's arguments would be held twice over in
         // the future, and this future is boxed, which copies it whole, for every request.
         Box::pin(async move {
@@ -156,9 +156,6 @@ where
             let idempotent = idempotent(&parts.method);
             this.shared.budget.record_request();
             let mut attempt = 1;
-            // The head of the next attempt: the caller's, then each time as the answer to the
-            // last one hands it back (`SentHead`).
-            let mut parts = parts;
             // The failed answer a retry is waiting to improve on.
             let mut failed: Option<GatewayResponse> = None;
             loop {
@@ -175,6 +172,7 @@ where
                     (None, Some(body)) => body,
                     (None, None) => RequestBody::empty(), // unreachable: a streamed body is never retried
                 };
+                // The head goes down with each attempt and comes back with a failed answer (`SentHead`).
                 let mut response = this.inner.ready().await?.call(Request::from_parts(parts, body)).await?;
                 if let Some(slot) = &slot
                     && response.extensions().get::<UpstreamTiming>().is_some()

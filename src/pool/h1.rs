@@ -375,7 +375,7 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, head_only: bool) -> Res
                     transfer_encoding = true;
                     chunked = last_coding_is_chunked(value.as_bytes());
                 } else if raw_name.eq_ignore_ascii_case(b"connection") {
-                    keep_alive &= !has_token(value.as_bytes(), b"close");
+                    keep_alive &= !listed(&value).any(|token| token.eq_ignore_ascii_case("close"));
                     if listed(&value).any(|name| !HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))) {
                         naming_others.push(value);
                     }
@@ -422,10 +422,6 @@ fn decimal(digits: &[u8]) -> Option<u64> {
 
 fn last_coding_is_chunked(value: &[u8]) -> bool {
     value.rsplit(|b| *b == b',').next().is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// awork's answer body, read from its connection as the caller takes it. The connection goes

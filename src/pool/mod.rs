@@ -196,14 +196,15 @@ impl Pool {
     }
 
     /// The most recently used idle connection still open and not idle too long.
+    /// The lock is held for the pop alone: the check reads the socket, and a dead connection is
+    /// closed, outside it.
     fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<h1::Connection>> {
-        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while let Some(Idle { mut conn, since }) = idle.pop() {
+        loop {
+            let Idle { mut conn, since } = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()?;
             if since.elapsed() < self.idle_timeout && conn.poll_usable(cx) {
                 return Some(conn);
             }
         }
-        None
     }
 
     fn put(self: &Arc<Self>, mut conn: Box<h1::Connection>) {
