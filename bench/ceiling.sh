@@ -12,6 +12,8 @@
 # /proc/PID/stat, so to the clock tick), and with perf installed its syscalls and context
 # switches per request (perf stat on the proxy process while wrk runs): where the time goes.
 #
+# The table is printed and saved as bench/results/DATE-HHMM-ceiling.md.
+#
 # Usage: bench/ceiling.sh [--rounds 3] [--duration 8] [--conns 64]
 set -euo pipefail
 
@@ -41,7 +43,7 @@ done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 RUN_DIR=$(mktemp -d /tmp/awork-ceiling.XXXXXX)
-trap stop_started EXIT
+trap end_run EXIT
 trap 'exit 130' INT TERM
 
 start_upstream "$RUN_DIR" "$PROXY_CPU"
@@ -113,13 +115,23 @@ done
 
 rounds_median() { tr ' ' '\n' <<<"${RESULTS[$1]% }" | median; }
 NGINX=$(rounds_median nginx)
-echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds alternated; wrk on cpu $LOAD_CPU, upstream and proxies on cpu $PROXY_CPU"
-echo "| target | req/s (median) | / nginx | user µs/request | kernel µs/request | syscalls/request | switches/request | req/s per round |"
-echo "|---|---:|---:|---:|---:|---:|---:|---|"
-for target in "${TARGETS[@]}"; do
-    m=$(rounds_median "$target")
-    n=${REQUESTS[$target]}
-    echo "| $target | $m | $(awk -v a="$m" -v b="$NGINX" 'BEGIN { printf "%.2f", a / b }')" \
-        "| $(per_request "${USER_TICKS[$target]}" "$n" "$TICK_US") | $(per_request "${SYS_TICKS[$target]}" "$n" "$TICK_US")" \
-        "| $(per_request "${SYSCALLS[$target]:-}" "$n" 1) | $(per_request "${SWITCHES[$target]:-}" "$n" 1) | ${RESULTS[$target]% } |"
-done
+mkdir -p bench/results
+REPORT="bench/results/$(date -u +%Y-%m-%d-%H%M)-ceiling.md"
+{
+    echo "# hyper's ceiling beside nginx and the gateway, with CPU per request ($(date -u '+%Y-%m-%d %H:%M') UTC)"
+    echo
+    echo "\`bench/ceiling.sh --rounds $ROUNDS --duration $DURATION --conns $CONNS\`, gateway at \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`." \
+        "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r)."
+    echo
+    echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds alternated; wrk on cpu $LOAD_CPU, upstream and proxies on cpu $PROXY_CPU"
+    echo "| target | req/s (median) | / nginx | user µs/request | kernel µs/request | syscalls/request | switches/request | req/s per round |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---|"
+    for target in "${TARGETS[@]}"; do
+        m=$(rounds_median "$target")
+        n=${REQUESTS[$target]}
+        echo "| $target | $m | $(awk -v a="$m" -v b="$NGINX" 'BEGIN { printf "%.2f", a / b }')" \
+            "| $(per_request "${USER_TICKS[$target]}" "$n" "$TICK_US") | $(per_request "${SYS_TICKS[$target]}" "$n" "$TICK_US")" \
+            "| $(per_request "${SYSCALLS[$target]:-}" "$n" 1) | $(per_request "${SWITCHES[$target]:-}" "$n" 1) | ${RESULTS[$target]% } |"
+    done
+} >"$REPORT"
+cat "$REPORT"

@@ -60,7 +60,7 @@ done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 RUN_DIR=$(mktemp -d /tmp/awork-bench.XXXXXX)
-trap stop_started EXIT
+trap end_run EXIT
 trap 'exit 130' INT TERM
 
 start_bench_gateway() {
@@ -163,7 +163,7 @@ smoke_check
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
 declare -A PEAK
-echo "run dir $RUN_DIR; wrk on cpu $LOAD_CPU, upstream on cpu $UPSTREAM_CPU, proxies on cpu $PROXY_CPU; load $LOAD_BEFORE" >&2
+echo "run dir $RUN_DIR (removed at the end unless BENCH_KEEP_RUN_DIR=1); wrk on cpu $LOAD_CPU, upstream on cpu $UPSTREAM_CPU, proxies on cpu $PROXY_CPU; load $LOAD_BEFORE" >&2
 for conns in $CONNS; do
     for target in "${TARGETS[@]}"; do
         taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${WARMUP}s" -H "Authorization: Bearer $BENCH_TOKEN" \

@@ -26,6 +26,14 @@ stop_started() {
     STARTED_PIDS=()
 }
 
+# On exit: stops what the run started and removes its scratch directory, whose access logs grow
+# by hundreds of MiB a run (the report and raw figures are saved under bench/results first).
+# BENCH_KEEP_RUN_DIR=1 keeps it for a look.
+end_run() {
+    stop_started
+    [[ -n ${BENCH_KEEP_RUN_DIR:-} || -z ${RUN_DIR:-} ]] || rm -rf "$RUN_DIR"
+}
+
 # Stops one process (not necessarily a child) and waits until it is gone (at most 10 s).
 stop_pid() {
     local i

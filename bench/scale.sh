@@ -46,7 +46,7 @@ done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 RUN_DIR=$(mktemp -d /tmp/awork-scale.XXXXXX)
-trap 'stop_started; rm -f "$RUN_DIR/upload.bin"' EXIT
+trap end_run EXIT
 trap 'exit 130' INT TERM
 
 MOCK_PORT=$(free_port)
