@@ -49,7 +49,7 @@ use crate::error::GatewayError;
 use crate::layers::PeerAddr;
 use crate::layers::access_log::AccessLogBody;
 use crate::layers::request_id::RequestId;
-use crate::smuggling::{Guarded, Refusals};
+use crate::smuggling::{Guarded, Ledger};
 use crate::{Gateway, Stack, admin, upstream};
 
 /// Why the gateway could not start serving.
@@ -190,7 +190,9 @@ impl Running {
 /// The hyper connection builder with the configured limits.
 pub(crate) fn connection_builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(server.idle_timeout).max_buf_size(head_buffer(server));
+    // The wait for a request head is timed by the smuggling guard (`smuggling.rs`), one timer per
+    // connection instead of hyper's timer per request.
+    builder.http1().header_read_timeout(None).max_buf_size(head_buffer(server));
     // hyper's own limit is the default's; set, even to the same number, it makes hyper fill
     // its header arrays element by element for every request (bench/profile.sh: 1,700
     // instructions per request).
@@ -239,9 +241,9 @@ async fn serve_main(listener: TcpListener, current: Arc<ArcSwap<Generation>>, mu
             },
         };
         let _ = stream.set_nodelay(true);
-        let refusals = Arc::new(Refusals::default());
+        let ledger = Arc::new(Ledger::default());
         let service =
-            ConnectionService { current: current.clone(), peer, refusals: refusals.clone(), stack: RefCell::new(None) };
+            ConnectionService { current: current.clone(), peer, ledger: ledger.clone(), stack: RefCell::new(None) };
         // A connection's own settings are the generation's it arrived in.
         let generation = current.load();
         let server = &generation.gateway.config.server;
@@ -249,7 +251,7 @@ async fn serve_main(listener: TcpListener, current: Arc<ArcSwap<Generation>>, mu
         let (max_head, idle_timeout) = (head_buffer(server), server.idle_timeout);
         match &generation.tls {
             None => {
-                let stream = Guarded::new(stream, max_head, idle_timeout, refusals, peer);
+                let stream = Guarded::new(stream, max_head, idle_timeout, ledger, peer);
                 let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                 tokio::spawn(finish(connection, peer, permit));
             }
@@ -259,7 +261,7 @@ async fn serve_main(listener: TcpListener, current: Arc<ArcSwap<Generation>>, mu
                 tokio::spawn(async move {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            let stream = Guarded::new(stream, max_head, idle_timeout, refusals, peer);
+                            let stream = Guarded::new(stream, max_head, idle_timeout, ledger, peer);
                             let connection =
                                 watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                             finish(connection, peer, permit).await;
@@ -334,7 +336,7 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
 struct ConnectionService {
     current: Arc<ArcSwap<Generation>>,
     peer: SocketAddr,
-    refusals: Arc<Refusals>,
+    ledger: Arc<Ledger>,
     /// The stack of the generation the connection's last request went to, by its id, called
     /// where it is: a clone per request increments and decrements every layer's `Arc`s.
     /// Boxed: inline, its 200 bytes would move the connection's task (8 KB) into mimalloc's
@@ -356,8 +358,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let generation = self.current.load();
         let idle = generation.gateway.config.upstream.body_idle_timeout;
-        if let Some(reason) = self.refusals.next_request() {
-            let answer = refused(reason).map(|body| ResponseBody::new(Either::Right(body), idle, None));
+        if let Some(reason) = self.ledger.next_request() {
+            let ledger = self.ledger.clone();
+            let answer = refused(reason).map(|body| ResponseBody::new(Either::Right(body), idle, None, ledger));
             return Box::pin(std::future::ready(Ok(answer)));
         }
         mark_secrets(req.headers_mut());
@@ -377,6 +380,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
             Poll::Ready(Ok(())) => Ok(tower::Service::call(stack, req)),
             _ => Err(stack.clone().oneshot(req)),
         };
+        let ledger = self.ledger.clone();
         Box::pin(async move {
             let answer = match answer {
                 Ok(call) => call.await?,
@@ -384,7 +388,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
             };
             let (parts, body) = answer.into_parts();
             let request_id = RequestId::in_headers(&parts.headers);
-            Ok(Response::from_parts(parts, ResponseBody::new(Either::Left(body), idle, request_id)))
+            Ok(Response::from_parts(parts, ResponseBody::new(Either::Left(body), idle, request_id, ledger)))
         })
     }
 }
@@ -410,6 +414,14 @@ struct ResponseBody {
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
     request_id: Option<RequestId>,
+    /// Told when the answer is done (this body dropped: sent, or given up with the connection).
+    ledger: Arc<Ledger>,
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.ledger.answered();
+    }
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -419,8 +431,13 @@ impl std::fmt::Debug for ResponseBody {
 }
 
 impl ResponseBody {
-    fn new(inner: Either<AccessLogBody, GatewayBody>, idle: Duration, request_id: Option<RequestId>) -> Self {
-        Self { inner, idle, stall: None, waiting: false, request_id }
+    fn new(
+        inner: Either<AccessLogBody, GatewayBody>,
+        idle: Duration,
+        request_id: Option<RequestId>,
+        ledger: Arc<Ledger>,
+    ) -> Self {
+        Self { inner, idle, stall: None, waiting: false, request_id, ledger }
     }
 }
 

@@ -15,15 +15,18 @@
 //! - an HTTP/1.1 request without a `Host`, or any request with more than one.
 //!
 //! A refused head is never shown to hyper: hyper parses a stand-in request instead, which
-//! the connection answers with the 400 ([`Refusals::next_request`]), and nothing more is read
+//! the connection answers with the 400 ([`Ledger::next_request`]), and nothing more is read
 //! from that connection. A chunk-size line the guard cannot follow is handed to hyper (whose
 //! decoder fails the body) and nothing after it is. HTTP/2 (its connection preface) passes
 //! through untouched; its framing is binary.
 //!
-//! The guard also bounds the wait for a connection's first request head (or HTTP/2 preface)
-//! by `idle_timeout`: the protocol sniffing of hyper-util's `auto` builder has no timeout,
-//! and hyper's own `header_read_timeout` only starts once the HTTP/1 connection exists, so
-//! a connection that sent nothing, or half a head, would otherwise be held forever.
+//! The guard also bounds the wait for every request head (the first one, or the HTTP/2
+//! preface, included) by `idle_timeout`, from the moment the connection has nothing in progress
+//! (every answer done) until the head is whole: an idle keep-alive connection is closed, and so
+//! is one that trickles a head in. hyper's own `header_read_timeout` is not used: it starts only
+//! once hyper-util's `auto` builder has sniffed the protocol (which has no timeout), and it
+//! allocates and registers a timer per request, where the guard resets one per connection
+//! (`bench/README.md`).
 
 use std::future::Future;
 use std::io;
@@ -32,7 +35,7 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -45,24 +48,51 @@ const MAX_LINE: usize = 4096;
 /// What hyper parses in place of a refused head.
 const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: refused.invalid\r\nconnection: close\r\n\r\n";
 
-/// Which request of a connection stands in for a refused head, shared by the guard (which
-/// refuses) and the connection's service (which answers).
+/// What the guard and the connection's service tell each other: which request stands in for
+/// a refused head (the guard refuses, the service answers), and how many answers are done and
+/// when the last was (the service tells, the guard counts the wait for a head from then).
 #[derive(Debug)]
-pub struct Refusals {
+pub struct Ledger {
     /// Requests the service has been called for so far.
     calls: AtomicU64,
     /// The position of the stand-in request; `u64::MAX` while nothing was refused.
     refused_at: AtomicU64,
     reason: OnceLock<&'static str>,
+    /// Answers whose body is done (sent, or dropped with the connection).
+    answered: AtomicU64,
+    /// When the last of them was done, in nanoseconds after `opened`.
+    done_at: AtomicU64,
+    opened: Instant,
 }
 
-impl Default for Refusals {
+impl Default for Ledger {
     fn default() -> Self {
-        Self { calls: AtomicU64::new(0), refused_at: AtomicU64::new(u64::MAX), reason: OnceLock::new() }
+        Self {
+            calls: AtomicU64::new(0),
+            refused_at: AtomicU64::new(u64::MAX),
+            reason: OnceLock::new(),
+            answered: AtomicU64::new(0),
+            done_at: AtomicU64::new(0),
+            opened: Instant::now(),
+        }
     }
 }
 
-impl Refusals {
+impl Ledger {
+    /// Called once per answer, when its body is done.
+    pub fn answered(&self) {
+        let done_at = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.done_at.store(done_at, Ordering::Relaxed);
+        self.answered.fetch_add(1, Ordering::Release);
+    }
+
+    /// Since when a connection that handed `heads` heads to hyper has had nothing in progress;
+    /// `None` while an answer is still being made or sent.
+    fn idle_since(&self, heads: u64) -> Option<Instant> {
+        (self.answered.load(Ordering::Acquire) >= heads)
+            .then(|| self.opened + Duration::from_nanos(self.done_at.load(Ordering::Relaxed)))
+    }
+
     /// Called once per request, in the order hyper parsed them: why the request's head was
     /// refused, when this request is the stand-in for it.
     pub fn next_request(&self) -> Option<&'static str> {
@@ -121,23 +151,24 @@ pub struct Guarded<IO> {
     heads: u64,
     /// A head longer than this is handed on unjudged: hyper answers it 431.
     max_head: usize,
-    refusals: std::sync::Arc<Refusals>,
+    ledger: std::sync::Arc<Ledger>,
     peer: SocketAddr,
     eof: bool,
-    /// How long the first head may take; its deadline, once the first read started.
-    first_head_timeout: Duration,
-    first_head: Option<Pin<Box<Sleep>>>,
+    /// How long a head may take, from when the connection has nothing in progress.
+    head_timeout: Duration,
+    /// When to check next that the head read for is not overdue: one timer per connection.
+    head_deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl<IO> Guarded<IO> {
     /// `max_head` must be at least hyper's read buffer limit (`max_buf_size`), so that a head
-    /// too long to judge is one hyper cannot parse either. A connection whose first head is
-    /// not whole within `first_head_timeout` fails with `TimedOut`.
+    /// too long to judge is one hyper cannot parse either. A connection whose next head is not
+    /// whole within `head_timeout` of its last answer being done fails with `TimedOut`.
     pub fn new(
         io: IO,
         max_head: usize,
-        first_head_timeout: Duration,
-        refusals: std::sync::Arc<Refusals>,
+        head_timeout: Duration,
+        ledger: std::sync::Arc<Ledger>,
         peer: SocketAddr,
     ) -> Self {
         Self {
@@ -148,30 +179,41 @@ impl<IO> Guarded<IO> {
             scan: 0,
             heads: 0,
             max_head,
-            refusals,
+            ledger,
             peer,
             eof: false,
-            first_head_timeout,
-            first_head: None,
+            head_timeout,
+            head_deadline: None,
         }
     }
 
-    /// Whether the connection is still waiting for its first head (or HTTP/2 preface).
-    fn before_first_head(&self) -> bool {
-        self.heads == 0 && matches!(self.state, State::Start | State::Head)
-    }
-
-    /// `Pending` while the first head may still come; an error once its time is up.
-    fn poll_first_head(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let timeout = self.first_head_timeout;
-        let deadline = self.first_head.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match deadline.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => {
+    /// `Pending` while the head read for may still come; an error once the connection has had
+    /// nothing in progress for `head_timeout` without it being whole. Bytes trickling in do not
+    /// put that off.
+    ///
+    /// The timer is set when the first head is read for and checked each time it passes: then
+    /// the real deadline is worked out (`head_timeout` after the last answer was done, or
+    /// after now while one is still being made or sent: hyper reads for the next head during a
+    /// long download too) and the timer moved to it, or the connection closed. A deadline a
+    /// timer was set to is never later than the real one of any head after, so a request costs
+    /// no timer work, and a connection at most one timer event per `head_timeout`.
+    fn poll_head_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.head_deadline.as_ref().is_some_and(|sleep| !sleep.is_elapsed()) {
+            // Polled once already: it wakes this connection's task when it passes.
+            return Poll::Pending;
+        }
+        let timeout = self.head_timeout;
+        let sleep = self.head_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        while sleep.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let deadline = self.ledger.idle_since(self.heads).unwrap_or(now) + self.head_timeout;
+            if deadline <= now {
                 tracing::debug!(peer = %self.peer, "no complete request head within the idle timeout; closing");
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no complete request head in time")))
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no complete request head in time")));
             }
+            sleep.as_mut().reset(deadline.into());
         }
+        Poll::Pending
     }
 
     /// Hands the first `n` pending bytes to hyper.
@@ -187,7 +229,7 @@ impl<IO> Guarded<IO> {
 
     fn refuse(&mut self, reason: &'static str) {
         tracing::warn!(peer = %self.peer, reason, "request refused before parsing: ambiguous framing");
-        self.refusals.refuse(self.heads, reason);
+        self.ledger.refuse(self.heads, reason);
         self.heads += 1;
         self.ready.extend_from_slice(STAND_IN);
         self.pending = BytesMut::new();
@@ -390,10 +432,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
             // Otherwise read into hyper's free space as scratch, keep the bytes back, and take
             // them out of hyper's buffer again.
             if Pin::new(&mut this.io).poll_read(cx, buf)?.is_pending() {
-                if this.before_first_head() {
-                    std::task::ready!(this.poll_first_head(cx))?;
-                } else {
-                    this.first_head = None;
+                if matches!(this.state, State::Start | State::Head) {
+                    std::task::ready!(this.poll_head_deadline(cx))?;
                 }
                 return Poll::Pending;
             }

@@ -92,3 +92,75 @@ async fn the_default_max_headers_of_100_holds_when_not_configured() {
     assert!(crowded.starts_with("HTTP/1.1 431"), "{crowded}");
     assert_eq!(mock.requests().len(), 1);
 }
+
+/// Reads one answer from a kept-alive connection: its head, then a `Content-Length` body or
+/// chunks up to the last one. Gives up after 5 s with what came.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let whole = |raw: &[u8]| {
+        let text = String::from_utf8_lossy(raw);
+        let Some(head_end) = text.find("\r\n\r\n") else { return false };
+        let head = text[..head_end].to_ascii_lowercase();
+        match head.lines().find_map(|line| line.strip_prefix("content-length: ")) {
+            Some(length) => raw.len() >= head_end + 4 + length.trim().parse::<usize>().unwrap_or(0),
+            None => text.ends_with("\r\n0\r\n\r\n"),
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        while !whole(&raw) {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_is_closed_after_idle_timeout_and_so_is_one_trickling_its_next_head() {
+    let mock = mock().await;
+    let gw = limited_gateway(&mock).await;
+    for next_head in [&[][..], &[&b"GET /api/v1/me HTTP/1.1\r\n"[..], b"Host: x\r\n", b"x-slow: "][..]] {
+        let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+        stream.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let first = read_answer(&mut stream).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let start = Instant::now();
+        // Bytes that trickle in do not put the deadline off.
+        for piece in next_head {
+            stream.write_all(piece).await.expect("the connection is still open");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        let waited = start.elapsed();
+        // A deadline put off by the last piece would close it 1.6 s in.
+        assert!(waited >= Duration::from_millis(900) && waited < Duration::from_millis(1500), "{waited:?}");
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    }
+    assert_eq!(mock.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_streaming_longer_than_idle_timeout_keeps_its_connection_for_the_next_request() {
+    let mock = mock().await;
+    let gw = limited_gateway(&mock).await;
+    let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+    // Six events 400 ms apart: 2.4 s of answer, on a connection idle after 1 s without one.
+    let start = Instant::now();
+    stream.write_all(b"GET /api/v1/mcp?events=6&interval_ms=400 HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let slow = read_answer(&mut stream).await;
+    assert!(slow.starts_with("HTTP/1.1 200"), "{slow}");
+    assert_eq!(slow.matches("data:").count(), 6, "{slow}");
+    assert!(start.elapsed() >= Duration::from_millis(2300), "{:?}", start.elapsed());
+    // 0.8 s after the answer, inside the idle timeout counted from its end (not from when
+    // hyper began reading for the next head, 2.4 s before).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stream.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("still open");
+    let next = read_answer(&mut stream).await;
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+    assert_eq!(mock.requests().len(), 2);
+}
