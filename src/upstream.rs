@@ -157,15 +157,17 @@ impl Service<GatewayRequest> for Upstream {
             let answer = |e: GatewayError| e.to_response(request_id.as_ref().map_or("-", RequestId::as_str));
             strip_forwarding(&mut parts.headers);
             let start = Instant::now();
-            let sent = target.pool.send(&mut parts, body);
             let result = match body_sent {
-                None => tokio::time::timeout(timeout, sent).await,
+                None => target.pool.send(&mut parts, body, Some((start + timeout).into())).await,
                 // Boxed: it holds the send twice over, and only requests with a body need it.
-                Some(body_sent) => Box::pin(answer_within(timeout, sent, body_sent)).await,
+                Some(body_sent) => {
+                    let sent = target.pool.send(&mut parts, body, None);
+                    Box::pin(answer_within(timeout, sent, body_sent)).await.unwrap_or(Err(SendError::TimedOut))
+                }
             };
             let elapsed = start.elapsed();
             let mut response = match result {
-                Ok(Ok(response)) => {
+                Ok(response) => {
                     metrics.record_upstream(elapsed);
                     let (mut parts, body) = response.into_parts();
                     // HTTP/1 answers come without them (`pool::h1`).
@@ -175,16 +177,7 @@ impl Service<GatewayRequest> for Upstream {
                     parts.extensions.insert(UpstreamTiming(elapsed));
                     GatewayResponse::from_parts(parts, GatewayBody::upstream(body))
                 }
-                Ok(Err(e)) => {
-                    let kind = classify(&e);
-                    metrics.record_upstream_error(kind);
-                    let detail = error_chain(&e);
-                    tracing::warn!(request_id = request_id.as_ref().map_or("-", RequestId::as_str), kind = kind.as_str(), error = %detail, "upstream request failed");
-                    let mut failed = answer(GatewayError::UpstreamUnavailable { kind, detail });
-                    failed.extensions_mut().insert(UpstreamFailure(kind));
-                    failed
-                }
-                Err(_) => {
+                Err(SendError::TimedOut) => {
                     metrics.record_upstream_error(UpstreamErrorKind::Timeout);
                     tracing::warn!(
                         request_id = request_id.as_ref().map_or("-", RequestId::as_str),
@@ -193,6 +186,15 @@ impl Service<GatewayRequest> for Upstream {
                     );
                     let mut failed = answer(GatewayError::UpstreamTimeout { after: timeout });
                     failed.extensions_mut().insert(UpstreamFailure(UpstreamErrorKind::Timeout));
+                    failed
+                }
+                Err(e) => {
+                    let kind = classify(&e);
+                    metrics.record_upstream_error(kind);
+                    let detail = error_chain(&e);
+                    tracing::warn!(request_id = request_id.as_ref().map_or("-", RequestId::as_str), kind = kind.as_str(), error = %detail, "upstream request failed");
+                    let mut failed = answer(GatewayError::UpstreamUnavailable { kind, detail });
+                    failed.extensions_mut().insert(UpstreamFailure(kind));
                     failed
                 }
             };

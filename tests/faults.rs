@@ -270,6 +270,30 @@ async fn slow_response_headers_answer_504_after_request_timeout_without_holding_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_on_a_kept_connection_times_out_a_request_timeout_after_its_own_start() {
+    // The kept connection to awork times its exchanges with one timer, set by earlier requests:
+    // the deadline is still each request's own.
+    let mock = mock().await;
+    let gw = gateway_for(&mock.url(), "[retry]\nmax_attempts = 1\n").await;
+    for pause in [Duration::from_millis(600), Duration::from_millis(1500)] {
+        assert_eq!(get(&url(&gw, "/api/v1/me"), &[]).await.status, 200);
+        // Within the first request's timeout, then past it (the timer has gone off unheeded).
+        tokio::time::sleep(pause).await;
+        let start = Instant::now();
+        let answer = get(&url(&gw, "/api/v1/slow?ms=5000"), &[]).await;
+        assert_eq!(answer.status, 504, "after {pause:?}");
+        assert_eq!(json_code(&answer), "gateway-upstream-timeout");
+        assert_took(
+            &format!("the 504 after {pause:?}"),
+            start.elapsed(),
+            Duration::from_millis(950),
+            Duration::from_millis(1600),
+        );
+    }
+    assert_eq!(mock.requests().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_streams_past_request_timeout_and_a_stalled_one_is_cut_after_body_idle_timeout() {
     // Slow but alive: six events 400 ms apart (2.4 s, over the 1 s request timeout) arrive whole.
     let mock = mock().await;

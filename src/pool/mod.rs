@@ -42,6 +42,9 @@ pub enum SendError {
     /// The exchange on an open connection failed.
     #[error("request error")]
     Request(#[source] BoxError),
+    /// No answer head by the deadline.
+    #[error("no answer in time")]
+    TimedOut,
 }
 
 pub struct Pool {
@@ -126,7 +129,8 @@ impl Pool {
     }
 
     /// Sends the request of `head` and `body` to awork on a kept connection or a new one; of its
-    /// target only the path and query count. `head` stays the caller's, for a replay.
+    /// target only the path and query count. `head` stays the caller's, for a replay. With a
+    /// `deadline`, awork's answer head must have come by then (a new connection included).
     ///
     /// The request waits for the task's next turn first, behind the other callers' requests that
     /// arrived with it: each write to awork wakes whatever answers there, and a process that
@@ -137,6 +141,7 @@ impl Pool {
         self: &Arc<Self>,
         head: &mut request::Parts,
         body: RequestBody,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<Answer>, SendError> {
         tokio::task::yield_now().await;
         let (mut conn, mut reused) = loop {
@@ -147,14 +152,14 @@ impl Pool {
                     Some(h1) => (Conn::H1(h1), true),
                     // Boxed: connecting (TCP, TLS, the handshake) is a future of kilobytes,
                     // which every request's future would otherwise hold and copy.
-                    None => (Box::pin(self.connect()).await?, false),
+                    None => (within(deadline, Box::pin(self.connect())).await?, false),
                 },
             };
             let mut sender = match conn {
                 Conn::H1(conn) => break (conn, reused),
                 Conn::H2(sender) => sender,
             };
-            if let Err(e) = sender.ready().await {
+            if let Err(e) = within(deadline, async { Ok(sender.ready().await) }).await? {
                 if reused {
                     self.forget_shared();
                     continue;
@@ -167,11 +172,13 @@ impl Pool {
             *req.version_mut() = Version::HTTP_2;
             *req.headers_mut() = head.headers.clone();
             req.headers_mut().remove(header::HOST);
-            let answer = sender.send_request(req).await.map_err(|e| SendError::Request(e.into()))?;
+            let answer =
+                within(deadline, async { sender.send_request(req).await.map_err(|e| SendError::Request(e.into())) })
+                    .await?;
             return Ok(answer.map(Answer::Http2));
         };
         self.origin_form(head);
-        let mut out = h1::Outgoing::new(head, body);
+        let mut out = h1::Outgoing::new(head, body).within(deadline);
         loop {
             match poll_fn(|cx| conn.poll_exchange(&mut out, cx)).await {
                 Ok(head) => {
@@ -182,9 +189,10 @@ impl Pool {
                     *answer.headers_mut() = head.headers;
                     return Ok(answer);
                 }
+                Err(h1::Error::TimedOut) => return Err(SendError::TimedOut),
                 // Closed under us before a byte was written: the request goes to a fresh connection.
                 Err(_) if reused && out.untouched() => {
-                    conn = match Box::pin(self.connect()).await? {
+                    conn = match within(deadline, Box::pin(self.connect())).await? {
                         Conn::H1(fresh) => fresh,
                         Conn::H2(_) => return Err(SendError::Connect("awork switched to HTTP/2 mid-request".into())),
                     };
@@ -257,6 +265,18 @@ impl Pool {
             return Ok(Conn::H2(sender));
         }
         Ok(Conn::H1(h1::Connection::new(TokioIo::new(io))))
+    }
+}
+
+/// `work` by `deadline` (by tokio's timer: connecting and HTTP/2 are not per-request work on a
+/// busy gateway), if there is one.
+async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    work: impl Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, work).await.unwrap_or(Err(SendError::TimedOut)),
+        None => work.await,
     }
 }
 
