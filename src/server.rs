@@ -46,9 +46,9 @@ use crate::body::{BodyLimits, GatewayBody, RequestBody};
 use crate::config::TlsConfig;
 use crate::credentials::Credential;
 use crate::error::GatewayError;
-use crate::layers::PeerAddr;
 use crate::layers::access_log::AccessLogBody;
 use crate::layers::request_id::RequestId;
+use crate::layers::{GatewayRequest, PeerAddr};
 use crate::smuggling::{Guarded, Ledger};
 use crate::{Gateway, Stack, admin, upstream};
 
@@ -353,15 +353,15 @@ impl std::fmt::Debug for ConnectionService {
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = Answering;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let generation = self.current.load();
         let idle = generation.gateway.config.upstream.body_idle_timeout;
+        let ledger = self.ledger.clone();
         if let Some(reason) = self.ledger.next_request() {
-            let ledger = self.ledger.clone();
             let answer = refused(reason).map(|body| ResponseBody::new(Either::Right(body), idle, None, ledger));
-            return Box::pin(std::future::ready(Ok(answer)));
+            return Answering { from: Source::Refusal { answer: Some(answer) }, idle, ledger: None };
         }
         mark_secrets(req.headers_mut());
         upstream::strip_hop_by_hop(req.headers_mut());
@@ -376,20 +376,60 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         // Every layer is ready at once (none holds requests back in `poll_ready`), so the
         // stack is called in place; were one not, the request would wait on a clone.
         let stack: &mut Stack = stack;
-        let answer = match tower::Service::poll_ready(stack, &mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => Ok(tower::Service::call(stack, req)),
-            _ => Err(stack.clone().oneshot(req)),
+        let from = match tower::Service::poll_ready(stack, &mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Source::Stack { future: tower::Service::call(stack, req) },
+            _ => Source::Waiting { future: Box::pin(stack.clone().oneshot(req)) },
         };
-        let ledger = self.ledger.clone();
-        Box::pin(async move {
-            let answer = match answer {
-                Ok(call) => call.await?,
-                Err(waiting) => waiting.await?,
-            };
-            let (parts, body) = answer.into_parts();
-            let request_id = RequestId::in_headers(&parts.headers);
-            Ok(Response::from_parts(parts, ResponseBody::new(Either::Left(body), idle, request_id, ledger)))
-        })
+        Answering { from, idle, ledger: Some(ledger) }
+    }
+}
+
+type StackFuture = <Stack as tower::Service<GatewayRequest>>::Future;
+
+pin_project_lite::pin_project! {
+    /// One request's answer on its way to hyper, its body wrapped in `ResponseBody`. A named
+    /// future rather than a boxed one: the stack's future goes to hyper as it is, without an
+    /// allocation and a copy of it per request.
+    struct Answering {
+        #[pin]
+        from: Source,
+        idle: Duration,
+        // Taken when the answer is made.
+        ledger: Option<Arc<Ledger>>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = SourceProj]
+    enum Source {
+        /// The 400 of a refused head, made at once.
+        Refusal { answer: Option<Response<ResponseBody>> },
+        /// The stack, called in place.
+        Stack { #[pin] future: StackFuture },
+        /// The stack, once ready (rare: no layer holds requests back).
+        Waiting { future: Pin<Box<tower::util::Oneshot<Stack, GatewayRequest>>> },
+    }
+}
+
+impl Future for Answering {
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = match this.from.project() {
+            SourceProj::Refusal { answer } => {
+                return answer.take().map_or(Poll::Pending, |answer| Poll::Ready(Ok(answer)));
+            }
+            SourceProj::Stack { future } => std::task::ready!(future.poll(cx))?,
+            SourceProj::Waiting { future } => std::task::ready!(future.as_mut().poll(cx))?,
+        };
+        let Some(ledger) = this.ledger.take() else { return Poll::Pending };
+        let (parts, body) = answer.into_parts();
+        let request_id = RequestId::in_headers(&parts.headers);
+        Poll::Ready(Ok(Response::from_parts(
+            parts,
+            ResponseBody::new(Either::Left(body), *this.idle, request_id, ledger),
+        )))
     }
 }
 
