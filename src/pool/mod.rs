@@ -109,6 +109,13 @@ enum Conn {
     H2(http2::SendRequest<RequestBody>),
 }
 
+/// What became of a request on the HTTP/2 connection.
+enum Sent {
+    Answer(Response<Answer>),
+    /// The kept connection was closed: the request was not sent, and goes on another.
+    Stale(RequestBody),
+}
+
 impl Pool {
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
@@ -140,42 +147,32 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         head: &mut request::Parts,
-        body: RequestBody,
+        mut body: RequestBody,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<Answer>, SendError> {
         tokio::task::yield_now().await;
+        // Connecting (TCP, TLS, the handshake) and HTTP/2 are futures of their own, boxed: each
+        // is kilobytes, which every request's future would otherwise hold and copy.
         let (mut conn, mut reused) = loop {
             let shared = self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             let (conn, reused) = match shared.filter(|h2| !h2.is_closed()) {
                 Some(h2) => (Conn::H2(h2), true),
                 None => match poll_fn(|cx| Poll::Ready(self.checkout(cx))).await {
                     Some(h1) => (Conn::H1(h1), true),
-                    // Boxed: connecting (TCP, TLS, the handshake) is a future of kilobytes,
-                    // which every request's future would otherwise hold and copy.
-                    None => (within(deadline, Box::pin(self.connect())).await?, false),
+                    None => (Box::pin(within(deadline, self.connect())).await?, false),
                 },
             };
-            let mut sender = match conn {
+            let sender = match conn {
                 Conn::H1(conn) => break (conn, reused),
                 Conn::H2(sender) => sender,
             };
-            if let Err(e) = within(deadline, async { Ok(sender.ready().await) }).await? {
-                if reused {
+            match Box::pin(self.send_h2(sender, head, body, deadline, reused)).await? {
+                Sent::Answer(answer) => return Ok(answer),
+                Sent::Stale(unsent) => {
+                    body = unsent;
                     self.forget_shared();
-                    continue;
                 }
-                return Err(SendError::Connect(e.into()));
             }
-            let mut req = Request::new(body);
-            *req.method_mut() = head.method.clone();
-            *req.uri_mut() = self.absolute(&head.uri);
-            *req.version_mut() = Version::HTTP_2;
-            *req.headers_mut() = head.headers.clone();
-            req.headers_mut().remove(header::HOST);
-            let answer =
-                within(deadline, async { sender.send_request(req).await.map_err(|e| SendError::Request(e.into())) })
-                    .await?;
-            return Ok(answer.map(Answer::Http2));
         };
         self.origin_form(head);
         let mut out = h1::Outgoing::new(head, body).within(deadline);
@@ -192,7 +189,7 @@ impl Pool {
                 Err(h1::Error::TimedOut) => return Err(SendError::TimedOut),
                 // Closed under us before a byte was written: the request goes to a fresh connection.
                 Err(_) if reused && out.untouched() => {
-                    conn = match within(deadline, Box::pin(self.connect())).await? {
+                    conn = match Box::pin(within(deadline, self.connect())).await? {
                         Conn::H1(fresh) => fresh,
                         Conn::H2(_) => return Err(SendError::Connect("awork switched to HTTP/2 mid-request".into())),
                     };
@@ -201,6 +198,34 @@ impl Pool {
                 Err(e) => return Err(SendError::Request(e.into())),
             }
         }
+    }
+
+    /// Sends the request on the HTTP/2 connection; hands the body back unsent when a kept
+    /// connection turns out closed.
+    async fn send_h2(
+        &self,
+        mut sender: http2::SendRequest<RequestBody>,
+        head: &request::Parts,
+        body: RequestBody,
+        deadline: Option<tokio::time::Instant>,
+        reused: bool,
+    ) -> Result<Sent, SendError> {
+        if let Err(e) = within(deadline, async { Ok(sender.ready().await) }).await? {
+            if reused {
+                return Ok(Sent::Stale(body));
+            }
+            return Err(SendError::Connect(e.into()));
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = self.absolute(&head.uri);
+        *req.version_mut() = Version::HTTP_2;
+        *req.headers_mut() = head.headers.clone();
+        req.headers_mut().remove(header::HOST);
+        let answer =
+            within(deadline, async { sender.send_request(req).await.map_err(|e| SendError::Request(e.into())) })
+                .await?;
+        Ok(Sent::Answer(answer.map(Answer::Http2)))
     }
 
     /// The most recently used idle connection still open and not idle too long.
