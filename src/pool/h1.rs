@@ -136,7 +136,8 @@ impl Connection {
     /// `bench/profile.sh`). It is polled once per exchange, which tells it the task to wake;
     /// set to the exchange's deadline only when it would pass later than that; and otherwise
     /// left to pass at an earlier exchange's deadline, when it is checked and moved on to the
-    /// deadline of the exchange then in progress.
+    /// deadline of the exchange then in progress. The timer of a connection idle in the pool
+    /// may go off unheeded: it wakes the task that used it last, once, for nothing.
     fn overdue(&mut self, out: &mut Outgoing, cx: &mut Context<'_>) -> bool {
         let Some(deadline) = out.deadline else { return false };
         let timer = match &mut self.timer {
