@@ -15,7 +15,7 @@
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::EnvFilter;
 
@@ -52,9 +52,9 @@ pub struct AccessLine<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
-    pub duration_ms: f64,
-    pub upstream_ms: Option<f64>,
-    pub queue_ms: Option<f64>,
+    pub duration: Duration,
+    pub upstream: Option<Duration>,
+    pub queue: Option<Duration>,
     pub bytes_in: Option<u64>,
     pub bytes_out: u64,
     pub complete: bool,
@@ -70,9 +70,9 @@ pub fn access(line: &AccessLine<'_>) {
             method = line.method,
             path = line.path,
             status = line.status,
-            duration_ms = line.duration_ms,
-            upstream_ms = line.upstream_ms,
-            queue_ms = line.queue_ms,
+            duration_ms = line.duration.as_secs_f64() * 1000.0,
+            upstream_ms = line.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            queue_ms = line.queue.map(|d| d.as_secs_f64() * 1000.0),
             bytes_in = line.bytes_in,
             bytes_out = line.bytes_out,
             complete = line.complete,
@@ -146,14 +146,14 @@ fn json_line(out: &mut Vec<u8>, line: &AccessLine<'_>, now: SystemTime) {
     out.extend_from_slice(b",\"status\":");
     decimal(out, u64::from(line.status), 1);
     out.extend_from_slice(b",\"duration_ms\":");
-    millis(out, line.duration_ms);
-    if let Some(ms) = line.upstream_ms {
+    millis(out, line.duration);
+    if let Some(upstream) = line.upstream {
         out.extend_from_slice(b",\"upstream_ms\":");
-        millis(out, ms);
+        millis(out, upstream);
     }
-    if let Some(ms) = line.queue_ms {
+    if let Some(queue) = line.queue {
         out.extend_from_slice(b",\"queue_ms\":");
-        millis(out, ms);
+        millis(out, queue);
     }
     if let Some(bytes) = line.bytes_in {
         out.extend_from_slice(b",\"bytes_in\":");
@@ -212,9 +212,9 @@ fn date_time(secs: u64) -> [u8; 20] {
     fixed
 }
 
-/// Milliseconds to the microsecond (`47.814`), as `{:.3}` writes them.
-fn millis(out: &mut Vec<u8>, ms: f64) {
-    let micros = (ms * 1000.0).round().max(0.0) as u64;
+/// Milliseconds to the nearest microsecond (`47.814`), as `{:.3}` writes them, in integers.
+fn millis(out: &mut Vec<u8>, duration: Duration) {
+    let micros = u64::try_from((duration.as_nanos() + 500) / 1000).unwrap_or(u64::MAX);
     decimal(out, micros / 1000, 1);
     out.push(b'.');
     decimal(out, micros % 1000, 3);
@@ -249,8 +249,6 @@ fn json_string(out: &mut Vec<u8>, text: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn line<'a>(path: &'a str, client: &'a str) -> AccessLine<'a> {
@@ -260,9 +258,9 @@ mod tests {
             method: "GET",
             path,
             status: 200,
-            duration_ms: 47.8141,
-            upstream_ms: Some(47.6),
-            queue_ms: None,
+            duration: Duration::from_nanos(47_814_100),
+            upstream: Some(Duration::from_micros(47_600)),
+            queue: None,
             bytes_in: None,
             bytes_out: 980,
             complete: true,
@@ -322,10 +320,11 @@ mod tests {
 
     #[test]
     fn durations_are_written_as_format_writes_them_to_three_decimals() {
-        for ms in [0.0, 0.0004, 0.0006, 1.5, 9.9999, 47.8141, 1234.5678, 86_400_000.25] {
+        for nanos in [0, 400, 600, 1_500_000, 9_999_900, 47_814_100, 1_234_567_800, 86_400_000_250_000] {
+            let duration = Duration::from_nanos(nanos);
             let mut out = Vec::new();
-            millis(&mut out, ms);
-            assert_eq!(String::from_utf8_lossy(&out), format!("{ms:.3}"), "{ms}");
+            millis(&mut out, duration);
+            assert_eq!(String::from_utf8_lossy(&out), format!("{:.3}", duration.as_secs_f64() * 1000.0), "{nanos}");
         }
         let mut out = Vec::new();
         decimal(&mut out, 7, 4);

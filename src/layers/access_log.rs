@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, header};
@@ -114,8 +114,8 @@ where
             bytes_in,
             client: None,
             status: 0,
-            upstream_ms: None,
-            queue_ms: None,
+            upstream: None,
+            queue: None,
             bytes_out: 0,
             complete: false,
             #[cfg(feature = "otlp")]
@@ -148,8 +148,8 @@ where
         record.status = response.status().as_u16();
         record.complete = response.body().is_end_stream();
         record.client = response.extensions().get::<ClientIdentity>().cloned();
-        record.upstream_ms = response.extensions().get::<UpstreamTiming>().map(|t| t.0.as_secs_f64() * 1000.0);
-        record.queue_ms = response.extensions().get::<QueueTiming>().map(|t| t.0.as_secs_f64() * 1000.0);
+        record.upstream = response.extensions().get::<UpstreamTiming>().map(|t| t.0);
+        record.queue = response.extensions().get::<QueueTiming>().map(|t| t.0);
         #[cfg(feature = "otlp")]
         if let Some(span) = &record.span {
             span.answered(&response);
@@ -207,8 +207,8 @@ struct Record {
     bytes_in: Option<u64>,
     client: Option<ClientIdentity>,
     status: u16,
-    upstream_ms: Option<f64>,
-    queue_ms: Option<f64>,
+    upstream: Option<Duration>,
+    queue: Option<Duration>,
     bytes_out: u64,
     complete: bool,
     #[cfg(feature = "otlp")]
@@ -238,9 +238,9 @@ impl Drop for Record {
             method: self.method.as_str(),
             path: &self.path,
             status: self.status,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            upstream_ms: self.upstream_ms,
-            queue_ms: self.queue_ms,
+            duration: elapsed,
+            upstream: self.upstream,
+            queue: self.queue,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             complete: self.complete,
