@@ -124,6 +124,8 @@ where
 
 fn mark(response: &mut GatewayResponse, queued: Duration) {
     let ms = u64::try_from(queued.as_millis()).unwrap_or(u64::MAX);
-    response.headers_mut().insert(QUEUE_MS, HeaderValue::from(ms));
+    // Most requests wait no whole millisecond: their value is the static one, no allocation.
+    let value = if ms == 0 { HeaderValue::from_static("0") } else { HeaderValue::from(ms) };
+    response.headers_mut().insert(QUEUE_MS, value);
     response.extensions_mut().insert(QueueTiming(queued));
 }
