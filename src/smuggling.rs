@@ -25,8 +25,8 @@
 //! (every answer done) until the head is whole: an idle keep-alive connection is closed, and so
 //! is one that trickles a head in. hyper's own `header_read_timeout` is not used: it starts only
 //! once hyper-util's `auto` builder has sniffed the protocol (which has no timeout), and it
-//! allocates and registers a timer per request, where the guard resets one per connection
-//! (`bench/README.md`).
+//! allocates and registers a timer per request, where the guard keeps one per connection and
+//! moves it on only when it passes (`bench/README.md`).
 
 use std::future::Future;
 use std::io;
