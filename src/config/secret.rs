@@ -200,6 +200,7 @@ mod tests {
         let path = dir.join("key");
         std::fs::write(&path, "abc123\n").expect("write");
         let got = SecretSource::File(path).read(&HashMap::new()).expect("read");
+        std::fs::remove_dir_all(&dir).expect("clean up");
         assert_eq!(got.expose(), "abc123");
     }
 

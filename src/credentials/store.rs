@@ -282,6 +282,7 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
         store.remove("service").expect("remove");
         assert!(store.load("service").expect("load").is_none());
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]
@@ -300,6 +301,7 @@ mod tests {
             std::fs::read_dir(&dir).expect("dir").filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
         assert_eq!(names, ["service.json"], "the aside file was promoted and the torn one removed");
         assert_eq!(store.load("service").expect("reload").expect("present").access_token.expose(), "new");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

@@ -127,9 +127,14 @@ pub fn admin_url(running: &Running, path: &str) -> String {
     format!("http://{}{}", running.admin_addr, path)
 }
 
-/// A fresh temporary directory for one test.
+/// A fresh scratch directory for one test, under Cargo's `target/tmp` so that test runs
+/// leave nothing behind in the system's temporary directory.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("agw-test-{name}-{}-{}", std::process::id(), rand_suffix()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "agw-test-{name}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
