@@ -15,6 +15,7 @@
 # The table is printed and saved as bench/results/DATE-HHMM-ceiling.md.
 #
 # Usage: bench/ceiling.sh [--rounds 3] [--duration 8] [--conns 64]
+#                         [--binary target/release/awork-gateway, e.g. target/pgo/awork-gateway]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,6 +25,7 @@ source bench/lib.sh
 ROUNDS=3
 DURATION=8
 CONNS=64
+BINARY=target/release/awork-gateway
 LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
 while (($#)); do
@@ -31,14 +33,15 @@ while (($#)); do
     --rounds) ROUNDS=$2 && shift 2 ;;
     --duration) DURATION=$2 && shift 2 ;;
     --conns) CONNS=$2 && shift 2 ;;
-    -h | --help) sed -n '2,14p' "$0" && exit 0 ;;
+    --binary) BINARY=$2 && shift 2 ;;
+    -h | --help) sed -n '2,16p' "$0" && exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
 done
 for tool in wrk nginx taskset curl; do
     command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install -y nginx wrk)"
 done
-[[ -x target/release/awork-gateway && -x target/release/examples/ceiling ]] ||
+[[ -x $BINARY && -x target/release/examples/ceiling ]] ||
     die "build first: cargo build --release && cargo build --release --example ceiling"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -51,7 +54,7 @@ start_nginx "$RUN_DIR" "$PROXY_CPU" "$UPSTREAM_PORT"
 GATEWAY_PORT=$(free_port)
 GATEWAY_ADMIN=$(free_port)
 gateway_config "$RUN_DIR" "$GATEWAY_PORT" "$GATEWAY_ADMIN" "$UPSTREAM_PORT" 1000000 3000000
-start_gateway "$RUN_DIR" "$PROXY_CPU" target/release/awork-gateway "$GATEWAY_ADMIN"
+start_gateway "$RUN_DIR" "$PROXY_CPU" "$BINARY" "$GATEWAY_ADMIN"
 declare -A PORTS=([nginx]=$NGINX_PORT [gateway]=$GATEWAY_PORT)
 # The process doing each target's work: nginx's worker, not its master.
 declare -A PIDS=([nginx]=$(children_of "$NGINX_PID" | awk '{ print $1 }') [gateway]=$GATEWAY_PID)
@@ -120,7 +123,7 @@ REPORT="bench/results/$(date -u +%Y-%m-%d-%H%M)-ceiling.md"
 {
     echo "# hyper's ceiling beside nginx and the gateway, with CPU per request ($(date -u '+%Y-%m-%d %H:%M') UTC)"
     echo
-    echo "\`bench/ceiling.sh --rounds $ROUNDS --duration $DURATION --conns $CONNS\`, gateway at \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`." \
+    echo "\`bench/ceiling.sh --rounds $ROUNDS --duration $DURATION --conns $CONNS\`, $(gateway_label "$BINARY")." \
         "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r)."
     echo
     echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds alternated; wrk on cpu $LOAD_CPU, upstream and proxies on cpu $PROXY_CPU"

@@ -62,11 +62,13 @@ wait_port() {
     die "nothing listens on port $1 after 10 s"
 }
 
-# What the report says was measured: the tree's commit for the default binary, else the path
-# given with --binary (its commit is not known here).
+# What the report says was measured: the tree's commit for the default binary, the commit
+# bench/pgo.sh built for its binary, else the path given with --binary.
 gateway_label() {
     if [[ $1 == target/release/awork-gateway ]]; then
         echo "gateway at \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
+    elif [[ -f $1.commit ]]; then
+        echo "gateway at \`$(cat "$1.commit")\` (\`$1\`, bench/pgo.sh)"
     else
         echo "gateway binary \`$1\`"
     fi

@@ -11,8 +11,8 @@
 # setting Authorization and forwarding) under the same load instead, for the instructions the
 # gateway's own path adds.
 #
-# Usage: bench/profile.sh [--requests 20000] [--connections 16] [--binary target/release/awork-gateway]
-#                         [--ceiling pooled|per-connection]
+# Usage: bench/profile.sh [--requests 20000] [--connections 16] [--ceiling pooled|per-connection]
+#                         [--binary target/release/awork-gateway, or with --ceiling target/release/examples/ceiling]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ source bench/lib.sh
 
 REQUESTS=20000
 CONNECTIONS=16
-BINARY=target/release/awork-gateway
+BINARY=
 CEILING=
 while (($#)); do
     case $1 in
@@ -35,8 +35,8 @@ while (($#)); do
 done
 command -v valgrind >/dev/null || die "valgrind is not installed"
 case $CEILING in
-"") ;;
-pooled | per-connection) BINARY=target/release/examples/ceiling ;;
+"") BINARY=${BINARY:-target/release/awork-gateway} ;;
+pooled | per-connection) BINARY=${BINARY:-target/release/examples/ceiling} ;;
 *) die "--ceiling takes pooled or per-connection, not $CEILING" ;;
 esac
 [[ -x $BINARY ]] || die "$BINARY not found: cargo build --release (--ceiling: cargo build --release --example ceiling)"

@@ -259,7 +259,8 @@ async fn healthcheck_exits_0_for_a_healthy_gateway_and_1_otherwise() {
 fn dockerfile_builds_a_nonroot_distroless_image_with_a_builtin_healthcheck() {
     let dockerfile = read("Dockerfile");
     for needle in [
-        "cargo build --release --locked",
+        "bench/pgo.sh",
+        "install -D -m 0755 target/pgo/awork-gateway /out/awork-gateway",
         "--mount=type=cache,target=/usr/local/cargo/registry",
         "FROM gcr.io/distroless/cc-debian12:nonroot",
         "USER 65532:65532",
@@ -272,6 +273,9 @@ fn dockerfile_builds_a_nonroot_distroless_image_with_a_builtin_healthcheck() {
     ] {
         assert!(dockerfile.contains(needle), "the Dockerfile has {needle:?}");
     }
+    // The profile-guided build it runs is a locked release build.
+    let pgo = read("bench/pgo.sh");
+    assert!(pgo.contains("cargo build --release --locked --bin awork-gateway"), "bench/pgo.sh builds locked");
     // Every file the build copies from the context exists and is let in by .dockerignore.
     let ignore = read(".dockerignore");
     let allowed: Vec<&str> = ignore.lines().filter_map(|l| l.trim().strip_prefix('!')).collect();
