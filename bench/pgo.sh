@@ -18,7 +18,7 @@
 #
 # Needs: wrk, nginx, curl, python3, taskset, and llvm-profdata of rustc's LLVM version
 # (`rustup component add llvm-tools`, or Debian's llvm-NN for rustc's LLVM NN).
-# Two release builds: ~8 min on 2 cores, and the training: 2.5 x --seconds + 1 s.
+# Two release builds (8-15 min on 2 cores here) and the training (2.5 x --seconds + 1 s).
 #
 # Usage: bench/pgo.sh [--seconds 8]
 set -euo pipefail
@@ -31,7 +31,7 @@ SECONDS_PER_STEP=8
 while (($#)); do
     case $1 in
     --seconds) SECONDS_PER_STEP=$2 && shift 2 ;;
-    -h | --help) sed -n '2,22p' "$0" && exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0" && exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
 done
