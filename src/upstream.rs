@@ -141,7 +141,6 @@ impl Service<GatewayRequest> for Upstream {
     }
 
     fn call(&mut self, req: GatewayRequest) -> Self::Future {
-        let request_id = RequestId::in_headers(req.headers());
         let (mut parts, mut body) = req.into_parts();
         // A request without a body has been sent once its head is: the clock starts at once.
         let body_sent = (!http_body::Body::is_end_stream(&body)).then(|| body.sent());
@@ -154,14 +153,13 @@ impl Service<GatewayRequest> for Upstream {
             .map(|parent| parent.upstream_span(&mut parts, &target.scheme, &target.authority));
         Box::pin(async move {
             let (metrics, timeout) = (&target.metrics, target.request_timeout);
-            let answer = |e: GatewayError| e.to_response(request_id.as_ref().map_or("-", RequestId::as_str));
             strip_forwarding(&mut parts.headers);
             let start = Instant::now();
             let result = match body_sent {
-                None => target.pool.send(&mut parts, body, Some((start + timeout).into())).await,
+                None => target.pool.send(&mut parts, body, start, Some((start + timeout).into())).await,
                 // Boxed: it holds the send twice over, and only requests with a body need it.
                 Some(body_sent) => {
-                    let sent = target.pool.send(&mut parts, body, None);
+                    let sent = target.pool.send(&mut parts, body, start, None);
                     Box::pin(answer_within(timeout, sent, body_sent)).await.unwrap_or(Err(SendError::TimedOut))
                 }
             };
@@ -179,12 +177,15 @@ impl Service<GatewayRequest> for Upstream {
                 }
                 Err(SendError::TimedOut) => {
                     metrics.record_upstream_error(UpstreamErrorKind::Timeout);
+                    // Looked up only for a failure: the request's head went to awork with its id.
+                    let request_id = RequestId::in_headers(&parts.headers);
+                    let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
                     tracing::warn!(
-                        request_id = request_id.as_ref().map_or("-", RequestId::as_str),
+                        request_id,
                         timeout_ms = timeout.as_millis() as u64,
                         "upstream did not answer in time"
                     );
-                    let mut failed = answer(GatewayError::UpstreamTimeout { after: timeout });
+                    let mut failed = GatewayError::UpstreamTimeout { after: timeout }.to_response(request_id);
                     failed.extensions_mut().insert(UpstreamFailure(UpstreamErrorKind::Timeout));
                     failed
                 }
@@ -192,8 +193,10 @@ impl Service<GatewayRequest> for Upstream {
                     let kind = classify(&e);
                     metrics.record_upstream_error(kind);
                     let detail = error_chain(&e);
-                    tracing::warn!(request_id = request_id.as_ref().map_or("-", RequestId::as_str), kind = kind.as_str(), error = %detail, "upstream request failed");
-                    let mut failed = answer(GatewayError::UpstreamUnavailable { kind, detail });
+                    let request_id = RequestId::in_headers(&parts.headers);
+                    let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
+                    tracing::warn!(request_id, kind = kind.as_str(), error = %detail, "upstream request failed");
+                    let mut failed = GatewayError::UpstreamUnavailable { kind, detail }.to_response(request_id);
                     failed.extensions_mut().insert(UpstreamFailure(kind));
                     failed
                 }

@@ -527,8 +527,8 @@ impl std::fmt::Debug for ResponseBody {
 
 impl ResponseBody {
     /// The body that follows `head` on `conn`. When it is already in the buffer it is taken at
-    /// once and `conn` goes back to `pool`.
-    pub fn after(head: &Head, mut conn: Box<Connection>, pool: &Arc<Pool>) -> Self {
+    /// once and `conn` goes back to `pool`, idle since `start` (its request's).
+    pub fn after(head: &Head, mut conn: Box<Connection>, pool: &Arc<Pool>, start: std::time::Instant) -> Self {
         let decoder = match head.framing {
             Framing::Empty => Decoder::Done,
             Framing::Length(length) => Decoder::Length(length),
@@ -545,7 +545,7 @@ impl ResponseBody {
         match whole {
             Some(data) => {
                 if head.keep_alive && conn.buf.is_empty() {
-                    pool.put(conn);
+                    pool.put(conn, start);
                 }
                 Self { state: State::Whole(data) }
             }
@@ -558,7 +558,7 @@ impl ResponseBody {
         if let State::Reading { conn, keep_alive: true, pool, .. } = std::mem::replace(&mut self.state, State::Ended)
             && conn.buf.is_empty()
         {
-            pool.put(conn);
+            pool.put(conn, std::time::Instant::now());
         }
     }
 }
