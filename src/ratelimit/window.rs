@@ -7,9 +7,14 @@
 //!   A GCRA with a burst equal to the quota would let twice the quota into one window.
 //!   Pacing also spreads grants in time, which is what lets round-robin fairness work: a
 //!   caller with one request in flight is back in the queue before the next slot opens.
-//! - the minute window is a sliding log of the last `per_minute` grant instants: a new grant
-//!   waits until the oldest of them has left the window. A BI refresh may spend the whole
-//!   minute's quota at the paced rate, and the log makes sure it never spends more.
+//! - the minute window is a sliding log of the last `per_minute` grants: a new grant waits
+//!   until the oldest of them has left the window. A BI refresh may spend the whole minute's
+//!   quota at the paced rate, and the log makes sure it never spends more. The log counts
+//!   grants in 10 ms slices, each taken to be at its slice's end (so a grant leaves the window
+//!   up to 10 ms later than it would by its own instant, never earlier): its memory is bounded
+//!   by the window, at most ~6,100 slices, whatever the quota and the rate. A log of instants
+//!   held the last `per_minute` of them: 16 bytes a grant, 480 MB for a quota of 30 million a
+//!   minute, touched anew by every request until full.
 //!
 //! Both windows are a little longer than awork's (`SECOND`, `MINUTE`), for the jitter between
 //! the instant the gateway grants a slot and the instant awork counts the request.
@@ -41,7 +46,7 @@ impl Limits {
         Self {
             interval: per_second.filter(|n| *n > 0).map(|n| SECOND / n),
             next: None,
-            minute: per_minute.filter(|n| *n > 0).map(|n| SlidingLog::new(MINUTE, n as usize)),
+            minute: per_minute.filter(|n| *n > 0).map(|n| SlidingLog::new(MINUTE, n)),
         }
     }
 
@@ -73,13 +78,10 @@ impl Limits {
             (_, _, None) => None,
         };
         self.interval = resized.interval;
-        self.minute = resized.minute.map(|mut log| {
-            if let Some(old) = self.minute.take() {
-                let keep = old.grants.len().min(log.capacity);
-                log.grants.extend(old.grants.iter().skip(old.grants.len() - keep));
-            }
-            log
-        });
+        self.minute = match (self.minute.take(), per_minute.filter(|n| *n > 0)) {
+            (Some(old), Some(capacity)) => Some(old.keeping(capacity)),
+            (None, _) | (_, None) => resized.minute,
+        };
     }
 
     /// Grants inside the minute window ending at `now` (0 when the minute is unlimited).
@@ -88,38 +90,86 @@ impl Limits {
     }
 }
 
-/// The instants of the last `capacity` grants, oldest first.
+/// The length of the slices a minute log counts grants in, in milliseconds.
+const SLICE_MS: u64 = 10;
+
+/// The last `capacity` grants, counted per slice of `SLICE_MS` since `start`, oldest first. Slices that
+/// have left the window are dropped when a grant is recorded.
 #[derive(Debug)]
 struct SlidingLog {
     window: Duration,
-    capacity: usize,
-    grants: VecDeque<Instant>,
+    capacity: u32,
+    start: Instant,
+    /// (slice number, grants counted in it).
+    slices: VecDeque<(u64, u32)>,
+    total: u32,
 }
 
 impl SlidingLog {
-    fn new(window: Duration, capacity: usize) -> Self {
-        Self { window, capacity, grants: VecDeque::with_capacity(capacity) }
+    fn new(window: Duration, capacity: u32) -> Self {
+        Self { window, capacity, start: Instant::now(), slices: VecDeque::new(), total: 0 }
+    }
+
+    fn slice(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX) / SLICE_MS
+    }
+
+    /// When the grants of `slice` leave the window: its end, plus the window.
+    fn leaves(&self, slice: u64) -> Instant {
+        self.start + Duration::from_millis(slice.saturating_add(1).saturating_mul(SLICE_MS)) + self.window
     }
 
     fn earliest(&self, now: Instant) -> Instant {
-        if self.grants.len() < self.capacity {
-            return now;
+        match self.slices.front() {
+            // Full: the next grant must wait until the oldest slice has left the window.
+            Some(&(oldest, _)) if self.total >= self.capacity => self.leaves(oldest).max(now),
+            _ => now,
         }
-        // Full: the next grant must wait until the oldest one has left the window.
-        self.grants.front().map_or(now, |oldest| (*oldest + self.window).max(now))
     }
 
     fn record(&mut self, at: Instant) {
-        if self.grants.len() == self.capacity {
-            self.grants.pop_front();
+        while let Some(&(oldest, count)) = self.slices.front() {
+            if self.leaves(oldest) > at {
+                break;
+            }
+            self.slices.pop_front();
+            self.total -= count;
         }
-        self.grants.push_back(at);
+        if self.total >= self.capacity {
+            self.forget_oldest(self.total + 1 - self.capacity);
+        }
+        let slice = self.slice(at);
+        match self.slices.back_mut() {
+            // A grant recorded out of order counts in the newest slice: later, never earlier.
+            Some((newest, count)) if *newest >= slice => *count += 1,
+            _ => self.slices.push_back((slice, 1)),
+        }
+        self.total += 1;
+    }
+
+    /// Drops the `n` oldest grants.
+    fn forget_oldest(&mut self, mut n: u32) {
+        while n > 0 {
+            let Some(oldest) = self.slices.front_mut() else { return };
+            let dropped = oldest.1.min(n);
+            oldest.1 -= dropped;
+            self.total -= dropped;
+            n -= dropped;
+            if oldest.1 == 0 {
+                self.slices.pop_front();
+            }
+        }
+    }
+
+    /// The same grants under a new capacity: the newest, as many as it holds.
+    fn keeping(mut self, capacity: u32) -> Self {
+        self.capacity = capacity;
+        self.forget_oldest(self.total.saturating_sub(capacity));
+        self
     }
 
     fn used(&self, now: Instant) -> u32 {
-        // Oldest first: the grants still inside the window are a suffix.
-        let left = self.grants.partition_point(|t| now.saturating_duration_since(*t) >= self.window);
-        u32::try_from(self.grants.len() - left).unwrap_or(u32::MAX)
+        self.slices.iter().filter(|(slice, _)| self.leaves(*slice) > now).map(|(_, count)| count).sum()
     }
 }
 
@@ -183,16 +233,25 @@ mod tests {
         assert!(max_in_any_window(&grants, Duration::from_secs(1)) <= 50);
     }
 
+    /// Within one slice after `exact`: a grant leaves the window at its slice's end.
+    fn within_a_slice(at: Instant, exact: Instant) -> bool {
+        at >= exact && at <= exact + Duration::from_millis(SLICE_MS)
+    }
+
     #[test]
     fn a_full_minute_waits_for_its_oldest_grant_to_leave() {
         let mut limits = Limits::new(None, Some(3));
         let t0 = Instant::now();
-        for ms in [0, 10, 20] {
+        for ms in [0, 100, 200] {
             limits.record(t0 + Duration::from_millis(ms));
         }
-        assert_eq!(limits.earliest(t0 + Duration::from_secs(1)), t0 + MINUTE);
+        let earliest = limits.earliest(t0 + Duration::from_secs(1));
+        assert!(within_a_slice(earliest, t0 + MINUTE), "{:?}", earliest - t0);
         assert_eq!(limits.used_in_minute(t0 + Duration::from_secs(1)), 3);
-        assert_eq!(limits.used_in_minute(t0 + MINUTE + Duration::from_millis(15)), 1);
+        assert_eq!(limits.used_in_minute(t0 + MINUTE + Duration::from_millis(150)), 1);
+        // Once the oldest has left, the next grant pushes nothing out and fills the log again.
+        limits.record(earliest);
+        assert!(within_a_slice(limits.earliest(earliest), t0 + MINUTE + Duration::from_millis(100)));
     }
 
     #[test]
@@ -205,16 +264,34 @@ mod tests {
         // A larger minute keeps all four; the fifth fits, the sixth waits for the first.
         limits.resize(Some(10), Some(5));
         limits.record(t0 + Duration::from_millis(800));
-        assert_eq!(limits.earliest(t0 + Duration::from_secs(1)), t0 + MINUTE);
+        assert!(within_a_slice(limits.earliest(t0 + Duration::from_secs(1)), t0 + MINUTE));
         // A smaller one keeps the newest, as many as it holds: already full.
         limits.resize(Some(10), Some(2));
         assert_eq!(limits.used_in_minute(t0 + Duration::from_secs(1)), 2);
-        assert_eq!(limits.earliest(t0 + Duration::from_secs(1)), t0 + Duration::from_millis(600) + MINUTE);
+        let earliest = limits.earliest(t0 + Duration::from_secs(1));
+        assert!(within_a_slice(earliest, t0 + Duration::from_millis(600) + MINUTE));
         // The pacing's next free instant follows the new interval from the last grant.
         let mut paced = Limits::new(Some(1), None);
         paced.record(t0);
         paced.resize(Some(2), None);
         assert_eq!(paced.earliest(t0), t0 + SECOND / 2);
+    }
+
+    #[test]
+    fn the_minute_log_holds_slices_not_grants() {
+        // A quota far above the load (as `bench/compare.sh` sets) keeps a window of slices:
+        // 100,000 grants over 61 s take at most one entry per 10 ms slice.
+        let mut limits = Limits::new(None, Some(30_000_000));
+        let t0 = Instant::now();
+        for i in 0..100_000u64 {
+            limits.record(t0 + Duration::from_micros(i * 610));
+        }
+        let log = limits.minute.as_ref().expect("a minute quota");
+        assert!(log.slices.len() <= (MINUTE.as_millis() as usize) / SLICE_MS as usize + 2, "{}", log.slices.len());
+        assert_eq!(limits.used_in_minute(t0 + Duration::from_secs(61)), 100_000);
+        // Two windows later only the newest grants' slices are left.
+        limits.record(t0 + 3 * MINUTE);
+        assert_eq!(limits.minute.as_ref().map(|log| log.slices.len()), Some(1));
     }
 
     #[test]
