@@ -175,28 +175,24 @@ impl Service<GatewayRequest> for Upstream {
                     parts.extensions.insert(UpstreamTiming(elapsed));
                     GatewayResponse::from_parts(parts, GatewayBody::upstream(body))
                 }
-                Err(SendError::TimedOut) => {
-                    metrics.record_upstream_error(UpstreamErrorKind::Timeout);
+                Err(e) => {
                     // Looked up only for a failure: the request's head went to awork with its id.
                     let request_id = RequestId::in_headers(&parts.headers);
                     let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
-                    tracing::warn!(
-                        request_id,
-                        timeout_ms = timeout.as_millis() as u64,
-                        "upstream did not answer in time"
-                    );
-                    let mut failed = GatewayError::UpstreamTimeout { after: timeout }.to_response(request_id);
-                    failed.extensions_mut().insert(UpstreamFailure(UpstreamErrorKind::Timeout));
-                    failed
-                }
-                Err(e) => {
-                    let kind = classify(&e);
+                    let (kind, failure) = match e {
+                        SendError::TimedOut => {
+                            let timeout_ms = timeout.as_millis() as u64;
+                            tracing::warn!(request_id, timeout_ms, "upstream did not answer in time");
+                            (UpstreamErrorKind::Timeout, GatewayError::UpstreamTimeout { after: timeout })
+                        }
+                        e => {
+                            let (kind, detail) = (classify(&e), error_chain(&e));
+                            tracing::warn!(request_id, kind = kind.as_str(), error = %detail, "upstream request failed");
+                            (kind, GatewayError::UpstreamUnavailable { kind, detail })
+                        }
+                    };
                     metrics.record_upstream_error(kind);
-                    let detail = error_chain(&e);
-                    let request_id = RequestId::in_headers(&parts.headers);
-                    let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
-                    tracing::warn!(request_id, kind = kind.as_str(), error = %detail, "upstream request failed");
-                    let mut failed = GatewayError::UpstreamUnavailable { kind, detail }.to_response(request_id);
+                    let mut failed = failure.to_response(request_id);
                     failed.extensions_mut().insert(UpstreamFailure(kind));
                     failed
                 }

@@ -78,9 +78,9 @@ impl Limits {
             (_, _, None) => None,
         };
         self.interval = resized.interval;
-        self.minute = match (self.minute.take(), per_minute.filter(|n| *n > 0)) {
-            (Some(old), Some(capacity)) => Some(old.keeping(capacity)),
-            (None, _) | (_, None) => resized.minute,
+        self.minute = match (self.minute.take(), resized.minute) {
+            (Some(old), Some(new)) => Some(old.keeping(new.capacity)),
+            (_, new) => new,
         };
     }
 
