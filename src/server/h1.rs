@@ -21,7 +21,7 @@
 //!
 //! HTTP/2 stays with hyper (`super::serve_http2`).
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -71,7 +71,10 @@ pub(super) struct Connection<IO> {
     /// The stack of the generation the last request went to, by its id: a clone per request
     /// would increment and decrement every layer's `Arc`s.
     stack: Option<(u64, Box<Stack>)>,
-    shutdown: watch::Receiver<bool>,
+    /// Resolves once the gateway is shutting down: made once per connection, so that a wait
+    /// for a head registers with it only when the task to wake changes.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    shutting_down: bool,
     /// Bounds the wait for a head: set to pass `idle_timeout` after a wait began, checked and
     /// moved on only when it passes.
     timer: Option<Pin<Box<Sleep>>>,
@@ -115,21 +118,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             peer,
             current,
             stack: None,
-            shutdown,
+            shutdown: Box::pin(async move {
+                let mut shutdown = shutdown;
+                // A sender gone is a gateway gone.
+                while !*shutdown.borrow_and_update() && shutdown.changed().await.is_ok() {}
+            }),
+            shutting_down: false,
             timer: None,
         }
     }
 
     /// Serves requests until the connection is to close.
     pub(super) async fn serve(mut self) {
+        // The wait for a head is bounded by the settings of the generation that served the last
+        // request; the request is served by the generation in effect when its head has come.
+        let mut generation = self.current.load_full();
         loop {
-            let (idle, max_head) = {
-                let server = &self.current.load().gateway.config.server;
-                (server.idle_timeout, server.max_header_bytes)
-            };
+            let server = &generation.gateway.config.server;
+            let (idle, max_head) = (server.idle_timeout, server.max_header_bytes);
             let next = self.next_head(idle, max_head).await;
-            // The request is served by the generation in effect when its head has come.
-            let generation = self.current.load_full();
+            generation = self.current.load_full();
             let max_headers = generation.gateway.config.server.max_headers;
             let end = match next {
                 Next::Head(end) => end,
@@ -154,17 +162,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 },
             };
             if !self.exchange(head, &generation).await {
+                // TLS callers get their close_notify.
+                let _ = poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
                 return;
             }
+            if self.buf.is_empty() && self.buf.capacity() > 2 * FIRST_READ {
+                // A request body grew the buffer: an idle connection does not keep it.
+                self.buf = BytesMut::new();
+            }
+            self.read_size = FIRST_READ;
         }
     }
 
     /// Waits for the next request head to be whole in the buffer.
     async fn next_head(&mut self, idle: Duration, max_head: usize) -> Next {
         let mut waiting_since = None;
-        let mut shutdown = self.shutdown.clone();
-        let shut = shutdown.changed();
-        tokio::pin!(shut);
         poll_fn(|cx| {
             loop {
                 // Empty lines before a request line are allowed (RFC 9112 2.2).
@@ -179,7 +191,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 if self.buf.len() > max_head {
                     return Poll::Ready(Next::TooLarge);
                 }
-                if self.buf.is_empty() && *self.shutdown.borrow() {
+                if self.buf.is_empty() && self.shutting_down {
                     return Poll::Ready(Next::Close);
                 }
                 match self.poll_fill(cx) {
@@ -187,7 +199,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     Poll::Ready(Ok(_)) => continue,
                     Poll::Pending => {}
                 }
-                if self.buf.is_empty() && shut.as_mut().poll(cx).is_ready() {
+                if self.buf.is_empty() && self.poll_shutting_down(cx) {
                     return Poll::Ready(Next::Close);
                 }
                 let since = *waiting_since.get_or_insert_with(Instant::now);
@@ -199,6 +211,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             }
         })
         .await
+    }
+
+    /// Whether the gateway is shutting down; `cx`'s task is woken when it starts to.
+    fn poll_shutting_down(&mut self, cx: &mut Context<'_>) -> bool {
+        self.shutting_down = self.shutting_down || self.shutdown.as_mut().poll(cx).is_ready();
+        self.shutting_down
     }
 
     /// Whether `deadline` has passed. The connection's one timer is polled once per wait (which
@@ -244,7 +262,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     }
                     Poll::Pending => {}
                 }
-            } else if self.buf.len() <= max_head {
+            }
+            let polled = answering.as_mut().poll(cx);
+            if polled.is_pending() && body.is_none() && self.buf.len() <= max_head {
                 // A caller that hangs up is not waited on: the request is dropped, and with it
                 // its place in the quota queue. What a caller pipelines meanwhile is kept. The
                 // read costs no syscall while nothing arrived.
@@ -254,7 +274,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     Poll::Pending => {}
                 }
             }
-            answering.as_mut().poll(cx).map(Some)
+            polled.map(Some)
         })
         .await;
         let Some(answer) = answer else {
@@ -267,7 +287,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             pipe.close();
             keep_alive = false;
         }
-        keep_alive &= !*self.shutdown.borrow();
+        keep_alive &= !self.poll_shutting_down(&mut Context::from_waker(Waker::noop()));
         let idle = generation.gateway.config.upstream.body_idle_timeout;
         let (parts, answer) = answer.into_parts();
         let request_id = RequestId::in_headers(&parts.headers);
