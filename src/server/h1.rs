@@ -182,6 +182,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 // Empty lines before a request line are allowed (RFC 9112 2.2).
                 while self.buf.starts_with(b"\r\n") {
                     let _ = self.buf.split_to(2);
+                    self.scan = 0;
                 }
                 match smuggling::find_head_end(&self.buf, self.scan) {
                     Ok(end) if end > max_head => return Poll::Ready(Next::TooLarge),
@@ -480,9 +481,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     async fn answer_alone(&mut self, answer: Response<crate::body::GatewayBody>, generation: &Generation) {
         let idle = generation.gateway.config.upstream.body_idle_timeout;
         let answer = answer.map(|body| ResponseBody::new(Either::Right(body), idle, None));
-        if !self.write_answer(answer, false, false, false).await {
-            self.linger().await;
-        }
+        self.write_answer(answer, false, false, false).await;
+        self.linger().await;
     }
 
     /// Closes the connection after a refusal without losing the answer: unread bytes at close
