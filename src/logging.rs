@@ -214,7 +214,9 @@ fn date_time(secs: u64) -> [u8; 20] {
 
 /// Milliseconds to the nearest microsecond (`47.814`), as `{:.3}` writes them, in integers.
 fn millis(out: &mut Vec<u8>, duration: Duration) {
-    let micros = u64::try_from((duration.as_nanos() + 500) / 1000).unwrap_or(u64::MAX);
+    // In u64: a u128 division is a library call.
+    let micros =
+        duration.as_secs().saturating_mul(1_000_000).saturating_add(u64::from((duration.subsec_nanos() + 500) / 1000));
     decimal(out, micros / 1000, 1);
     out.push(b'.');
     decimal(out, micros % 1000, 3);
@@ -320,7 +322,7 @@ mod tests {
 
     #[test]
     fn durations_are_written_as_format_writes_them_to_three_decimals() {
-        for nanos in [0, 400, 600, 1_500_000, 9_999_900, 47_814_100, 1_234_567_800, 86_400_000_250_000] {
+        for nanos in [0, 400, 600, 1_500_000, 9_999_900, 999_999_600, 47_814_100, 1_234_567_800, 86_400_000_250_000] {
             let duration = Duration::from_nanos(nanos);
             let mut out = Vec::new();
             millis(&mut out, duration);

@@ -433,7 +433,9 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, head_only: bool) -> Res
             (name, name + parsed.name.len(), value, value + parsed.value.len())
         }));
         let head = buf.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
+        // Room for the two the gateway adds (the request id, the quota wait), so that the map
+        // is not grown and rehashed on the way.
+        let mut headers = HeaderMap::with_capacity(spans.len() + 2);
         let mut framing = if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
         } else {

@@ -54,6 +54,8 @@ use crate::{Stack, upstream};
 /// `MAX_READ`, as awork's answers are read (`pool::h1`).
 const FIRST_READ: usize = 8 * 1024;
 const MAX_READ: usize = 512 * 1024;
+/// The most headers the layers add to a request.
+const ADDED_HEADERS: usize = 4;
 /// How long, and how much, a refused caller is read from before its connection closes.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1024 * 1024;
@@ -623,7 +625,9 @@ fn parse(
     *request.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
     let (mut keep_alive, mut continue_expected) = (!http10, false);
     let headers = request.headers_mut();
-    headers.reserve(parsed.headers.len());
+    // Room for what the layers add (the request id, the credential, awork's Host), so that the
+    // map is not grown and rehashed on the way (bench/profile.sh: ~1,000 instructions).
+    headers.reserve(parsed.headers.len() + ADDED_HEADERS);
     for parsed in parsed.headers.iter() {
         let name = HeaderName::from_bytes(parsed.name.as_bytes()).map_err(|_| bad("header name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice_ref(parsed.value)).map_err(|_| bad("header value"))?;
