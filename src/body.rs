@@ -22,6 +22,7 @@ use tower::BoxError;
 
 use crate::error::GatewayError;
 use crate::pool::Answer;
+use crate::server::RequestStream;
 
 pin_project! {
     /// A request body on its way to awork: streamed from the caller, held in memory (made by
@@ -60,7 +61,7 @@ pub struct BodyLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("the request body could not be read: {0}")]
-    Read(#[from] hyper::Error),
+    Read(BoxError),
     #[error("the request body is larger than {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("the caller sent no request body data for {} ms", after.as_millis())]
@@ -82,10 +83,55 @@ impl BodyError {
 /// exchange with awork then fails too, but it was not awork's fault.
 pub type BodyFault = Arc<OnceLock<GatewayError>>;
 
-/// A caller's body as hyper delivers it, held to [`BodyLimits`].
+/// A caller's body as the gateway's HTTP/1 server or hyper's HTTP/2 one reads it.
+#[derive(Debug)]
+pub enum CallerStream {
+    Http1(RequestStream),
+    Http2(Incoming),
+}
+
+impl From<RequestStream> for CallerStream {
+    fn from(body: RequestStream) -> Self {
+        Self::Http1(body)
+    }
+}
+
+impl From<Incoming> for CallerStream {
+    fn from(body: Incoming) -> Self {
+        Self::Http2(body)
+    }
+}
+
+impl Body for CallerStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Http1(body) => Pin::new(body).poll_frame(cx),
+            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Http1(body) => body.is_end_stream(),
+            Self::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Http1(body) => body.size_hint(),
+            Self::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A caller's body held to [`BodyLimits`].
 #[derive(Debug)]
 pub struct CallerBody {
-    body: Incoming,
+    body: CallerStream,
     limits: BodyLimits,
     read: u64,
     /// Armed when the body last returned `Pending`; disarmed by the next frame.
@@ -96,7 +142,7 @@ pub struct CallerBody {
 }
 
 impl CallerBody {
-    fn new(body: Incoming, limits: BodyLimits) -> Self {
+    fn new(body: CallerStream, limits: BodyLimits) -> Self {
         // Most requests have no body: they need no fault cell.
         let fault = (!body.is_end_stream()).then(BodyFault::default);
         Self { body, limits, read: 0, stall: None, waiting: false, fault, failed: false }
@@ -175,7 +221,8 @@ impl RequestBody {
     }
 
     /// A caller's body, held to `limits`; none at all when the caller sent none.
-    pub fn caller(body: Incoming, limits: BodyLimits) -> Self {
+    pub fn caller(body: impl Into<CallerStream>, limits: BodyLimits) -> Self {
+        let body = body.into();
         if body.is_end_stream() {
             return Self::empty();
         }

@@ -35,6 +35,8 @@ pub enum GatewayError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    HeadTooLarge(String),
+    #[error("{0}")]
     Unauthenticated(String),
     #[error("client {client:?} may not {method} {path}")]
     Forbidden { client: String, method: String, path: String },
@@ -59,6 +61,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -74,6 +77,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "gateway-bad-request",
+            Self::HeadTooLarge(_) => "gateway-head-too-large",
             Self::Unauthenticated(_) => "gateway-unauthenticated",
             Self::Forbidden { .. } => "gateway-forbidden",
             Self::BodyTooLarge { .. } => "gateway-body-too-large",

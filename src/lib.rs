@@ -12,6 +12,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod form;
+pub mod http1;
 pub mod layers;
 pub mod logging;
 pub mod metrics;

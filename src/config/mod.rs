@@ -20,6 +20,9 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 
 /// Longer durations are refused: the gateway adds them to the clock (a queue deadline, a
 /// session's expiry), which overflows long before humantime's largest value does.
+/// The most headers `server.max_headers` may allow: the HTTP/1 parser's slots are an array on
+/// the stack.
+pub const MAX_HEADERS: usize = 1024;
 const LONGEST_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A validated configuration.
@@ -554,6 +557,10 @@ impl<'a> Validator<'a> {
         if max_body_bytes == Some(0) {
             self.issue("server.max_body_bytes", "must be at least 1 (leave it out for no limit)");
         }
+        let max_headers = self.positive("server.max_headers", raw.max_headers, 100);
+        if max_headers > MAX_HEADERS {
+            self.issue("server.max_headers", format!("must be at most {MAX_HEADERS}"));
+        }
         Some(ServerConfig {
             listen: listen?,
             admin_listen: admin_listen?,
@@ -562,7 +569,7 @@ impl<'a> Validator<'a> {
             idle_timeout: self.duration("server.idle_timeout", raw.idle_timeout, Duration::from_secs(30)),
             max_connections: self.positive("server.max_connections", raw.max_connections, 20_000),
             max_header_bytes,
-            max_headers: self.positive("server.max_headers", raw.max_headers, 100),
+            max_headers,
             max_body_bytes,
         })
     }

@@ -35,6 +35,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::Pool;
 use crate::body::RequestBody;
+use crate::http1::{DecodeError, Decoder, Source, decimal};
 use crate::upstream::{HOP_BY_HOP, listed};
 
 /// A connection to awork as the connector makes it (TCP, or TLS over TCP), with tokio's I/O traits.
@@ -51,8 +52,6 @@ const MAX_HEAD: usize = 64 * 1024;
 /// a slow caller may hold.
 const FIRST_READ: usize = 8 * 1024;
 const MAX_READ: usize = 512 * 1024;
-/// The longest chunk-size or trailer line of a chunked answer.
-const MAX_LINE: usize = 4096;
 
 /// Why an exchange with awork failed. The connection it happened on is closed.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +191,26 @@ impl Connection {
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Err(out.failed.take().unwrap_or(Error::Io(e)))),
             }
+        }
+    }
+}
+
+impl Source for Connection {
+    fn buffered(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        Connection::poll_fill(self, cx)
+    }
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Io(e) => Error::Io(e),
+            DecodeError::Malformed(what) => Error::Malformed(what),
+            DecodeError::Closed => cut_short("awork closed the connection before the end of its answer"),
         }
     }
 }
@@ -475,13 +494,6 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, head_only: bool) -> Res
     }
 }
 
-fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
 fn last_coding_is_chunked(value: &[u8]) -> bool {
     value.rsplit(|b| *b == b',').next().is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
@@ -505,20 +517,6 @@ enum State {
     /// (hyper buffers a head and data until the body waits) reaches the caller first.
     Broken(Option<Error>),
     Ended,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Decoder {
-    Length(u64),
-    UntilClose,
-    /// Before a chunk-size line.
-    ChunkSize,
-    ChunkData(u64),
-    /// Before the CRLF that ends a chunk's data.
-    ChunkEnd,
-    /// After the last chunk: trailer lines up to an empty one.
-    Trailers,
-    Done,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -577,7 +575,7 @@ impl Body for ResponseBody {
             State::Ended => return Poll::Ready(None),
             State::Reading { conn, decoder, .. } => (conn, decoder),
         };
-        match ready!(decoder.poll_data(conn, cx)) {
+        match ready!(decoder.poll_data(&mut **conn, cx)).map_err(Error::from) {
             Ok(Some(data)) => {
                 if matches!(decoder, Decoder::Done | Decoder::Length(0)) {
                     this.end();
@@ -615,87 +613,6 @@ impl Body for ResponseBody {
             State::Reading { .. } => SizeHint::default(),
         }
     }
-}
-
-impl Decoder {
-    /// The next piece of the body: `None` at its end.
-    fn poll_data(&mut self, conn: &mut Connection, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, Error>> {
-        loop {
-            let buf = &mut conn.buf;
-            match *self {
-                Decoder::Done | Decoder::Length(0) => return Poll::Ready(Ok(None)),
-                Decoder::Length(left) | Decoder::ChunkData(left) if !buf.is_empty() => {
-                    let taken = left.min(buf.len() as u64);
-                    let data = buf.split_to(taken as usize).freeze();
-                    *self = match *self {
-                        Decoder::ChunkData(_) if taken == left => Decoder::ChunkEnd,
-                        Decoder::ChunkData(_) => Decoder::ChunkData(left - taken),
-                        _ => Decoder::Length(left - taken),
-                    };
-                    return Poll::Ready(Ok(Some(data)));
-                }
-                Decoder::UntilClose if !buf.is_empty() => return Poll::Ready(Ok(Some(buf.split().freeze()))),
-                Decoder::ChunkSize => {
-                    if let Some(line) = take_line(buf)? {
-                        let size = chunk_size(&line)?;
-                        *self = if size == 0 { Decoder::Trailers } else { Decoder::ChunkData(size) };
-                        continue;
-                    }
-                }
-                Decoder::ChunkEnd if buf.len() >= 2 => {
-                    if &buf[..2] != b"\r\n" {
-                        return Poll::Ready(Err(Error::Malformed("a chunk longer than its size")));
-                    }
-                    buf.advance(2);
-                    *self = Decoder::ChunkSize;
-                    continue;
-                }
-                Decoder::Trailers => {
-                    if let Some(line) = take_line(buf)? {
-                        if line.is_empty() {
-                            *self = Decoder::Done;
-                        }
-                        continue;
-                    }
-                }
-                Decoder::Length(_) | Decoder::ChunkData(_) | Decoder::ChunkEnd | Decoder::UntilClose => {}
-            }
-            if ready!(conn.poll_fill(cx))? == 0 {
-                return Poll::Ready(match self {
-                    Decoder::UntilClose => {
-                        *self = Decoder::Done;
-                        Ok(None)
-                    }
-                    _ => Err(cut_short("awork closed the connection before the end of its answer")),
-                });
-            }
-        }
-    }
-}
-
-/// The next CRLF-ended line of `buf`, without its CRLF; `None` until it is all there.
-fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-    match memchr::memchr(b'\n', buf) {
-        Some(end) if end > 0 && buf[end - 1] == b'\r' => {
-            let line = buf.split_to(end + 1).freeze();
-            Ok(Some(line.slice(..end - 1)))
-        }
-        Some(_) => Err(Error::Malformed("a line of the chunked body not ended by CRLF")),
-        None if buf.len() > MAX_LINE => Err(Error::Malformed("a chunk-size or trailer line too long")),
-        None => Ok(None),
-    }
-}
-
-/// The size on a chunk-size line (hex digits, then optional `;extensions`).
-fn chunk_size(line: &[u8]) -> Result<u64, Error> {
-    let digits = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii_end();
-    if digits.is_empty() || digits.len() > 15 {
-        return Err(Error::Malformed("a chunk size"));
-    }
-    digits.iter().try_fold(0u64, |size, digit| {
-        let value = (*digit as char).to_digit(16).ok_or(Error::Malformed("a chunk size"))?;
-        Ok(size * 16 + u64::from(value))
-    })
 }
 
 #[cfg(test)]
@@ -771,25 +688,6 @@ mod tests {
         let mut long = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX: "[..]);
         long.extend_from_slice(&vec![b'a'; MAX_HEAD]);
         assert!(matches!(parse_head(&mut long, &mut Vec::new(), false), Err(Error::HeadTooLong)));
-    }
-
-    #[test]
-    fn chunk_sizes_are_hex_with_optional_extensions_and_bounded() {
-        assert_eq!(chunk_size(b"1a").ok(), Some(26));
-        assert_eq!(chunk_size(b"FF;name=value").ok(), Some(255));
-        assert_eq!(chunk_size(b"0").ok(), Some(0));
-        assert!(chunk_size(b"").is_err());
-        assert!(chunk_size(b"xyz").is_err());
-        assert!(chunk_size(b"1000000000000000").is_err());
-    }
-
-    #[test]
-    fn lines_must_end_with_crlf_and_be_short() {
-        let mut buf = BytesMut::from(&b"5\r\nhello"[..]);
-        assert_eq!(take_line(&mut buf).expect("line").as_deref(), Some(&b"5"[..]));
-        assert_eq!(&buf[..], b"hello");
-        assert!(take_line(&mut BytesMut::from(&b"5\nhello"[..])).is_err());
-        assert!(take_line(&mut BytesMut::from(&vec![b'1'; MAX_LINE + 1][..])).is_err());
     }
 
     #[test]

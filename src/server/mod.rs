@@ -1,6 +1,7 @@
-//! Listeners and lifecycle: the main listener serves the gateway stack over HTTP/1.1 and
-//! HTTP/2 (h2c, or TLS with ALPN and optionally client certificates), the admin listener
-//! serves health, readiness, metrics and status.
+//! Listeners and lifecycle: the main listener serves the gateway stack over HTTP/1.1 (the
+//! gateway's own server, `h1`) and HTTP/2 (hyper's, `h2`: prior knowledge, or TLS with ALPN),
+//! with TLS optionally requiring client certificates; the admin listener serves health,
+//! readiness, metrics and status.
 //!
 //! Every request is served by the gateway generation in effect when it arrives; a reload
 //! (`Running::swap`) replaces the generation whole, so requests already in flight finish on
@@ -8,13 +9,14 @@
 //!
 //! Shutdown stops accepting, lets in-flight requests finish within `drain_timeout`, and
 //! returns. A connection limit bounds memory: past it, new connections wait in the backlog.
-//! Every main-listener connection reads through the request-smuggling guard
-//! (`crate::smuggling`); a head it refuses is answered 400 here, before the stack. An answer's
-//! body that awork stops sending for `upstream.body_idle_timeout` is cut here, so a stalled
-//! awork holds no caller forever.
+//! An answer's body that awork stops sending for `upstream.body_idle_timeout` is cut here, so a
+//! stalled awork holds no caller forever.
 
-use std::cell::RefCell;
-use std::convert::Infallible;
+mod h1;
+mod h2;
+
+pub use h1::RequestStream;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,30 +29,30 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use http::{HeaderValue, Request, Response, header};
+use bytes::BytesMut;
+use http::{HeaderValue, Response, header};
 use http_body_util::Either;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
-use crate::body::{BodyLimits, GatewayBody, RequestBody};
+use crate::body::{BodyLimits, GatewayBody};
 use crate::config::TlsConfig;
 use crate::credentials::Credential;
 use crate::error::GatewayError;
+use crate::layers::GatewayRequest;
 use crate::layers::access_log::AccessLogBody;
 use crate::layers::request_id::RequestId;
-use crate::layers::{GatewayRequest, PeerAddr};
-use crate::smuggling::{Guarded, Ledger};
-use crate::{Gateway, Stack, admin, upstream};
+use crate::smuggling::PREFACE;
+use crate::{Gateway, Stack, admin};
 
 /// Why the gateway could not start serving.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +83,8 @@ pub(crate) struct Generation {
     id: u64,
     stack: Stack,
     tls: Option<TlsAcceptor>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// hyper's, for HTTP/2 connections.
+    http2: Arc<auto::Builder<TokioExecutor>>,
     limits: BodyLimits,
 }
 
@@ -98,11 +101,11 @@ impl Generation {
     fn new(gateway: Arc<Gateway>) -> Result<Self, StartError> {
         let server = &gateway.config.server;
         let tls = server.tls.as_ref().map(tls_acceptor).transpose()?;
-        let builder = Arc::new(connection_builder(server));
+        let http2 = Arc::new(connection_builder(server).http2_only());
         let limits = BodyLimits { max_bytes: server.max_body_bytes, stall_timeout: Some(server.idle_timeout) };
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        Ok(Self { id, stack: gateway.service(), tls, builder, limits, gateway })
+        Ok(Self { id, stack: gateway.service(), tls, http2, limits, gateway })
     }
 }
 
@@ -187,18 +190,16 @@ impl Running {
     }
 }
 
-/// The hyper connection builder with the configured limits.
+/// hyper's connection builder with the configured limits: the admin listener's, and the main
+/// listener's for HTTP/2.
 pub(crate) fn connection_builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The wait for a request head is timed by the smuggling guard (`smuggling.rs`), one timer per
-    // connection instead of hyper's timer per request.
-    builder.http1().header_read_timeout(None).max_buf_size(head_buffer(server));
-    // hyper's own limit is the default's; set, even to the same number, it makes hyper fill
-    // its header arrays element by element for every request (bench/profile.sh: 1,700
-    // instructions per request).
-    if server.max_headers != HYPER_MAX_HEADERS {
-        builder.http1().max_headers(server.max_headers);
-    }
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.idle_timeout)
+        .max_buf_size(server.max_header_bytes.max(8192))
+        .max_headers(server.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -208,18 +209,13 @@ pub(crate) fn connection_builder(server: &crate::config::ServerConfig) -> auto::
     builder
 }
 
-/// The number of request headers hyper's HTTP/1 parser takes when not told otherwise.
-const HYPER_MAX_HEADERS: usize = 100;
-
-/// hyper's HTTP/1 read buffer, the longest request head it can parse (at least 8 KiB).
-fn head_buffer(server: &crate::config::ServerConfig) -> usize {
-    server.max_header_bytes.max(8192)
-}
-
 async fn serve_main(listener: TcpListener, current: Arc<ArcSwap<Generation>>, mut shutdown: watch::Receiver<bool>) {
+    // HTTP/2 connections are hyper's and drain through its graceful shutdown; HTTP/1 ones watch
+    // `shutdown` themselves. Each holds a permit of `limit` until it ends.
     let graceful = GracefulShutdown::new();
     // The connection limit is a restart-only key: the first generation's stays.
-    let limit = Arc::new(Semaphore::new(current.load().gateway.config.server.max_connections));
+    let max_connections = current.load().gateway.config.server.max_connections;
+    let limit = Arc::new(Semaphore::new(max_connections));
     loop {
         let permit = tokio::select! {
             _ = shutdown.changed() => break,
@@ -241,56 +237,100 @@ async fn serve_main(listener: TcpListener, current: Arc<ArcSwap<Generation>>, mu
             },
         };
         let _ = stream.set_nodelay(true);
-        let ledger = Arc::new(Ledger::default());
-        let service =
-            ConnectionService { current: current.clone(), peer, ledger: ledger.clone(), stack: RefCell::new(None) };
-        // A connection's own settings are the generation's it arrived in.
-        let generation = current.load();
-        let server = &generation.gateway.config.server;
-        let (builder, watcher) = (generation.builder.clone(), graceful.watcher());
-        let (max_head, idle_timeout) = (head_buffer(server), server.idle_timeout);
-        match &generation.tls {
-            None => {
-                let stream = Guarded::new(stream, max_head, idle_timeout, ledger, peer);
-                let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                tokio::spawn(finish(connection, peer, permit));
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let handshake_timeout = server.idle_timeout;
-                tokio::spawn(async move {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let stream = Guarded::new(stream, max_head, idle_timeout, ledger, peer);
-                            let connection =
-                                watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                            finish(connection, peer, permit).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        }
+        let accepted =
+            Accepted { peer, current: current.clone(), shutdown: shutdown.clone(), graceful: graceful.watcher() };
+        tokio::spawn(async move {
+            accepted.serve(stream).await;
+            drop(permit);
+        });
     }
     drop(listener);
     let drain = current.load().gateway.config.server.drain_timeout;
     tracing::info!(drain_timeout_ms = drain.as_millis() as u64, "draining in-flight requests");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = limit.acquire_many(all).await;
+    };
+    if tokio::time::timeout(drain, drained).await.is_err() {
         tracing::warn!("drain timeout passed; closing the remaining connections");
     }
 }
 
-/// Runs one connection to its end, then frees its slot.
-async fn finish<F, E>(connection: F, peer: SocketAddr, permit: OwnedSemaphorePermit)
-where
-    F: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    if let Err(e) = connection.await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+/// An accepted connection, before its protocol is known.
+struct Accepted {
+    peer: SocketAddr,
+    current: Arc<ArcSwap<Generation>>,
+    shutdown: watch::Receiver<bool>,
+    graceful: hyper_util::server::graceful::Watcher,
+}
+
+impl Accepted {
+    /// Serves the connection to its end: TLS when configured, then HTTP/2 or HTTP/1.
+    async fn serve(self, stream: TcpStream) {
+        // A connection's own settings are the generation's it arrived in.
+        let generation = self.current.load_full();
+        let idle = generation.gateway.config.server.idle_timeout;
+        let Some(acceptor) = generation.tls.clone() else {
+            return self.sniffed(stream, idle, &generation).await;
+        };
+        let peer = self.peer;
+        match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    self.http2(stream, BytesMut::new(), &generation).await;
+                } else {
+                    self.sniffed(stream, idle, &generation).await;
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
     }
-    drop(permit);
+
+    /// HTTP/2 with prior knowledge starts with its preface, anything else is HTTP/1. The first
+    /// bytes are waited for at most `idle`.
+    async fn sniffed<IO>(self, mut io: IO, idle: Duration, generation: &Generation)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut shutdown = self.shutdown.clone();
+        let read = async {
+            loop {
+                let n = buf.len().min(PREFACE.len());
+                if !buf.is_empty() && buf[..n] != PREFACE[..n] {
+                    return Some(false);
+                }
+                if n == PREFACE.len() {
+                    return Some(true);
+                }
+                match io.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let http2 = tokio::select! {
+            http2 = tokio::time::timeout(idle, read) => http2.ok().flatten(),
+            _ = shutdown.changed() => None,
+        };
+        match http2 {
+            Some(true) => self.http2(io, buf, generation).await,
+            Some(false) => h1::Connection::new(io, buf, self.peer, self.current, self.shutdown).serve().await,
+            None => tracing::debug!(peer = %self.peer, "connection closed before its first request"),
+        }
+    }
+
+    async fn http2<IO>(self, io: IO, read: BytesMut, generation: &Generation)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let connection = h2::serve(io, read, self.peer, self.current, generation.http2.clone());
+        if let Err(e) = self.graceful.watch(connection).await {
+            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+        }
+    }
 }
 
 /// The TLS server config: certificate chain and key, ALPN h2 and http/1.1, and with
@@ -329,107 +369,39 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Per connection: answers the stand-in of a head the smuggling guard refused, marks the
-/// caller's secrets sensitive, drops hop-by-hop headers, tags requests with the peer address,
-/// holds request bodies to the limits, and hands requests to the stack of the generation in
-/// effect.
-struct ConnectionService {
-    current: Arc<ArcSwap<Generation>>,
-    peer: SocketAddr,
-    ledger: Arc<Ledger>,
-    /// The stack of the generation the connection's last request went to, by its id, called
-    /// where it is: a clone per request increments and decrements every layer's `Arc`s.
-    /// Boxed: inline, its 200 bytes would move the connection's task (8 KB) into mimalloc's
-    /// next size class, 1 KB more per open connection.
-    stack: RefCell<Option<(u64, Box<Stack>)>>,
-}
-
-impl std::fmt::Debug for ConnectionService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionService").field("peer", &self.peer).finish_non_exhaustive()
-    }
-}
-
-impl hyper::service::Service<Request<Incoming>> for ConnectionService {
-    type Response = Response<ResponseBody>;
-    type Error = Infallible;
-    type Future = Answering;
-
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let generation = self.current.load();
-        let idle = generation.gateway.config.upstream.body_idle_timeout;
-        let ledger = self.ledger.clone();
-        if let Some(reason) = self.ledger.next_request() {
-            let answer = refused(reason).map(|body| ResponseBody::new(Either::Right(body), idle, None, ledger));
-            return Answering { from: Source::Refusal { answer: Some(answer) }, idle, ledger: None };
-        }
-        mark_secrets(req.headers_mut());
-        upstream::strip_hop_by_hop(req.headers_mut());
-        req.extensions_mut().insert(PeerAddr(self.peer));
-        let limits = generation.limits;
-        let req = req.map(|body| RequestBody::caller(body, limits));
-        let mut kept = self.stack.borrow_mut();
-        let stack = match &mut *kept {
-            Some((id, stack)) if *id == generation.id => stack,
-            slot => &mut slot.insert((generation.id, Box::new(generation.stack.clone()))).1,
-        };
-        // Every layer is ready at once (none holds requests back in `poll_ready`), so the
-        // stack is called in place; were one not, the request would wait on a clone.
-        let stack: &mut Stack = stack;
-        let from = match tower::Service::poll_ready(stack, &mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => Source::Stack { future: tower::Service::call(stack, req) },
-            _ => Source::Waiting { future: Box::pin(stack.clone().oneshot(req)) },
-        };
-        Answering { from, idle, ledger: Some(ledger) }
-    }
-}
-
 type StackFuture = <Stack as tower::Service<GatewayRequest>>::Future;
 
-pin_project_lite::pin_project! {
-    /// One request's answer on its way to hyper, its body wrapped in `ResponseBody`. A named
-    /// future rather than a boxed one: the stack's future goes to hyper as it is, without an
-    /// allocation and a copy of it per request.
-    struct Answering {
-        #[pin]
-        from: Source,
-        idle: Duration,
-        // Taken when the answer is made.
-        ledger: Option<Arc<Ledger>>,
+/// Calls `stack` in place: every layer is ready at once (none holds requests back in
+/// `poll_ready`), so a clone per request is not needed; were one not ready, the request waits
+/// on a clone.
+fn call(stack: &mut Stack, req: GatewayRequest) -> Calling {
+    match tower::Service::poll_ready(stack, &mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(())) => Calling::Stack { future: tower::Service::call(stack, req) },
+        _ => Calling::Waiting { future: Box::pin(tower::ServiceExt::oneshot(stack.clone(), req)) },
     }
 }
 
 pin_project_lite::pin_project! {
-    #[project = SourceProj]
-    enum Source {
-        /// The 400 of a refused head, made at once.
-        Refusal { answer: Option<Response<ResponseBody>> },
-        /// The stack, called in place.
+    /// The stack's answer to one request. A named future rather than a boxed one: the stack's
+    /// future is polled as it is, without an allocation and a copy of it per request.
+    #[project = CallingProj]
+    enum Calling {
         Stack { #[pin] future: StackFuture },
-        /// The stack, once ready (rare: no layer holds requests back).
+        /// Once the stack is ready (rare: no layer holds requests back).
         Waiting { future: Pin<Box<tower::util::Oneshot<Stack, GatewayRequest>>> },
     }
 }
 
-impl Future for Answering {
-    type Output = Result<Response<ResponseBody>, Infallible>;
+impl Future for Calling {
+    type Output = Response<AccessLogBody>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let answer = match this.from.project() {
-            SourceProj::Refusal { answer } => {
-                return answer.take().map_or(Poll::Pending, |answer| Poll::Ready(Ok(answer)));
-            }
-            SourceProj::Stack { future } => std::task::ready!(future.poll(cx))?,
-            SourceProj::Waiting { future } => std::task::ready!(future.as_mut().poll(cx))?,
+        let answer = match self.project() {
+            CallingProj::Stack { future } => std::task::ready!(future.poll(cx)),
+            CallingProj::Waiting { future } => std::task::ready!(future.as_mut().poll(cx)),
         };
-        let Some(ledger) = this.ledger.take() else { return Poll::Pending };
-        let (parts, body) = answer.into_parts();
-        let request_id = RequestId::in_headers(&parts.headers);
-        Poll::Ready(Ok(Response::from_parts(
-            parts,
-            ResponseBody::new(Either::Left(body), *this.idle, request_id, ledger),
-        )))
+        let Ok(answer) = answer;
+        Poll::Ready(answer)
     }
 }
 
@@ -454,14 +426,6 @@ struct ResponseBody {
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
     request_id: Option<RequestId>,
-    /// Told when the answer is done (this body dropped: sent, or given up with the connection).
-    ledger: Arc<Ledger>,
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        self.ledger.answered();
-    }
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -471,13 +435,8 @@ impl std::fmt::Debug for ResponseBody {
 }
 
 impl ResponseBody {
-    fn new(
-        inner: Either<AccessLogBody, GatewayBody>,
-        idle: Duration,
-        request_id: Option<RequestId>,
-        ledger: Arc<Ledger>,
-    ) -> Self {
-        Self { inner, idle, stall: None, waiting: false, request_id, ledger }
+    fn new(inner: Either<AccessLogBody, GatewayBody>, idle: Duration, request_id: Option<RequestId>) -> Self {
+        Self { inner, idle, stall: None, waiting: false, request_id }
     }
 }
 
@@ -530,7 +489,7 @@ impl Body for ResponseBody {
     }
 }
 
-/// The 400 for a request head the smuggling guard refused; the connection closes after it.
+/// The 400 for a request head the smuggling rules refuse; the connection closes after it.
 fn refused(reason: &str) -> Response<GatewayBody> {
     let request_id = format!("{:032x}", rand::random::<u128>());
     let mut response = GatewayError::BadRequest(format!("request refused: {reason}")).to_response(&request_id);

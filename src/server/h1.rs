@@ -1,0 +1,771 @@
+//! HTTP/1.1 to callers, spoken by the connection's own task.
+//!
+//! hyper's server connection polls its dispatcher, which polls the request's whole chain of
+//! layer futures, parses every head a second time after the smuggling guard, and keeps its own
+//! buffers and timers: ~11,000 of the gateway's ~45,000 instructions per request
+//! (`bench/profile.sh`, `bench/README.md`). Here the task reads a head, judges it
+//! (`crate::smuggling`), parses it once with its header values slices of the read buffer, calls
+//! the stack in place, and writes the answer's head and its first piece of body in one `writev`.
+//!
+//! - Requests are served in order, one at a time; pipelined ones wait in the read buffer.
+//! - A request body is read from the connection only while the stack wants it (which is when
+//!   `Expect: 100-continue` is answered), one piece at a time, into a [`RequestStream`].
+//! - An answer is framed by its body's exact length, or chunked when that is not known (an
+//!   HTTP/1.0 caller gets it until the connection closes); HEAD, 1xx, 204 and 304 answers have
+//!   no body.
+//! - The connection closes after an answer when the caller asked for it (`Connection: close`,
+//!   HTTP/1.0), the request body was not read to its end, the gateway is shutting down, or a
+//!   head was refused (400), too large (431) or malformed (400).
+//! - The wait for each head is bounded by `server.idle_timeout`, from the moment the last
+//!   answer was done, by one timer per connection that is moved on only when it passes.
+//!
+//! HTTP/2 stays with hyper (`super::serve_http2`).
+
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice, Write as _};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tower::BoxError;
+
+use super::{Generation, ResponseBody, mark_secrets, refused};
+use crate::body::RequestBody;
+use crate::config::MAX_HEADERS;
+use crate::error::GatewayError;
+use crate::http1::{Decoder, Source};
+use crate::layers::PeerAddr;
+use crate::layers::request_id::RequestId;
+use crate::smuggling::{self, Framing};
+use crate::{Stack, upstream};
+
+/// Reads start at this size and double while they fill the buffer (a request body), up to
+/// `MAX_READ`, as awork's answers are read (`pool::h1`).
+const FIRST_READ: usize = 8 * 1024;
+const MAX_READ: usize = 512 * 1024;
+/// The most headers the layers add to a request.
+const ADDED_HEADERS: usize = 4;
+/// How long, and how much, a refused caller is read from before its connection closes.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// One caller's connection.
+pub(super) struct Connection<IO> {
+    io: IO,
+    buf: BytesMut,
+    read_size: usize,
+    /// Where the search for the end of a head resumes in `buf`.
+    scan: usize,
+    out: Vec<u8>,
+    peer: SocketAddr,
+    current: Arc<ArcSwap<Generation>>,
+    /// The stack of the generation the last request went to, by its id: a clone per request
+    /// would increment and decrement every layer's `Arc`s.
+    stack: Option<(u64, Box<Stack>)>,
+    /// Resolves once the gateway is shutting down: made once per connection, so that a wait
+    /// for a head registers with it only when the task to wake changes.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    shutting_down: bool,
+    /// Bounds the wait for a head: set to pass `idle_timeout` after a wait began, checked and
+    /// moved on only when it passes.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// What ends the wait for a request head.
+enum Next {
+    /// A head of this many bytes is at the start of the buffer.
+    Head(usize),
+    /// A head longer than `server.max_header_bytes`.
+    TooLarge,
+    /// The caller closed, went quiet for `idle_timeout`, or the gateway is shutting down.
+    Close,
+}
+
+/// The parts of a request head the connection itself acts on.
+struct Head {
+    request: Request<RequestBody>,
+    /// How the body is read, when there is one.
+    body: Option<(Decoder, Arc<Pipe>)>,
+    keep_alive: bool,
+    continue_expected: bool,
+    head_only: bool,
+    http10: bool,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
+    pub(super) fn new(
+        io: IO,
+        buf: BytesMut,
+        peer: SocketAddr,
+        current: Arc<ArcSwap<Generation>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            io,
+            buf,
+            read_size: FIRST_READ,
+            scan: 0,
+            out: Vec::with_capacity(512),
+            peer,
+            current,
+            stack: None,
+            shutdown: Box::pin(async move {
+                let mut shutdown = shutdown;
+                // A sender gone is a gateway gone.
+                while !*shutdown.borrow_and_update() && shutdown.changed().await.is_ok() {}
+            }),
+            shutting_down: false,
+            timer: None,
+        }
+    }
+
+    /// Serves requests until the connection is to close.
+    pub(super) async fn serve(mut self) {
+        // The wait for a head is bounded by the settings of the generation that served the last
+        // request; the request is served by the generation in effect when its head has come.
+        let mut generation = self.current.load_full();
+        loop {
+            let server = &generation.gateway.config.server;
+            let (idle, max_head) = (server.idle_timeout, server.max_header_bytes);
+            let next = self.next_head(idle, max_head).await;
+            generation = self.current.load_full();
+            let max_headers = generation.gateway.config.server.max_headers;
+            let end = match next {
+                Next::Head(end) => end,
+                Next::Close => return,
+                Next::TooLarge => {
+                    let error = GatewayError::HeadTooLarge(format!(
+                        "the request head is larger than server.max_header_bytes ({max_head} bytes)"
+                    ));
+                    return self.refuse(error, &generation).await;
+                }
+            };
+            let bytes = self.buf.split_to(end).freeze();
+            self.scan = 0;
+            let head = match smuggling::judge(&bytes) {
+                Err(reason) => {
+                    tracing::warn!(peer = %self.peer, reason, "request refused before parsing: ambiguous framing");
+                    return self.answer_alone(refused(reason), &generation).await;
+                }
+                Ok(framing) => match parse(&bytes, framing, max_headers, self.peer, &generation) {
+                    Ok(head) => head,
+                    Err(error) => return self.refuse(error, &generation).await,
+                },
+            };
+            if !self.exchange(head, &generation).await {
+                // TLS callers get their close_notify.
+                let _ = poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
+                return;
+            }
+            if self.buf.is_empty() && self.buf.capacity() > 2 * FIRST_READ {
+                // A request body grew the buffer: an idle connection does not keep it.
+                self.buf = BytesMut::new();
+            }
+            self.read_size = FIRST_READ;
+        }
+    }
+
+    /// Waits for the next request head to be whole in the buffer.
+    async fn next_head(&mut self, idle: Duration, max_head: usize) -> Next {
+        let mut waiting_since = None;
+        poll_fn(|cx| {
+            loop {
+                // Empty lines before a request line are allowed (RFC 9112 2.2).
+                while self.buf.starts_with(b"\r\n") {
+                    let _ = self.buf.split_to(2);
+                    self.scan = 0;
+                }
+                match smuggling::find_head_end(&self.buf, self.scan) {
+                    Ok(end) if end > max_head => return Poll::Ready(Next::TooLarge),
+                    Ok(end) => return Poll::Ready(Next::Head(end)),
+                    Err(resume) => self.scan = resume,
+                }
+                if self.buf.len() > max_head {
+                    return Poll::Ready(Next::TooLarge);
+                }
+                if self.buf.is_empty() && self.shutting_down {
+                    return Poll::Ready(Next::Close);
+                }
+                match self.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Next::Close),
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Pending => {}
+                }
+                if self.buf.is_empty() && self.poll_shutting_down(cx) {
+                    return Poll::Ready(Next::Close);
+                }
+                let since = *waiting_since.get_or_insert_with(Instant::now);
+                if self.overdue(since + idle, cx) {
+                    tracing::debug!(peer = %self.peer, "no complete request head within the idle timeout; closing");
+                    return Poll::Ready(Next::Close);
+                }
+                return Poll::Pending;
+            }
+        })
+        .await
+    }
+
+    /// Whether the gateway is shutting down; `cx`'s task is woken when it starts to.
+    fn poll_shutting_down(&mut self, cx: &mut Context<'_>) -> bool {
+        self.shutting_down = self.shutting_down || self.shutdown.as_mut().poll(cx).is_ready();
+        self.shutting_down
+    }
+
+    /// Whether `deadline` has passed. The connection's one timer is polled once per wait (which
+    /// tells it the task to wake) and, when it passes, moved on to the deadline of the wait then
+    /// in progress: a deadline is never earlier than the one before, so a request costs no
+    /// timer-wheel work.
+    fn overdue(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
+        let timer = match &mut self.timer {
+            Some(timer) if !timer.is_elapsed() => {
+                let _ = timer.as_mut().poll(cx);
+                return false;
+            }
+            Some(timer) => timer,
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return true;
+            }
+            timer.as_mut().reset(deadline);
+        }
+        false
+    }
+
+    /// Serves one request: calls the stack, feeds it the request body as it asks, writes the
+    /// answer. Whether the connection can take another request.
+    async fn exchange(&mut self, head: Head, generation: &Generation) -> bool {
+        let Head { request, mut body, mut keep_alive, continue_expected, head_only, http10 } = head;
+        let max_head = generation.gateway.config.server.max_header_bytes;
+        let stack = match &mut self.stack {
+            Some((id, stack)) if *id == generation.id => stack,
+            slot => &mut slot.insert((generation.id, Box::new(generation.stack.clone()))).1,
+        };
+        let mut answering = std::pin::pin!(super::call(stack, request));
+        let mut continued = !continue_expected;
+        let answer = poll_fn(|cx| {
+            if let Some((decoder, pipe)) = &mut body {
+                match self.poll_pump(decoder, pipe, &mut continued, cx) {
+                    Poll::Ready(Ok(())) => body = None,
+                    Poll::Ready(Err(())) => {
+                        keep_alive = false;
+                        body = None;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let polled = answering.as_mut().poll(cx);
+            if polled.is_pending() && body.is_none() && self.buf.len() <= max_head {
+                // A caller that hangs up is not waited on: the request is dropped, and with it
+                // its place in the quota queue. What a caller pipelines meanwhile is kept. The
+                // read costs no syscall while nothing arrived.
+                match self.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => cx.waker().wake_by_ref(),
+                    Poll::Pending => {}
+                }
+            }
+            polled.map(Some)
+        })
+        .await;
+        let Some(answer) = answer else {
+            tracing::debug!(peer = %self.peer, "the caller hung up before its answer");
+            return false;
+        };
+        if let Some((_, pipe)) = body.take() {
+            // The stack answered without the whole body: what is left of it is not read, so
+            // where the next request would start is unknown.
+            pipe.close();
+            keep_alive = false;
+        }
+        keep_alive &= !self.poll_shutting_down(&mut Context::from_waker(Waker::noop()));
+        let idle = generation.gateway.config.upstream.body_idle_timeout;
+        let (parts, answer) = answer.into_parts();
+        let request_id = RequestId::in_headers(&parts.headers);
+        let answer = ResponseBody::new(Either::Left(answer), idle, request_id);
+        self.write_answer(Response::from_parts(parts, answer), head_only, http10, keep_alive).await
+    }
+
+    /// Reads the next piece of the request body into `pipe` while the stack wants one. Ready
+    /// when the body is done (`Ok`) or cannot go on (`Err`: the caller broke it off, it is
+    /// malformed, or the stack dropped it unfinished).
+    fn poll_pump(
+        &mut self,
+        decoder: &mut Decoder,
+        pipe: &Pipe,
+        continued: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ()>> {
+        loop {
+            {
+                let mut state = pipe.lock();
+                if state.dropped {
+                    return Poll::Ready(Err(()));
+                }
+                if state.data.is_some() || !state.wanted {
+                    if !state.pump.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        state.pump = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+            }
+            if !*continued {
+                // The caller waits for this before it sends the body.
+                ready!(self.poll_write_all(b"HTTP/1.1 100 Continue\r\n\r\n", cx)).map_err(|_| ())?;
+                *continued = true;
+            }
+            let piece = ready!(decoder.poll_data(self, cx));
+            let mut state = pipe.lock();
+            state.left = decoder.exact();
+            let outcome = match piece {
+                Ok(Some(data)) => {
+                    state.data = Some(data);
+                    None
+                }
+                Ok(None) => {
+                    state.ended = true;
+                    Some(Ok(()))
+                }
+                Err(e) => {
+                    state.error = Some(Box::new(e));
+                    Some(Err(()))
+                }
+            };
+            if let Some(reader) = state.reader.take() {
+                reader.wake();
+            }
+            if let Some(outcome) = outcome {
+                return Poll::Ready(outcome);
+            }
+        }
+    }
+
+    fn poll_write_all(&mut self, mut data: &[u8], cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !data.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, data))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            data = &data[n..];
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Writes `answer`; whether the connection can take another request.
+    async fn write_answer(
+        &mut self,
+        answer: Response<ResponseBody>,
+        head_only: bool,
+        http10: bool,
+        mut keep_alive: bool,
+    ) -> bool {
+        let (parts, mut body) = answer.into_parts();
+        let status = parts.status;
+        let bodiless = head_only
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let length = if bodiless { None } else { body.size_hint().exact() };
+        let chunked = !bodiless && length.is_none() && !http10;
+        keep_alive &= bodiless || length.is_some() || chunked;
+        self.out.clear();
+        encode_head(&mut self.out, &parts, head_only, length, chunked, keep_alive);
+        let mut head_written = false;
+        if !bodiless {
+            loop {
+                let frame = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                    // A streamed answer's head goes out at once, before its body comes.
+                    Poll::Pending if !head_written => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(frame) => Poll::Ready(Some(frame)),
+                })
+                .await;
+                let frame = match frame {
+                    None => {
+                        if self.write_pieces(&[]).await.is_err() {
+                            return false;
+                        }
+                        head_written = true;
+                        self.out.clear();
+                        continue;
+                    }
+                    Some(frame) => frame,
+                };
+                match frame {
+                    Some(Ok(frame)) => {
+                        let Ok(data) = frame.into_data() else { continue };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        let pieces: [&[u8]; 2] = [&data, b"\r\n"];
+                        if chunked {
+                            let _ = write!(self.out, "{:x}\r\n", data.len());
+                        }
+                        if self.write_pieces(&pieces[..if chunked { 2 } else { 1 }]).await.is_err() {
+                            return false;
+                        }
+                        head_written = true;
+                        self.out.clear();
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "answer body broke off; closing the connection");
+                        let _ = self.write_pieces(&[]).await;
+                        return false;
+                    }
+                    None => break,
+                }
+            }
+            if chunked {
+                self.out.extend_from_slice(b"0\r\n\r\n");
+            }
+        }
+        if self.write_pieces(&[]).await.is_err() {
+            return false;
+        }
+        // The answer is done: the access log line is written as the body goes.
+        drop(body);
+        keep_alive
+    }
+
+    /// Writes `out` then `pieces` in as few `writev`s as the socket takes, and flushes.
+    async fn write_pieces(&mut self, pieces: &[&[u8]]) -> io::Result<()> {
+        let mut at = 0;
+        let total = self.out.len() + pieces.iter().map(|p| p.len()).sum::<usize>();
+        poll_fn(|cx| {
+            while at < total {
+                let mut slices = [IoSlice::new(&[]); 3];
+                let mut count = 0;
+                let mut skip = at;
+                for piece in std::iter::once(&self.out[..]).chain(pieces.iter().copied()) {
+                    if skip >= piece.len() {
+                        skip -= piece.len();
+                        continue;
+                    }
+                    slices[count] = IoSlice::new(&piece[skip..]);
+                    skip = 0;
+                    count += 1;
+                }
+                let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                at += n;
+            }
+            Pin::new(&mut self.io).poll_flush(cx)
+        })
+        .await
+    }
+
+    /// Answers `error` and closes.
+    async fn refuse(&mut self, error: GatewayError, generation: &Generation) {
+        let request_id = format!("{:032x}", rand::random::<u128>());
+        tracing::debug!(peer = %self.peer, error = %error, "request head refused");
+        let mut answer = error.to_response(&request_id);
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            answer.headers_mut().insert("x-request-id", id);
+        }
+        self.answer_alone(answer, generation).await;
+    }
+
+    /// Writes an answer the gateway made without a request, then closes.
+    async fn answer_alone(&mut self, answer: Response<crate::body::GatewayBody>, generation: &Generation) {
+        let idle = generation.gateway.config.upstream.body_idle_timeout;
+        let answer = answer.map(|body| ResponseBody::new(Either::Right(body), idle, None));
+        self.write_answer(answer, false, false, false).await;
+        self.linger().await;
+    }
+
+    /// Closes the connection after a refusal without losing the answer: unread bytes at close
+    /// would make the kernel reset the connection, and a reset can overtake the answer. So the
+    /// write side is shut and what the caller still sends is read and dropped, until it closes
+    /// too, for at most a second and 1 MiB.
+    async fn linger(&mut self) {
+        let _ = poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
+        let mut dropped = 0;
+        let drain = async {
+            while dropped < LINGER_BYTES {
+                self.buf.clear();
+                match poll_fn(|cx| self.poll_fill(cx)).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => dropped += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+}
+
+impl<IO: AsyncRead + Unpin> Connection<IO> {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
+        if read == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(read))
+    }
+}
+
+impl<IO: AsyncRead + Unpin> Source for Connection<IO> {
+    fn buffered(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        Connection::poll_fill(self, cx)
+    }
+}
+
+/// The answer's head: status line, its headers (its framing is this side's to set), `date`
+/// when it has none, the framing, and `connection: close` when the connection ends after it.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    head_only: bool,
+    length: Option<u64>,
+    chunked: bool,
+    keep_alive: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut dated = false;
+    for (name, value) in &parts.headers {
+        // A HEAD answer keeps the length its GET would have.
+        if (name == header::CONTENT_LENGTH && !head_only)
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        dated |= name == header::DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !dated {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(length) = length {
+        let _ = write!(out, "content-length: {length}\r\n");
+    } else if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the current time as an HTTP date, formatted once a second per thread.
+fn http_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// Parses a judged head into the request the stack takes.
+fn parse(
+    bytes: &Bytes,
+    framing: Framing,
+    max_headers: usize,
+    peer: SocketAddr,
+    generation: &Generation,
+) -> Result<Head, GatewayError> {
+    let bad = |what: &str| GatewayError::BadRequest(format!("malformed request head: {what}"));
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let slots = &mut slots[..max_headers.min(MAX_HEADERS)];
+    let mut parsed = httparse::Request::new(&mut []);
+    match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, bytes, slots) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(bad("incomplete")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(GatewayError::HeadTooLarge(format!(
+                "the request head has more than server.max_headers ({max_headers}) headers"
+            )));
+        }
+        Err(e) => return Err(bad(&e.to_string())),
+    }
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes()).map_err(|_| bad("method"))?;
+    let target = parsed.path.unwrap_or_default();
+    let uri = Uri::from_maybe_shared(bytes.slice_ref(target.as_bytes())).map_err(|_| bad("request target"))?;
+    let http10 = parsed.version == Some(0);
+    let mut request = Request::new(RequestBody::empty());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+    let (mut keep_alive, mut continue_expected) = (!http10, false);
+    let headers = request.headers_mut();
+    // Room for what the layers add (the request id, the credential, awork's Host), so that the
+    // map is not grown and rehashed on the way (bench/profile.sh: ~1,000 instructions).
+    headers.reserve(parsed.headers.len() + ADDED_HEADERS);
+    for parsed in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(parsed.name.as_bytes()).map_err(|_| bad("header name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(parsed.value)).map_err(|_| bad("header value"))?;
+        if name == header::CONNECTION {
+            for token in upstream::listed(&value) {
+                if token.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
+                    keep_alive = true;
+                }
+            }
+        } else if name == header::EXPECT && !http10 {
+            continue_expected = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        }
+        headers.append(name, value);
+    }
+    mark_secrets(request.headers_mut());
+    upstream::strip_hop_by_hop(request.headers_mut());
+    request.extensions_mut().insert(PeerAddr(peer));
+    if continue_expected {
+        request.headers_mut().remove(header::EXPECT);
+    }
+    let head_only = request.method() == Method::HEAD;
+    let decoder = match framing {
+        Framing::None | Framing::Length(0) => None,
+        Framing::Length(length) => Some(Decoder::Length(length)),
+        Framing::Chunked => Some(Decoder::ChunkSize),
+    };
+    let body = decoder.map(|decoder| {
+        let pipe = Arc::new(Pipe::new(decoder.exact()));
+        *request.body_mut() = RequestBody::caller(RequestStream { pipe: pipe.clone() }, generation.limits);
+        (decoder, pipe)
+    });
+    continue_expected &= body.is_some();
+    Ok(Head { request, body, keep_alive, continue_expected, head_only, http10 })
+}
+
+/// A request body between the connection, which reads it, and the stack, which takes it: one
+/// piece at a time, read only once the stack asks for one.
+#[derive(Debug)]
+struct Pipe {
+    state: Mutex<PipeState>,
+}
+
+#[derive(Debug, Default)]
+struct PipeState {
+    data: Option<Bytes>,
+    ended: bool,
+    error: Option<BoxError>,
+    /// The stack has asked for the body.
+    wanted: bool,
+    /// The stack dropped the body.
+    dropped: bool,
+    /// The bytes left, when known.
+    left: Option<u64>,
+    reader: Option<Waker>,
+    pump: Option<Waker>,
+}
+
+impl Pipe {
+    fn new(left: Option<u64>) -> Self {
+        Self { state: Mutex::new(PipeState { left, ..PipeState::default() }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PipeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The connection reads no more of the body: a reader still waiting gets an error.
+    fn close(&self) {
+        let mut state = self.lock();
+        if !state.ended && state.error.is_none() {
+            state.error = Some("the request body was not read to its end".into());
+        }
+        if let Some(reader) = state.reader.take() {
+            reader.wake();
+        }
+    }
+}
+
+/// A caller's request body as the gateway's HTTP/1 server reads it.
+#[derive(Debug)]
+pub struct RequestStream {
+    pipe: Arc<Pipe>,
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        let mut state = self.pipe.lock();
+        state.dropped = true;
+        if let Some(pump) = state.pump.take() {
+            pump.wake();
+        }
+    }
+}
+
+impl Body for RequestStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut state = self.pipe.lock();
+        let polled = if let Some(data) = state.data.take() {
+            Poll::Ready(Some(Ok(Frame::data(data))))
+        } else if let Some(error) = state.error.take() {
+            state.ended = true;
+            Poll::Ready(Some(Err(error)))
+        } else if state.ended {
+            Poll::Ready(None)
+        } else {
+            state.wanted = true;
+            if !state.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                state.reader = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        };
+        // The connection reads the next piece.
+        if let Some(pump) = state.pump.take() {
+            pump.wake();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let state = self.pipe.lock();
+        state.data.is_none() && state.error.is_none() && (state.ended || state.left == Some(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let state = self.pipe.lock();
+        let buffered = state.data.as_ref().map_or(0, |d| d.len() as u64);
+        match state.left {
+            Some(left) => SizeHint::with_exact(left + buffered),
+            None => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(buffered);
+                hint
+            }
+        }
+    }
+}
