@@ -385,7 +385,7 @@ async fn path_tricks_never_pass_a_rule_and_awork_gets_the_judged_path() {
         let raw = exchange(gw.addr, raw_get(target).as_bytes()).await;
         assert_eq!(statuses(&raw), [status], "{target}: {raw}");
     }
-    // A raw NUL or space in the target is not HTTP: hyper refuses the request line.
+    // A raw NUL or space in the target is not HTTP: the parser refuses the request line.
     for target in ["/api/v1/projects/\0/../../users", "/api/v1/projects/ /../../users"] {
         let raw = exchange(gw.addr, raw_get(target).as_bytes()).await;
         assert_eq!(statuses(&raw), [400], "{target:?}: {raw}");
@@ -507,7 +507,7 @@ async fn a_stalled_body_is_cut_with_408_after_idle_timeout_and_a_slow_steady_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_sends_nothing_is_closed_after_idle_timeout() {
     // tests/limits.rs covers half a head; this is a connection that never sends a byte, which
-    // waits in the HTTP/1-or-2 sniffing before any head timer of hyper's runs.
+    // waits in the sniffing for HTTP/1 or 2 before any head is read for.
     let (mock, gw) = setup().await;
     let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
     let start = Instant::now();

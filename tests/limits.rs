@@ -156,8 +156,8 @@ async fn an_answer_streaming_longer_than_idle_timeout_keeps_its_connection_for_t
     assert!(slow.starts_with("HTTP/1.1 200"), "{slow}");
     assert_eq!(slow.matches("data:").count(), 6, "{slow}");
     assert!(start.elapsed() >= Duration::from_millis(2300), "{:?}", start.elapsed());
-    // 0.8 s after the answer, inside the idle timeout counted from its end (not from when
-    // hyper began reading for the next head, 2.4 s before).
+    // 0.8 s after the answer, inside the idle timeout counted from its end (not from when the
+    // request began, 2.4 s before).
     tokio::time::sleep(Duration::from_millis(800)).await;
     stream.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("still open");
     let next = read_answer(&mut stream).await;

@@ -1,15 +1,16 @@
 //! HTTP/1.1 to callers, spoken by the connection's own task.
 //!
-//! hyper's server connection polls its dispatcher, which polls the request's whole chain of
-//! layer futures, parses every head a second time after the smuggling guard, and keeps its own
-//! buffers and timers: ~11,000 of the gateway's ~45,000 instructions per request
-//! (`bench/profile.sh`, `bench/README.md`). Here the task reads a head, judges it
-//! (`crate::smuggling`), parses it once with its header values slices of the read buffer, calls
-//! the stack in place, and writes the answer's head and its first piece of body in one `writev`.
+//! With hyper's server, every head was parsed twice (by the smuggling guard in front of hyper,
+//! then by hyper), and a head hyper could not serve got a bare 400 or 431 without the gateway's
+//! JSON. Here the task reads a head, judges it (`crate::smuggling`), parses it once with its
+//! header values slices of the read buffer, calls the stack in place, and writes the answer's
+//! head and its first piece of body in one `writev`: one parser, so what is judged is what is
+//! served, and every refusal is an awork-shaped error. `bench/profile.sh`: 44,668 → 43,304
+//! instructions per request; natively within the spread (`bench/README.md`).
 //!
 //! - Requests are served in order, one at a time; pipelined ones wait in the read buffer.
 //! - A request body is read from the connection only while the stack wants it (which is when
-//!   `Expect: 100-continue` is answered), one piece at a time, into a [`RequestStream`].
+//!   `Expect: 100-continue` is answered), a piece or two ahead of the stack, into a [`RequestStream`].
 //! - An answer is framed by its body's exact length, or chunked when that is not known (an
 //!   HTTP/1.0 caller gets it until the connection closes); HEAD, 1xx, 204 and 304 answers have
 //!   no body.
@@ -19,8 +20,9 @@
 //! - The wait for each head is bounded by `server.idle_timeout`, from the moment the last
 //!   answer was done, by one timer per connection that is moved on only when it passes.
 //!
-//! HTTP/2 stays with hyper (`super::serve_http2`).
+//! HTTP/2 stays with hyper (`super::h2`).
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice, Write as _};
 use std::mem::MaybeUninit;
@@ -54,6 +56,8 @@ use crate::{Stack, upstream};
 /// `MAX_READ`, as awork's answers are read (`pool::h1`).
 const FIRST_READ: usize = 8 * 1024;
 const MAX_READ: usize = 512 * 1024;
+/// How many pieces of a request body are read ahead of the stack.
+const PIPE_PIECES: usize = 2;
 /// The most headers the layers add to a request.
 const ADDED_HEADERS: usize = 4;
 /// How long, and how much, a refused caller is read from before its connection closes.
@@ -314,7 +318,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 if state.dropped {
                     return Poll::Ready(Err(()));
                 }
-                if state.data.is_some() || !state.wanted {
+                if state.data.len() >= PIPE_PIECES || !state.wanted {
                     if !state.pump.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                         state.pump = Some(cx.waker().clone());
                     }
@@ -331,7 +335,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             state.left = decoder.exact();
             let outcome = match piece {
                 Ok(Some(data)) => {
-                    state.data = Some(data);
+                    state.data.push_back(data);
                     None
                 }
                 Ok(None) => {
@@ -382,90 +386,68 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         keep_alive &= bodiless || length.is_some() || chunked;
         self.out.clear();
         encode_head(&mut self.out, &parts, head_only, length, chunked, keep_alive);
-        let mut head_written = false;
-        if !bodiless {
+        // What is being written: `out` (the head, a chunk-size line), then `data`, then `tail`;
+        // `at` bytes of it are written. The next piece of the body is read while one is written,
+        // so that awork's side and the caller's side of a download both keep moving.
+        let (mut data, mut tail, mut at): (Option<Bytes>, &[u8], usize) = (None, b"", 0);
+        let mut next: Option<Bytes> = None;
+        let (mut ended, mut last) = (bodiless, false);
+        let written = poll_fn(|cx| {
             loop {
-                let frame = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
-                    // A streamed answer's head goes out at once, before its body comes.
-                    Poll::Pending if !head_written => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(frame) => Poll::Ready(Some(frame)),
-                })
-                .await;
-                let frame = match frame {
-                    None => {
-                        if self.write_pieces(&[]).await.is_err() {
-                            return false;
-                        }
-                        head_written = true;
-                        self.out.clear();
-                        continue;
-                    }
-                    Some(frame) => frame,
-                };
-                match frame {
-                    Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else { continue };
-                        if data.is_empty() {
+                if next.is_none() && !ended {
+                    match Pin::new(&mut body).poll_frame(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            next = frame.into_data().ok().filter(|d| !d.is_empty());
                             continue;
                         }
-                        let pieces: [&[u8]; 2] = [&data, b"\r\n"];
+                        Poll::Ready(Some(Err(e))) => {
+                            tracing::debug!(peer = %self.peer, error = %e, "answer body broke off; closing the connection");
+                            return Poll::Ready(false);
+                        }
+                        Poll::Ready(None) => ended = true,
+                        Poll::Pending => {}
+                    }
+                }
+                if data.is_none() {
+                    if let Some(piece) = next.take() {
                         if chunked {
-                            let _ = write!(self.out, "{:x}\r\n", data.len());
+                            let _ = write!(self.out, "{:x}\r\n", piece.len());
+                            tail = b"\r\n";
                         }
-                        if self.write_pieces(&pieces[..if chunked { 2 } else { 1 }]).await.is_err() {
-                            return false;
+                        data = Some(piece);
+                    } else if ended && !last {
+                        if chunked {
+                            self.out.extend_from_slice(b"0\r\n\r\n");
                         }
-                        head_written = true;
+                        (data, tail, last) = (Some(Bytes::new()), b"", true);
+                    } else if !self.out.is_empty() {
+                        // A streamed answer's head goes out at once, before its body comes.
+                        (data, tail) = (Some(Bytes::new()), b"");
+                    } else {
+                        // Waiting for awork (or done): what TLS holds back goes out meanwhile.
+                        return match Pin::new(&mut self.io).poll_flush(cx) {
+                            Poll::Ready(Err(_)) => Poll::Ready(false),
+                            Poll::Ready(Ok(())) if last => Poll::Ready(true),
+                            _ => Poll::Pending,
+                        };
+                    }
+                    at = 0;
+                }
+                let piece = data.as_deref().unwrap_or_default();
+                match poll_write_parts(&mut self.io, [&self.out, piece, tail], &mut at, cx) {
+                    Poll::Ready(Ok(())) => {
                         self.out.clear();
+                        data = None;
                     }
-                    Some(Err(e)) => {
-                        tracing::debug!(peer = %self.peer, error = %e, "answer body broke off; closing the connection");
-                        let _ = self.write_pieces(&[]).await;
-                        return false;
-                    }
-                    None => break,
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => return Poll::Pending,
                 }
             }
-            if chunked {
-                self.out.extend_from_slice(b"0\r\n\r\n");
-            }
-        }
-        if self.write_pieces(&[]).await.is_err() {
-            return false;
-        }
+        })
+        .await;
         // The answer is done: the access log line is written as the body goes.
         drop(body);
-        keep_alive
-    }
-
-    /// Writes `out` then `pieces` in as few `writev`s as the socket takes, and flushes.
-    async fn write_pieces(&mut self, pieces: &[&[u8]]) -> io::Result<()> {
-        let mut at = 0;
-        let total = self.out.len() + pieces.iter().map(|p| p.len()).sum::<usize>();
-        poll_fn(|cx| {
-            while at < total {
-                let mut slices = [IoSlice::new(&[]); 3];
-                let mut count = 0;
-                let mut skip = at;
-                for piece in std::iter::once(&self.out[..]).chain(pieces.iter().copied()) {
-                    if skip >= piece.len() {
-                        skip -= piece.len();
-                        continue;
-                    }
-                    slices[count] = IoSlice::new(&piece[skip..]);
-                    skip = 0;
-                    count += 1;
-                }
-                let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                at += n;
-            }
-            Pin::new(&mut self.io).poll_flush(cx)
-        })
-        .await
+        written && keep_alive
     }
 
     /// Answers `error` and closes.
@@ -529,6 +511,35 @@ impl<IO: AsyncRead + Unpin> Source for Connection<IO> {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         Connection::poll_fill(self, cx)
     }
+}
+
+/// Writes what is left of `parts` after the first `at` bytes, in as few `writev`s as the
+/// socket takes.
+fn poll_write_parts<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    parts: [&[u8]; 3],
+    at: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    while *at < total {
+        let mut slices = [IoSlice::new(&[]); 3];
+        let (mut count, mut skip) = (0, *at);
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices[count] = IoSlice::new(&part[skip..]);
+            (skip, count) = (0, count + 1);
+        }
+        let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *at += n;
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// The answer's head: status line, its headers (its framing is this side's to set), `date`
@@ -665,8 +676,9 @@ fn parse(
     Ok(Head { request, body, keep_alive, continue_expected, head_only, http10 })
 }
 
-/// A request body between the connection, which reads it, and the stack, which takes it: one
-/// piece at a time, read only once the stack asks for one.
+/// A request body between the connection, which reads it, and the stack, which takes it: read
+/// only once the stack has asked for it, and at most `PIPE_PIECES` pieces ahead of the stack, so
+/// that the caller's side and awork's side of an upload both keep moving.
 #[derive(Debug)]
 struct Pipe {
     state: Mutex<PipeState>,
@@ -674,7 +686,8 @@ struct Pipe {
 
 #[derive(Debug, Default)]
 struct PipeState {
-    data: Option<Bytes>,
+    /// Read, not yet taken: at most `PIPE_PIECES`.
+    data: VecDeque<Bytes>,
     ended: bool,
     error: Option<BoxError>,
     /// The stack has asked for the body.
@@ -730,7 +743,7 @@ impl Body for RequestStream {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut state = self.pipe.lock();
-        let polled = if let Some(data) = state.data.take() {
+        let polled = if let Some(data) = state.data.pop_front() {
             Poll::Ready(Some(Ok(Frame::data(data))))
         } else if let Some(error) = state.error.take() {
             state.ended = true;
@@ -753,12 +766,12 @@ impl Body for RequestStream {
 
     fn is_end_stream(&self) -> bool {
         let state = self.pipe.lock();
-        state.data.is_none() && state.error.is_none() && (state.ended || state.left == Some(0))
+        state.data.is_empty() && state.error.is_none() && (state.ended || state.left == Some(0))
     }
 
     fn size_hint(&self) -> SizeHint {
         let state = self.pipe.lock();
-        let buffered = state.data.as_ref().map_or(0, |d| d.len() as u64);
+        let buffered: u64 = state.data.iter().map(|d| d.len() as u64).sum();
         match state.left {
             Some(left) => SizeHint::with_exact(left + buffered),
             None => {
