@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
@@ -84,49 +84,7 @@ impl BodyError {
 pub type BodyFault = Arc<OnceLock<GatewayError>>;
 
 /// A caller's body as the gateway's HTTP/1 server or hyper's HTTP/2 one reads it.
-#[derive(Debug)]
-pub enum CallerStream {
-    Http1(RequestStream),
-    Http2(Incoming),
-}
-
-impl From<RequestStream> for CallerStream {
-    fn from(body: RequestStream) -> Self {
-        Self::Http1(body)
-    }
-}
-
-impl From<Incoming> for CallerStream {
-    fn from(body: Incoming) -> Self {
-        Self::Http2(body)
-    }
-}
-
-impl Body for CallerStream {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Http1(body) => Pin::new(body).poll_frame(cx),
-            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Http1(body) => body.is_end_stream(),
-            Self::Http2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Http1(body) => body.size_hint(),
-            Self::Http2(body) => body.size_hint(),
-        }
-    }
-}
+pub type CallerStream = Either<RequestStream, Incoming>;
 
 /// A caller's body held to [`BodyLimits`].
 #[derive(Debug)]
@@ -221,8 +179,7 @@ impl RequestBody {
     }
 
     /// A caller's body, held to `limits`; none at all when the caller sent none.
-    pub fn caller(body: impl Into<CallerStream>, limits: BodyLimits) -> Self {
-        let body = body.into();
+    pub fn caller(body: CallerStream, limits: BodyLimits) -> Self {
         if body.is_end_stream() {
             return Self::empty();
         }
@@ -305,7 +262,7 @@ impl RequestBody {
 impl From<Incoming> for RequestBody {
     /// A caller's body without limits.
     fn from(body: Incoming) -> Self {
-        Self::caller(body, BodyLimits::default())
+        Self::caller(Either::Right(body), BodyLimits::default())
     }
 }
 

@@ -3,9 +3,11 @@
 //! length, by chunks, or (answers only) by the end of the connection.
 
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncRead;
 
 /// The longest chunk-size or trailer line taken.
 pub const MAX_LINE: usize = 4096;
@@ -15,6 +17,28 @@ pub trait Source {
     fn buffered(&mut self) -> &mut BytesMut;
     /// Reads more into the buffer: how many bytes, 0 at the end of the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>>;
+}
+
+/// Reads what `io` has next into `buf`: how many bytes, 0 at the end of the stream. The read is
+/// offered at least half of `*read_size` of room; `*read_size` doubles, up to `max`, while reads
+/// fill the room they are offered, so a short message takes one small read and a long body few
+/// large ones.
+pub fn poll_read_growing<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    read_size: &mut usize,
+    max: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < *read_size / 2 {
+        buf.reserve(*read_size);
+    }
+    let room = buf.capacity() - buf.len();
+    let read = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, buf))?;
+    if read == room && *read_size < max {
+        *read_size *= 2;
+    }
+    Poll::Ready(Ok(read))
 }
 
 /// Why a body could not be read to its end.

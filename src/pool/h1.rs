@@ -35,7 +35,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::Pool;
 use crate::body::RequestBody;
-use crate::http1::{DecodeError, Decoder, Source, decimal};
+use crate::http1::{DecodeError, Decoder, Source, decimal, poll_read_growing};
 use crate::upstream::{HOP_BY_HOP, listed};
 
 /// A connection to awork as the connector makes it (TCP, or TLS over TCP), with tokio's I/O traits.
@@ -116,15 +116,7 @@ impl Connection {
 
     /// Reads what awork sent next into `buf`: how many bytes, 0 at the end of the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
-            self.buf.reserve(self.read_size);
-        }
-        let room = self.buf.capacity() - self.buf.len();
-        let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
-        if read == room && self.read_size < MAX_READ {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(read))
+        poll_read_growing(&mut self.io, &mut self.buf, &mut self.read_size, MAX_READ, cx)
     }
 
     /// Whether the deadline of `out` has passed.

@@ -46,7 +46,7 @@ use super::{Generation, ResponseBody, mark_secrets, refused};
 use crate::body::RequestBody;
 use crate::config::MAX_HEADERS;
 use crate::error::GatewayError;
-use crate::http1::{Decoder, Source};
+use crate::http1::{Decoder, Source, poll_read_growing};
 use crate::layers::PeerAddr;
 use crate::layers::request_id::RequestId;
 use crate::smuggling::{self, Framing};
@@ -494,15 +494,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
 
 impl<IO: AsyncRead + Unpin> Connection<IO> {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
-            self.buf.reserve(self.read_size);
-        }
-        let room = self.buf.capacity() - self.buf.len();
-        let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
-        if read == room && self.read_size < MAX_READ {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(read))
+        poll_read_growing(&mut self.io, &mut self.buf, &mut self.read_size, MAX_READ, cx)
     }
 }
 
@@ -672,7 +664,8 @@ fn parse(
     };
     let body = decoder.map(|decoder| {
         let pipe = Arc::new(Pipe::new(decoder.exact()));
-        *request.body_mut() = RequestBody::caller(RequestStream { pipe: pipe.clone() }, generation.limits);
+        *request.body_mut() =
+            RequestBody::caller(Either::Left(RequestStream { pipe: pipe.clone() }), generation.limits);
         (decoder, pipe)
     });
     continue_expected &= body.is_some();

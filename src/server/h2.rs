@@ -109,7 +109,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         upstream::strip_hop_by_hop(req.headers_mut());
         req.extensions_mut().insert(PeerAddr(self.peer));
         let limits = generation.limits;
-        let req = req.map(|body| RequestBody::caller(body, limits));
+        let req = req.map(|body| RequestBody::caller(Either::Right(body), limits));
         let mut kept = self.stack.borrow_mut();
         let stack = match &mut *kept {
             Some((id, stack)) if *id == generation.id => stack,
