@@ -59,6 +59,8 @@ use crate::{Stack, upstream};
 /// read ahead, keep both sides moving.
 const FIRST_READ: usize = 8 * 1024;
 const MAX_READ: usize = 32 * 1024;
+/// The interim answer a caller sending `Expect: 100-continue` waits for.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// How many pieces of a request body are read ahead of the stack.
 const PIPE_PIECES: usize = 2;
 /// The most headers the layers add to a request.
@@ -261,7 +263,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             slot => &mut slot.insert((generation.id, Box::new(generation.stack.clone()))).1,
         };
         let mut answering = std::pin::pin!(super::call(stack, request));
-        let mut continued = !continue_expected;
+        // How much of `100 Continue` is written: all of it when the caller does not wait for it.
+        let mut continued = if continue_expected { 0 } else { CONTINUE.len() };
         let answer = poll_fn(|cx| {
             if let Some((decoder, pipe)) = &mut body {
                 match self.poll_pump(decoder, pipe, &mut continued, cx) {
@@ -312,7 +315,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         &mut self,
         decoder: &mut Decoder,
         pipe: &Pipe,
-        continued: &mut bool,
+        continued: &mut usize,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), ()>> {
         loop {
@@ -328,10 +331,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     return Poll::Pending;
                 }
             }
-            if !*continued {
+            if *continued < CONTINUE.len() {
                 // The caller waits for this before it sends the body.
-                ready!(self.poll_write_all(b"HTTP/1.1 100 Continue\r\n\r\n", cx)).map_err(|_| ())?;
-                *continued = true;
+                ready!(poll_write_parts(&mut self.io, [CONTINUE, &[], &[]], continued, cx)).map_err(|_| ())?;
+                ready!(Pin::new(&mut self.io).poll_flush(cx)).map_err(|_| ())?;
             }
             let piece = ready!(decoder.poll_data(self, cx));
             let mut state = pipe.lock();
@@ -357,17 +360,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 return Poll::Ready(outcome);
             }
         }
-    }
-
-    fn poll_write_all(&mut self, mut data: &[u8], cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !data.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, data))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            data = &data[n..];
-        }
-        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     /// Writes `answer`; whether the connection can take another request.
