@@ -42,15 +42,14 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 
-use super::{Generation, ResponseBody, mark_secrets, refused};
+use super::{Generation, KeptStack, ResponseBody, received, refused};
 use crate::body::RequestBody;
 use crate::config::MAX_HEADERS;
 use crate::error::GatewayError;
 use crate::http1::{Decoder, Source, poll_read_growing};
-use crate::layers::PeerAddr;
 use crate::layers::request_id::RequestId;
 use crate::smuggling::{self, Framing};
-use crate::{Stack, upstream};
+use crate::upstream;
 
 /// Reads start at this size and double while they fill the buffer (a request body), up to
 /// `MAX_READ`. Smaller than the reads of awork's answers (`pool::h1`): 1 GiB up, builds
@@ -79,9 +78,7 @@ pub(super) struct Connection<IO> {
     out: Vec<u8>,
     peer: SocketAddr,
     current: Arc<ArcSwap<Generation>>,
-    /// The stack of the generation the last request went to, by its id: a clone per request
-    /// would increment and decrement every layer's `Arc`s.
-    stack: Option<(u64, Box<Stack>)>,
+    stack: KeptStack,
     /// Resolves once the gateway is shutting down: made once per connection, so that a wait
     /// for a head registers with it only when the task to wake changes.
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -128,7 +125,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             out: Vec::with_capacity(512),
             peer,
             current,
-            stack: None,
+            stack: KeptStack::default(),
             shutdown: Box::pin(async move {
                 let mut shutdown = shutdown;
                 // A sender gone is a gateway gone.
@@ -258,11 +255,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     async fn exchange(&mut self, head: Head, generation: &Generation) -> bool {
         let Head { request, mut body, mut keep_alive, continue_expected, head_only, http10 } = head;
         let max_head = generation.gateway.config.server.max_header_bytes;
-        let stack = match &mut self.stack {
-            Some((id, stack)) if *id == generation.id => stack,
-            slot => &mut slot.insert((generation.id, Box::new(generation.stack.clone()))).1,
-        };
-        let mut answering = std::pin::pin!(super::call(stack, request));
+        let mut answering = std::pin::pin!(self.stack.call(generation, request));
         // How much of `100 Continue` is written: all of it when the caller does not wait for it.
         let mut continued = if continue_expected { 0 } else { CONTINUE.len() };
         let answer = poll_fn(|cx| {
@@ -642,9 +635,7 @@ fn parse(
         }
         headers.append(name, value);
     }
-    mark_secrets(request.headers_mut());
-    upstream::strip_hop_by_hop(request.headers_mut());
-    request.extensions_mut().insert(PeerAddr(peer));
+    received(&mut request, peer);
     if continue_expected {
         request.headers_mut().remove(header::EXPECT);
     }

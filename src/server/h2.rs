@@ -21,11 +21,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{Calling, Generation, ResponseBody, call, mark_secrets};
+use super::{Calling, Generation, KeptStack, ResponseBody, received};
 use crate::body::RequestBody;
-use crate::layers::PeerAddr;
 use crate::layers::request_id::RequestId;
-use crate::{Stack, upstream};
 
 /// Serves an HTTP/2 connection whose first bytes, `read`, were read to tell its protocol.
 pub(super) fn serve<IO>(
@@ -38,7 +36,7 @@ pub(super) fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = ConnectionService { current, peer, stack: RefCell::new(None) };
+    let service = ConnectionService { current, peer, stack: RefCell::default() };
     builder.serve_connection(TokioIo::new(Rewind { read, io }), service).into_owned()
 }
 
@@ -93,8 +91,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
 pub(super) struct ConnectionService {
     current: Arc<ArcSwap<Generation>>,
     peer: SocketAddr,
-    /// The stack of the generation the connection's last request went to, by its id.
-    stack: RefCell<Option<(u64, Box<Stack>)>>,
+    stack: RefCell<KeptStack>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
@@ -105,17 +102,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let generation = self.current.load();
         let idle = generation.gateway.config.upstream.body_idle_timeout;
-        mark_secrets(req.headers_mut());
-        upstream::strip_hop_by_hop(req.headers_mut());
-        req.extensions_mut().insert(PeerAddr(self.peer));
+        received(&mut req, self.peer);
         let limits = generation.limits;
         let req = req.map(|body| RequestBody::caller(Either::Right(body), limits));
-        let mut kept = self.stack.borrow_mut();
-        let stack = match &mut *kept {
-            Some((id, stack)) if *id == generation.id => stack,
-            slot => &mut slot.insert((generation.id, Box::new(generation.stack.clone()))).1,
-        };
-        Answering { calling: call(stack, req), idle }
+        Answering { calling: self.stack.borrow_mut().call(&generation, req), idle }
     }
 }
 

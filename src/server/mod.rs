@@ -26,11 +26,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, header};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -371,14 +369,33 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, StartError> {
 
 type StackFuture = <Stack as tower::Service<GatewayRequest>>::Future;
 
-/// Calls `stack` in place: every layer is ready at once (none holds requests back in
-/// `poll_ready`), so a clone per request is not needed; were one not ready, the request waits
-/// on a clone.
-fn call(stack: &mut Stack, req: GatewayRequest) -> Calling {
-    match tower::Service::poll_ready(stack, &mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Ok(())) => Calling::Stack { future: tower::Service::call(stack, req) },
-        _ => Calling::Waiting { future: Box::pin(tower::ServiceExt::oneshot(stack.clone(), req)) },
+/// The stack of the generation a connection's last request went to, by the generation's id,
+/// called where it is: a clone per request would increment and decrement every layer's `Arc`s.
+/// Boxed, so that a connection's task stays small.
+#[derive(Default)]
+struct KeptStack(Option<(u64, Box<Stack>)>);
+
+impl KeptStack {
+    /// Calls the stack of `generation` in place: every layer is ready at once (none holds
+    /// requests back in `poll_ready`); were one not, the request would wait on a clone.
+    fn call(&mut self, generation: &Generation, req: GatewayRequest) -> Calling {
+        let stack = match &mut self.0 {
+            Some((id, stack)) if *id == generation.id => stack,
+            slot => &mut slot.insert((generation.id, Box::new(generation.stack.clone()))).1,
+        };
+        match tower::Service::poll_ready(&mut **stack, &mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Calling::Stack { future: tower::Service::call(&mut **stack, req) },
+            _ => Calling::Waiting { future: Box::pin(tower::ServiceExt::oneshot((**stack).clone(), req)) },
+        }
     }
+}
+
+/// What every caller's request gets on arrival, over either protocol: its secrets marked
+/// sensitive, its hop-by-hop headers dropped, and the peer's address.
+fn received<B>(req: &mut http::Request<B>, peer: SocketAddr) {
+    mark_secrets(req.headers_mut());
+    crate::upstream::strip_hop_by_hop(req.headers_mut());
+    req.extensions_mut().insert(crate::layers::PeerAddr(peer));
 }
 
 pin_project_lite::pin_project! {
