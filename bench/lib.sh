@@ -270,12 +270,20 @@ EOF
 }
 
 # haproxy (one thread, on $cpu) in front of the upstream, injecting the key, reusing upstream
-# connections, logging each request. Sets HAPROXY_PORT and HAPROXY_PID.
+# connections, logging each request. With a fourth argument `splice`, bodies are moved between
+# the sockets by splice(2) (`option splice-request`, `option splice-response`), without a copy
+# through haproxy, in a directory of their own. Sets HAPROXY_PORT and HAPROXY_PID.
 start_haproxy() {
-    local dir=$1 cpu=$2 upstream=$3
+    local dir=$1 cpu=$2 upstream=$3 splice=${4:-}
+    local name=haproxy options=""
+    if [[ $splice == splice ]]; then
+        name=haproxy-splice
+        options=$'    option splice-request\n    option splice-response'
+    fi
+    dir=$dir/$name
     HAPROXY_PORT=$(free_port)
-    mkdir -p "$dir/haproxy"
-    cat >"$dir/haproxy/haproxy.cfg" <<EOF
+    mkdir -p "$dir"
+    cat >"$dir/haproxy.cfg" <<EOF
 global
     nbthread 1
     maxconn 5000
@@ -289,6 +297,7 @@ defaults
     timeout client 300s
     timeout server 60s
     timeout http-keep-alive 300s
+$options
 
 frontend gateway
     bind 127.0.0.1:$HAPROXY_PORT
@@ -299,7 +308,7 @@ backend awork
     http-reuse always
     server upstream 127.0.0.1:$upstream
 EOF
-    taskset -c "$cpu" haproxy -db -f "$dir/haproxy/haproxy.cfg" >"$dir/haproxy/access.log" 2>&1 &
+    taskset -c "$cpu" haproxy -db -f "$dir/haproxy.cfg" >"$dir/access.log" 2>&1 &
     HAPROXY_PID=$!
     STARTED_PIDS+=("$HAPROXY_PID")
     wait_port "$HAPROXY_PORT"

@@ -12,6 +12,12 @@ hold PORT TOKEN COUNT...
     open and idle. After each COUNT it prints "open N" and waits for a line on stdin; at EOF
     it closes everything and exits.
 
+relay PORT UPSTREAM_PORT
+    A plain TCP relay from 127.0.0.1:PORT to 127.0.0.1:UPSTREAM_PORT: for each connection,
+    one thread per direction copies what arrives with 512 KiB reads and whole writes, and
+    nothing else (no parsing, no header set). The reference, in bench/scale.sh's 1 GiB figures,
+    for what passing the bytes through one more process costs, with nothing else done.
+
 load PORT TOKEN COUNT CONNECTIONS
     Sends exactly COUNT GET /api/v1/me over CONNECTIONS keep-alive connections at once (for
     instruction counts per request, bench/profile.sh) and fails on any answer but 200.
@@ -20,8 +26,10 @@ load PORT TOKEN COUNT CONNECTIONS
 import asyncio
 import http.client
 import resource
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 IN_FLIGHT = 50
@@ -95,12 +103,34 @@ async def hold(port, token, counts):
         writer.close()
 
 
+def relay(port, upstream_port):
+    listener = socket.create_server(("127.0.0.1", port), backlog=64)
+    while True:
+        caller, _ = listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", upstream_port))
+        for source, sink in ((caller, upstream), (upstream, caller)):
+            threading.Thread(target=pump, args=(source, sink), daemon=True).start()
+
+
+def pump(source, sink):
+    buffer = memoryview(bytearray(512 * 1024))
+    try:
+        while n := source.recv_into(buffer):
+            sink.sendall(buffer[:n])
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        source.close()
+        sink.close()
+
+
 def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     match sys.argv[1:]:
         case ["ready", admin_port, "--", *command] if command:
             ready(int(admin_port), command)
+        case ["relay", port, upstream_port]:
+            relay(int(port), int(upstream_port))
         case ["load", port, token, count, connections]:
             asyncio.run(load(int(port), token, int(count), int(connections)))
         case ["hold", port, token, *counts] if counts:

@@ -7,8 +7,9 @@
 #   - peak RSS with 1,000 and 10,000 open keep-alive connections (each sent one request, then
 #     holds; the gateway's idle_timeout is 5m here so none is closed while counted);
 #   - 1 GiB down (GET .../download?size=1GiB) and 1 GiB up (POST /api/v1/temporaryfiles with a
-#     Content-Length) with curl: direct to the mock, through the gateway, and through nginx
-#     (unbuffered) and haproxy as the reference for what any proxy hop costs on this machine;
+#     Content-Length) with curl: direct to the mock, through the gateway, and, as the reference
+#     for what any proxy hop costs on this machine, through nginx (unbuffered), haproxy,
+#     haproxy with splice(2) and a plain TCP relay that only copies (bench/probe.py relay);
 #     alternated, median of --rounds; the gateway's peak RSS over all of them. Not pinned: a
 #     stream is a pipeline of three processes (curl, proxy, mock) on two cores, direct of two.
 #
@@ -115,6 +116,8 @@ stream() { # direction target round
     gateway) url="http://127.0.0.1:$GW_PORT" ;;
     nginx) url="http://127.0.0.1:$NGINX_PORT" ;;
     haproxy) url="http://127.0.0.1:$HAPROXY_PORT" ;;
+    haproxy-splice) url="http://127.0.0.1:$SPLICE_PORT" ;;
+    relay) url="http://127.0.0.1:$RELAY_PORT" auth="Authorization: Bearer $BENCH_KEY" ;;
     esac
     if [[ $1 == down ]]; then
         out=$(curl -sS -o /dev/null -H "$auth" -w '%{http_code} %{size_download} %{speed_download}' \
@@ -129,10 +132,18 @@ stream() { # direction target round
         >>"$RUN_DIR/streams.tsv"
     echo "  1 GiB $1 $2 round $3: $(tail -1 "$RUN_DIR/streams.tsv" | cut -f4) MB/s" >&2
 }
-# nginx and haproxy in front of the same mock, as the reference for what a proxy hop costs here.
+# What a proxy hop costs here, in front of the same mock: nginx and haproxy; haproxy moving
+# bodies by splice(2), without a copy; and a plain TCP relay that copies and does nothing else,
+# the least any proxy that copies its bytes can cost.
 start_nginx "$RUN_DIR" 0-1 "$MOCK_PORT" stream
+start_haproxy "$RUN_DIR" 0-1 "$MOCK_PORT" splice
+SPLICE_PORT=$HAPROXY_PORT
 start_haproxy "$RUN_DIR" 0-1 "$MOCK_PORT"
-STREAM_TARGETS=(direct gateway nginx haproxy)
+RELAY_PORT=$(free_port)
+python3 bench/probe.py relay "$RELAY_PORT" "$MOCK_PORT" &
+STARTED_PIDS+=("$!")
+wait_port "$RELAY_PORT"
+STREAM_TARGETS=(direct gateway nginx haproxy haproxy-splice relay)
 for round in $(seq 1 "$ROUNDS"); do
     for direction in down up; do
         for target in "${STREAM_TARGETS[@]}"; do
@@ -176,7 +187,7 @@ mkdir -p "$OUT"
         for target in "${STREAM_TARGETS[@]}"; do
             echo "| 1 GiB $direction, $target (median of $ROUNDS) | $(speed_of "$direction" "$target") MB/s ($(rounds_of "$direction" "$target")) |"
         done
-        for target in gateway nginx haproxy; do
+        for target in "${STREAM_TARGETS[@]:1}"; do
             echo "| 1 GiB $direction, $target / direct |" \
                 "$(awk -v g="$(speed_of "$direction" "$target")" -v d="$d" 'BEGIN { printf "%.0f%%", 100 * g / d }') |"
         done
