@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use support::*;
+use tokio::io::AsyncWriteExt;
 
 use awork_gateway::mock::MockAwork;
 
@@ -127,6 +128,31 @@ async fn a_caller_that_hangs_up_while_queued_spends_no_quota() {
     assert!(started.elapsed() < Duration::from_millis(900), "it took the freed place, not one after it");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(mock.stats().requests_total, 2, "the dead request was never sent");
+    let status = get(&admin_url(&running, "/status"), &[]).await.json();
+    assert_eq!(status["quota"][0]["used_last_minute"], 2);
+    assert_eq!(status["quota"][0]["queued"], 0);
+}
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_while_its_post_is_queued_spends_no_quota() {
+    // The body waits unread while the request is queued; the hang-up is noticed all the same.
+    let mock = mock().await;
+    let running = gateway(&config_text(&mock.url(), "[rate_limit]\nper_second = 1\nper_minute = 100\n")).await;
+    assert_eq!(get(&url(&running, "/api/v1/me"), &[]).await.status, StatusCode::OK);
+    let mut impatient = tokio::net::TcpStream::connect(running.addr).await.expect("connect");
+    let request = "POST /api/v1/projects HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
+                   Content-Length: 13\r\n\r\n{\"name\":\"x\"}";
+    impatient.write_all(request.as_bytes()).await.expect("request written");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = get(&admin_url(&running, "/status"), &[]).await.json();
+    assert_eq!(status["quota"][0]["queued"], 1, "the POST was still queued when it hung up");
+    drop(impatient);
+    let started = Instant::now();
+    let next = get(&url(&running, "/api/v1/me"), &[]).await;
+    assert_eq!(next.status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_millis(900), "it took the freed place, not one after it");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(mock.stats().requests_total, 2, "the dead POST was never sent");
     let status = get(&admin_url(&running, "/status"), &[]).await.json();
     assert_eq!(status["quota"][0]["used_last_minute"], 2);
     assert_eq!(status["quota"][0]["queued"], 0);

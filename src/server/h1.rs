@@ -270,10 +270,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 }
             }
             let polled = answering.as_mut().poll(cx);
-            if polled.is_pending() && body.is_none() && self.buf.len() <= max_head {
+            // While the body flows, a hang-up breaks it; while it waits unread (its request
+            // queued for the quota), only this read notices one.
+            let unread = body.as_ref().is_none_or(|(_, pipe)| !pipe.lock().wanted);
+            if polled.is_pending() && unread && self.buf.len() <= max_head {
                 // A caller that hangs up is not waited on: the request is dropped, and with it
-                // its place in the quota queue. What a caller pipelines meanwhile is kept. The
-                // read costs no syscall while nothing arrived.
+                // its place in the quota queue. What a caller pipelines or sends of its body
+                // meanwhile is kept, up to `max_header_bytes`. The read costs no syscall while
+                // nothing arrived.
                 match self.poll_fill(cx) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                     Poll::Ready(Ok(_)) => cx.waker().wake_by_ref(),
