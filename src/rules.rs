@@ -206,17 +206,16 @@ fn match_template(glob: &[Segment], template: &[Option<&str>]) -> bool {
 /// `*` inside one segment matches any run of characters; the rest compares ASCII
 /// case-insensitively.
 fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
+    let Some((first, after)) = pattern.split_once('*') else {
+        return text.eq_ignore_ascii_case(pattern);
+    };
     if !starts_with_ignore_case(text, first) {
         return false;
     }
     let mut rest = &text[first.len()..];
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
+    // Split in place, not collected: this runs for every request a rule is checked against.
+    let (middle, last) = after.rsplit_once('*').unwrap_or(("", after));
+    for part in middle.split('*').filter(|part| !part.is_empty()) {
         match find_ignore_case(rest, part) {
             Some(at) => rest = &rest[at + part.len()..],
             None => return false,
@@ -270,6 +269,16 @@ mod tests {
         assert!(!allows("GET /api/v1/projects/*", Method::GET, "/api/v1/projects"));
         assert!(allows("GET /api/v1/time*", Method::GET, "/api/v1/timeentries"));
         assert!(!allows("GET /api/v1/time*", Method::GET, "/api/v1/users"));
+    }
+
+    #[test]
+    fn stars_within_a_segment_match_their_parts_in_order() {
+        assert!(allows("GET /x/a*b*c", Method::GET, "/x/a1b2c"));
+        assert!(allows("GET /x/a*b*c", Method::GET, "/x/ABC"));
+        assert!(!allows("GET /x/a*b*c", Method::GET, "/x/a1c2b"));
+        assert!(!allows("GET /x/a*b*c", Method::GET, "/x/a1b2c3"));
+        assert!(allows("GET /x/*b*", Method::GET, "/x/b"));
+        assert!(!allows("GET /x/*b*", Method::GET, "/x/c"));
     }
 
     #[test]

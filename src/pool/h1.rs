@@ -262,8 +262,9 @@ impl Outgoing {
         } else {
             match body.size_hint().exact() {
                 Some(length) => {
-                    // Writing to a Vec does not fail.
-                    let _ = write!(head, "content-length: {length}\r\n");
+                    head.extend_from_slice(b"content-length: ");
+                    head.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+                    head.extend_from_slice(b"\r\n");
                 }
                 None => {
                     head.extend_from_slice(b"transfer-encoding: chunked\r\n");

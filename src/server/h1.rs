@@ -562,7 +562,9 @@ fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     if let Some(length) = length {
-        let _ = write!(out, "content-length: {length}\r\n");
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+        out.extend_from_slice(b"\r\n");
     } else if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
