@@ -131,6 +131,32 @@ async fn an_http10_caller_gets_a_length_framed_answer_and_the_connection_closes(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_caller_asking_for_keep_alive_is_told_so_and_served_again_on_the_connection() {
+    // An HTTP/1.0 client (ab -k, old proxies) keeps a connection only when the answer says
+    // `Connection: keep-alive`.
+    let (_mock, gw) = setup("").await;
+    let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+    stream.write_all(b"GET /api/v1/me HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await.expect("write");
+    let mut raw = Vec::new();
+    read_until(&mut stream, &mut raw, "\r\n\r\n").await;
+    let first = String::from_utf8_lossy(&raw).into_owned();
+    assert_eq!(header(&first, "connection"), Some("keep-alive"), "{first}");
+    let length: usize = header(&first, "content-length").expect("length").parse().expect("number");
+    let head_len = first.find("\r\n\r\n").expect("head") + 4;
+    while raw.len() < head_len + length {
+        let mut buf = [0u8; 8192];
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed before the body's end");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(raw.len(), head_len + length, "exactly one answer");
+    stream.write_all(b"GET /api/v1/me HTTP/1.0\r\n\r\n").await.expect("second request on the same connection");
+    let second = read_to_close(&mut stream).await;
+    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{second}");
+    assert_eq!(header(&second, "connection"), Some("close"), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_answer_keeps_its_length_and_has_no_body_so_the_next_answer_parses() {
     let (_mock, gw) = setup("").await;
     let mut stream = TcpStream::connect(gw.addr).await.expect("connect");

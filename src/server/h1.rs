@@ -377,7 +377,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let chunked = !bodiless && length.is_none() && !http10;
         keep_alive &= bodiless || length.is_some() || chunked;
         self.out.clear();
-        encode_head(&mut self.out, &parts, head_only, length, chunked, keep_alive);
+        // An HTTP/1.0 caller closes a connection unless the answer says it stays open.
+        let connection: &[u8] = match (keep_alive, http10) {
+            (false, _) => b"connection: close\r\n",
+            (true, true) => b"connection: keep-alive\r\n",
+            (true, false) => b"",
+        };
+        encode_head(&mut self.out, &parts, head_only, length, chunked, connection);
         // What is being written: `out` (the head, a chunk-size line), then `data`, then `tail`;
         // `at` bytes of it are written. The next piece of the body is read while one is written,
         // so that awork's side and the caller's side of a download both keep moving.
@@ -526,15 +532,15 @@ fn poll_write_parts<IO: AsyncWrite + Unpin>(
     Poll::Ready(Ok(()))
 }
 
-/// The answer's head: status line, its headers (its framing is this side's to set), `date`
-/// when it has none, the framing, and `connection: close` when the connection ends after it.
+/// The answer's head: status line, its headers (its framing and `connection` are this side's
+/// to set), `date` when it has none, the framing, then the `connection` line given.
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
     head_only: bool,
     length: Option<u64>,
     chunked: bool,
-    keep_alive: bool,
+    connection: &[u8],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
@@ -568,9 +574,7 @@ fn encode_head(
     } else if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !keep_alive {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
+    out.extend_from_slice(connection);
     out.extend_from_slice(b"\r\n");
 }
 
