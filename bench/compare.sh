@@ -86,15 +86,6 @@ smoke_check() {
     done
 }
 
-# Milliseconds of a wrk latency figure ("612.00us", "2.35ms", "1.02s").
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0
-        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
-        printf "%.3f", n
-    }'
-}
-
 # Runs wrk once; appends "conns target round rps p50 p99 errors" to $RUN_DIR/results.tsv.
 measure() {
     local conns=$1 target=$2 round=$3 out rps p50 p99 errors

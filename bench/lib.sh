@@ -94,6 +94,15 @@ rss_kib() {
     awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
 }
 
+# Milliseconds of a wrk latency figure ("612.00us", "2.35ms", "1.02s").
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
+        printf "%.3f", n
+    }'
+}
+
 # The children of a pid (nginx's workers).
 children_of() {
     cat "/proc/$1/task/$1/children" 2>/dev/null || true
