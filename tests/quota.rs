@@ -159,6 +159,17 @@ async fn a_caller_that_hangs_up_while_its_post_is_queued_spends_no_quota() {
     assert_the_place_was_given_back(&mock, &running).await;
 }
 
+#[tokio::test]
+async fn an_http2_caller_that_cancels_while_queued_spends_no_quota() {
+    // The connection stays open: only the stream is reset (RST_STREAM), and that is enough.
+    let (mock, running) = one_per_second_spent().await;
+    let h2 = h2c_client();
+    let impatient = try_send(&h2, Method::GET, &url(&running, "/api/v1/me"), &[], Duration::from_millis(300)).await;
+    assert!(impatient.is_err(), "it was still queued when it cancelled");
+    assert_the_place_was_given_back(&mock, &running).await;
+    assert_eq!(send(&h2, Method::GET, &url(&running, "/api/v1/me"), &[], "").await.status, StatusCode::OK);
+}
+
 /// Spends the mock's current second, then sends `method` at once; repeats (at most 3 times)
 /// when the wall-clock second turned in between, so that awork really answered 429.
 async fn send_into_a_spent_second(
