@@ -157,6 +157,23 @@ async fn an_http10_caller_asking_for_keep_alive_is_told_so_and_served_again_on_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_long_enough_to_give_its_buffer_back_serves_its_next_request() {
+    // After a second without a request the connection holds no read buffer; the next head is
+    // read into a new one.
+    let (_mock, gw) = setup("").await;
+    let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+    let mut raw = Vec::new();
+    stream.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("first request");
+    read_until(&mut stream, &mut raw, "\r\n\r\n").await;
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200 OK\r\n"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("second request");
+    let rest = read_to_close(&mut stream).await;
+    let answers = String::from_utf8_lossy(&raw).into_owned() + &rest;
+    assert_eq!(answers.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{answers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_answer_keeps_its_length_and_has_no_body_so_the_next_answer_parses() {
     let (_mock, gw) = setup("").await;
     let mut stream = TcpStream::connect(gw.addr).await.expect("connect");

@@ -64,6 +64,10 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 const PIPE_PIECES: usize = 2;
 /// The most headers the layers add to a request.
 const ADDED_HEADERS: usize = 4;
+/// How long a connection waits for its next head, with nothing read, before it gives its read
+/// buffer back: an idle keep-alive connection then holds no buffer, while one in use keeps
+/// its buffer from request to request.
+const KEEP_BUFFER: Duration = Duration::from_secs(1);
 /// How long, and how much, a refused caller is read from before its connection closes.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1024 * 1024;
@@ -212,6 +216,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     return Poll::Ready(Next::Close);
                 }
                 let since = *waiting_since.get_or_insert_with(Instant::now);
+                if self.buf.is_empty() && self.buf.capacity() > 0 {
+                    if !self.overdue(since + KEEP_BUFFER.min(idle), cx) {
+                        return Poll::Pending;
+                    }
+                    self.buf = BytesMut::new();
+                }
                 if self.overdue(since + idle, cx) {
                     tracing::debug!(peer = %self.peer, "no complete request head within the idle timeout; closing");
                     return Poll::Ready(Next::Close);
@@ -230,11 +240,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
 
     /// Whether `deadline` has passed. The connection's one timer is polled once per wait (which
     /// tells it the task to wake) and, when it passes, moved on to the deadline of the wait then
-    /// in progress: a deadline is never earlier than the one before, so a request costs no
-    /// timer-wheel work.
+    /// in progress: a request costs no timer-wheel work, since each wait's deadline is later than
+    /// the one before. It is brought forward only when a wait's deadline is earlier than the
+    /// timer's (the first wait to keep its buffer after an idle one).
     fn overdue(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
         let timer = match &mut self.timer {
             Some(timer) if !timer.is_elapsed() => {
+                if timer.deadline() > deadline {
+                    timer.as_mut().reset(deadline);
+                }
                 let _ = timer.as_mut().poll(cx);
                 return false;
             }
