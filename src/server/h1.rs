@@ -18,7 +18,8 @@
 //!   HTTP/1.0), the request body was not read to its end, the gateway is shutting down, or a
 //!   head was refused (400), too large (431) or malformed (400).
 //! - The wait for each head is bounded by `server.idle_timeout`, from the moment the last
-//!   answer was done, by one timer per connection that is moved on only when it passes.
+//!   answer was done, by one timer per connection that is moved on only when it passes. A
+//!   connection that waits `KEEP_BUFFER` with nothing read gives its read buffer back.
 //!
 //! HTTP/2 stays with hyper (`super::h2`).
 
@@ -286,8 +287,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             let polled = answering.as_mut().poll(cx);
             // While the body flows, a hang-up breaks it; while it waits unread (its request
             // queued for the quota), only this read notices one.
-            let unread = body.as_ref().is_none_or(|(_, pipe)| !pipe.lock().wanted);
-            if polled.is_pending() && unread && self.buf.len() <= max_head {
+            if polled.is_pending()
+                && self.buf.len() <= max_head
+                && body.as_ref().is_none_or(|(_, pipe)| !pipe.lock().wanted)
+            {
                 // A caller that hangs up is not waited on: the request is dropped, and with it
                 // its place in the quota queue. What a caller pipelines or sends of its body
                 // meanwhile is kept, up to `max_header_bytes`. The read costs no syscall while

@@ -278,6 +278,7 @@ impl Accepted {
         }
     }
 
+    /// The TLS handshake, bounded by `idle`, then HTTP/2 when ALPN chose it, else the sniff.
     async fn tls(self, acceptor: TlsAcceptor, stream: TcpStream, idle: Duration, generation: &Generation) {
         let peer = self.peer;
         match tokio::time::timeout(idle, acceptor.accept(stream)).await {
