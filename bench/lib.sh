@@ -239,12 +239,12 @@ wait_ready() {
     die "the gateway's /readyz did not answer 200 within 10 s"
 }
 
-# nginx (one worker, on $cpu) in front of the upstream at 127.0.0.1:$upstream, injecting the
-# key with a keep-alive pool to the upstream and a JSON access log; $stream set: bodies of any
-# size pass through unbuffered, as an operator would set it for file transfers.
-# Sets NGINX_PORT and NGINX_PID.
-start_nginx() {
-    local dir=$1 cpu=$2 upstream=$3 stream=${4:-} streaming=""
+# The config of nginx in front of the upstream at 127.0.0.1:$upstream, in $dir/nginx: injecting
+# the key with a keep-alive pool to the upstream and a JSON access log; $stream set: bodies of
+# any size pass through unbuffered, as an operator would set it for file transfers.
+# Sets NGINX_PORT.
+nginx_proxy_conf() {
+    local dir=$1 upstream=$2 stream=${3:-} streaming=""
     if [[ -n $stream ]]; then
         streaming="client_max_body_size 0; proxy_request_buffering off; proxy_buffering off;"
     fi
@@ -271,6 +271,12 @@ start_nginx() {
         }
     }
 EOF
+}
+
+# nginx (one worker, on $cpu) as `nginx_proxy_conf` sets it up. Sets NGINX_PORT and NGINX_PID.
+start_nginx() {
+    local dir=$1 cpu=$2 upstream=$3 stream=${4:-}
+    nginx_proxy_conf "$dir" "$upstream" "$stream"
     taskset -c "$cpu" nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" \
         -e "$dir/nginx/error.log" -g 'daemon off;' &
     NGINX_PID=$!

@@ -9,9 +9,10 @@
 #
 # --ceiling pooled|per-connection profiles the `ceiling` example (bench/ceiling.rs: hyper alone,
 # setting Authorization and forwarding) under the same load instead, for the instructions the
-# gateway's own path adds.
+# gateway's own path adds. --nginx profiles nginx as bench/compare.sh runs it (one worker,
+# injecting the key, keep-alive pool, JSON access log), for the instructions of the reference.
 #
-# Usage: bench/profile.sh [--requests 20000] [--connections 16] [--ceiling pooled|per-connection]
+# Usage: bench/profile.sh [--requests 20000] [--connections 16] [--ceiling pooled|per-connection | --nginx]
 #                         [--binary target/release/awork-gateway, or with --ceiling target/release/examples/ceiling]
 set -euo pipefail
 
@@ -29,7 +30,8 @@ while (($#)); do
     --connections) CONNECTIONS=$2 && shift 2 ;;
     --binary) BINARY=$2 && shift 2 ;;
     --ceiling) CEILING=$2 && shift 2 ;;
-    -h | --help) sed -n '2,16p' "$0" && exit 0 ;;
+    --nginx) CEILING=nginx && shift ;;
+    -h | --help) sed -n '2,17p' "$0" && exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -37,6 +39,7 @@ command -v valgrind >/dev/null || die "valgrind is not installed"
 case $CEILING in
 "") BINARY=${BINARY:-target/release/awork-gateway} ;;
 pooled | per-connection) BINARY=${BINARY:-target/release/examples/ceiling} ;;
+nginx) BINARY=$(command -v nginx) || die "nginx is not installed" ;;
 *) die "--ceiling takes pooled or per-connection, not $CEILING" ;;
 esac
 [[ -x $BINARY ]] || die "$BINARY not found: cargo build --release (--ceiling: cargo build --release --example ceiling)"
@@ -48,7 +51,13 @@ trap 'exit 130' INT TERM
 start_upstream "$RUN_DIR" 0-1
 PORT=$(free_port)
 ADMIN=$(free_port)
-if [[ -n $CEILING ]]; then
+if [[ $CEILING == nginx ]]; then
+    nginx_proxy_conf "$RUN_DIR" "$UPSTREAM_PORT"
+    PORT=$NGINX_PORT
+    valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" "$BINARY" -p "$RUN_DIR/nginx" \
+        -c "$RUN_DIR/nginx/nginx.conf" -e "$RUN_DIR/nginx/error.log" -g 'daemon off; master_process off;' \
+        2>"$RUN_DIR/valgrind.log" &
+elif [[ -n $CEILING ]]; then
     valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" \
         "$BINARY" "$CEILING" "127.0.0.1:$PORT" "127.0.0.1:$UPSTREAM_PORT" "$BENCH_KEY" 2>"$RUN_DIR/ceiling.log" &
 else
@@ -60,7 +69,7 @@ PROFILED_PID=$!
 STARTED_PIDS+=("$PROFILED_PID")
 for _ in $(seq 1 600); do
     if [[ -n $CEILING ]]; then
-        curl -s -o /dev/null "http://127.0.0.1:$PORT$BENCH_PATH" && break
+        curl -sf -o /dev/null "http://127.0.0.1:$PORT$BENCH_PATH" && break
     else
         [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/readyz") == 200 ]] && break
     fi

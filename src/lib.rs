@@ -58,7 +58,7 @@ use upstream::{HttpClient, Upstream};
 /// when the config has something for them to do (`Either::Right` skips them).
 pub type Stack = SetRequestId<AccessLog<Either<SignIn<Identified>, Identified>>>;
 type Identified = IdentifyClient<Policy<ToCsv<Either<Cache<Paged>, Paged>>>>;
-type Paged = Paginate<RateLimit<AttachCredential<Retry<Upstream>>>>;
+type Paged = Paginate<RateLimit<AttachCredential<Retry>>>;
 
 /// Why a gateway could not be built from a valid config.
 #[derive(Debug, thiserror::Error)]

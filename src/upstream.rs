@@ -6,13 +6,10 @@
 //! followed (a redirect must not carry the credential to another host). When requests are
 //! traced (`[tracing]`), each attempt is a span whose `traceparent` replaces the caller's.
 
-use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -22,7 +19,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use tower::Service;
 
 use crate::body::{GatewayBody, RequestBody};
 use crate::config::UpstreamConfig;
@@ -100,8 +96,8 @@ pub(crate) fn https_connector(
         .wrap_connector(http))
 }
 
-/// The innermost service: sends the request to awork. Cloned by every layer's call (tower's
-/// clone-and-swap) and into each request's future, so all of it sits behind one `Arc`.
+/// What sends a request to awork, for the retry layer: cloned into each request's future, so
+/// all of it sits behind one `Arc`.
 #[derive(Debug, Clone)]
 pub struct Upstream(Arc<Target>);
 
@@ -129,18 +125,11 @@ impl Upstream {
             metrics,
         }))
     }
-}
 
-impl Service<GatewayRequest> for Upstream {
-    type Response = GatewayResponse;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: GatewayRequest) -> Self::Future {
+    /// One exchange with awork: its answer, or the gateway's own answer saying why there is
+    /// none. Not a tower service: the retry layer, its only caller, holds this future inline
+    /// in its own instead of in a box of its own per request.
+    pub fn exchange(&self, req: GatewayRequest) -> impl Future<Output = GatewayResponse> + Send + 'static {
         let (mut parts, mut body) = req.into_parts();
         // A request without a body has been sent once its head is: the clock starts at once.
         let body_sent = (!http_body::Body::is_end_stream(&body)).then(|| body.sent());
@@ -151,7 +140,7 @@ impl Service<GatewayRequest> for Upstream {
             .get::<crate::telemetry::TraceParent>()
             .cloned()
             .map(|parent| parent.upstream_span(&mut parts, &target.scheme, &target.authority));
-        Box::pin(async move {
+        async move {
             let (metrics, timeout) = (&target.metrics, target.request_timeout);
             strip_forwarding(&mut parts.headers);
             let start = Instant::now();
@@ -208,8 +197,8 @@ impl Service<GatewayRequest> for Upstream {
             {
                 response.extensions_mut().insert(SentHead(parts));
             }
-            Ok(response)
-        })
+            response
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,15 +24,16 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use rand::Rng;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use super::request_id::RequestId;
-use super::{GatewayRequest, GatewayResponse, SentHead, UpstreamFailure, UpstreamTiming, take_ready};
+use super::{GatewayRequest, GatewayResponse, SentHead, UpstreamFailure, UpstreamTiming};
 use crate::body::{Buffered, RequestBody};
 use crate::config::RetryConfig;
 use crate::error::UpstreamErrorKind;
 use crate::metrics::Metrics;
 use crate::ratelimit::QuotaTicket;
+use crate::upstream::Upstream;
 
 /// The longest backoff between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -56,17 +58,19 @@ impl RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
-    type Service = Retry<S>;
+impl Layer<Upstream> for RetryLayer {
+    type Service = Retry;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        Retry { inner, shared: self.shared.clone() }
+    fn layer(&self, upstream: Upstream) -> Self::Service {
+        Retry { upstream, shared: self.shared.clone() }
     }
 }
 
+/// The innermost layer: it calls awork itself, so each attempt's exchange lives inline in
+/// the one future a request gets here.
 #[derive(Debug, Clone)]
-pub struct Retry<S> {
-    inner: S,
+pub struct Retry {
+    upstream: Upstream,
     shared: Arc<Shared>,
 }
 
@@ -118,21 +122,17 @@ fn idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
 }
 
-impl<S> Service<GatewayRequest> for Retry<S>
-where
-    S: Service<GatewayRequest, Response = GatewayResponse, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
+impl Service<GatewayRequest> for Retry {
     type Response = GatewayResponse;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: GatewayRequest) -> Self::Future {
-        let mut this = Self { inner: take_ready(&mut self.inner), shared: self.shared.clone() };
+        let this = self.clone();
         let request_id = req.extensions().get::<RequestId>().cloned();
         let ticket = req.extensions().get::<QuotaTicket>().cloned();
         let (mut parts, mut body) = req.into_parts();
@@ -173,7 +173,7 @@ where
                     (None, None) => RequestBody::empty(), // unreachable: a streamed body is never retried
                 };
                 // The head goes down with each attempt and comes back with a failed answer (`SentHead`).
-                let mut response = this.inner.ready().await?.call(Request::from_parts(parts, body)).await?;
+                let mut response = this.upstream.exchange(Request::from_parts(parts, body)).await;
                 if let Some(slot) = &slot
                     && response.extensions().get::<UpstreamTiming>().is_some()
                 {
@@ -236,12 +236,18 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 
 /// Retries allowed: `percent` of the first attempts of the last `WINDOW_SECS` seconds, and at
 /// least `MIN_RETRIES` so a lone failing request can still be retried.
+///
+/// Every request is counted, so that count takes no lock: each second's count is one atomic
+/// word with the second it belongs to. Only a retry, a failure's path, takes the lock.
 #[derive(Debug)]
 struct RetryBudget {
     percent: u32,
     start: Instant,
-    /// Per second of the window: (which second since `start`, requests, retries).
-    buckets: Mutex<[(u64, u32, u32); WINDOW_SECS as usize]>,
+    /// Per second of the window: the second since `start` in the high half, its requests in
+    /// the low half.
+    requests: [AtomicU64; WINDOW_SECS as usize],
+    /// Per second of the window: (which second since `start`, retries).
+    retries: Mutex<[(u64, u32); WINDOW_SECS as usize]>,
 }
 
 const WINDOW_SECS: u64 = 10;
@@ -249,40 +255,50 @@ const MIN_RETRIES: u32 = 3;
 
 impl RetryBudget {
     fn new(percent: u32) -> Self {
-        Self { percent, start: Instant::now(), buckets: Mutex::new([(u64::MAX, 0, 0); WINDOW_SECS as usize]) }
-    }
-
-    fn bucket<'a>(&self, buckets: &'a mut [(u64, u32, u32)], second: u64) -> &'a mut (u64, u32, u32) {
-        let bucket = &mut buckets[(second % WINDOW_SECS) as usize];
-        if bucket.0 != second {
-            *bucket = (second, 0, 0);
+        Self {
+            percent,
+            start: Instant::now(),
+            requests: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
+            retries: Mutex::new([(u64::MAX, 0); WINDOW_SECS as usize]),
         }
-        bucket
     }
 
+    /// Seconds since `start`, in the 32 bits a request count's word holds them in (136 years).
     fn now(&self) -> u64 {
-        self.start.elapsed().as_secs()
+        self.start.elapsed().as_secs() & u64::from(u32::MAX)
     }
 
     fn record_request(&self) {
         let second = self.now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let bucket = self.bucket(&mut buckets[..], second);
-        bucket.1 = bucket.1.saturating_add(1);
+        let word = &self.requests[(second % WINDOW_SECS) as usize];
+        let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+            Some(match packed {
+                _ if packed >> 32 != second => second << 32 | 1,
+                _ if packed & u64::from(u32::MAX) == u64::from(u32::MAX) => packed,
+                _ => packed + 1,
+            })
+        });
     }
 
     /// Takes one retry from the budget, if any is left.
     fn try_withdraw(&self) -> bool {
         let second = self.now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let recent = buckets.iter().filter(|b| b.0 != u64::MAX && b.0 + WINDOW_SECS > second);
-        let (requests, retries) = recent.fold((0u64, 0u64), |(q, r), b| (q + u64::from(b.1), r + u64::from(b.2)));
+        let recent = |at: u64| at <= second && at + WINDOW_SECS > second;
+        let requests: u64 = (self.requests.iter().map(|word| word.load(Ordering::Relaxed)))
+            .filter(|packed| recent(packed >> 32))
+            .map(|packed| packed & u64::from(u32::MAX))
+            .sum();
+        let mut retries = self.retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let taken: u64 = retries.iter().filter(|r| recent(r.0)).map(|r| u64::from(r.1)).sum();
         let allowed = (requests * u64::from(self.percent) / 100).max(u64::from(MIN_RETRIES));
-        if retries >= allowed {
+        if taken >= allowed {
             return false;
         }
-        let bucket = self.bucket(&mut buckets[..], second);
-        bucket.2 = bucket.2.saturating_add(1);
+        let slot = &mut retries[(second % WINDOW_SECS) as usize];
+        if slot.0 != second {
+            *slot = (second, 0);
+        }
+        slot.1 = slot.1.saturating_add(1);
         true
     }
 }
@@ -315,6 +331,18 @@ mod tests {
         // The old requests and retries left the window: only the floor is left.
         let granted = (0..100).filter(|_| budget.try_withdraw()).count();
         assert_eq!(granted, MIN_RETRIES as usize);
+    }
+
+    #[test]
+    fn requests_counted_from_many_threads_at_once_are_all_counted() {
+        let budget = RetryBudget::new(20);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| (0..10_000).for_each(|_| budget.record_request()));
+            }
+        });
+        let granted = (0..10_000).filter(|_| budget.try_withdraw()).count();
+        assert_eq!(granted, 8_000, "a fifth of 40,000 requests");
     }
 
     #[test]
