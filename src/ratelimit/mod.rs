@@ -128,11 +128,12 @@ impl Quotas {
         let &(ws, local) = self.by_client.get(client)?;
         let workspace = &self.workspaces[ws];
         let now = Instant::now();
-        if workspace.shared.is_some() || !workspace.grant_now(local, now) {
+        if workspace.shared.is_some() {
             return None;
         }
+        let max_wait = workspace.grant_now(local, now)?;
         workspace.metrics.queue_wait.observe(0.0);
-        let deadline = now + lock(&workspace.state).settings.max_wait;
+        let deadline = now + max_wait;
         let slot = Slot { workspace: workspace.clone() };
         Some(QuotaTicket::new(workspace.clone(), local, deadline, slot, Duration::ZERO))
     }
@@ -480,20 +481,22 @@ impl Workspace {
                 None => {} // Redis is down: this replica's share decides
             }
         }
-        self.grant_now(client, now)
+        self.grant_now(client, now).is_some()
     }
 
-    /// Grants `client` a slot if nothing waits and this replica's quota has room `now`.
-    fn grant_now(&self, client: usize, now: Instant) -> bool {
+    /// Grants `client` a slot if nothing waits and this replica's quota has room `now`, and
+    /// says how long the request may wait for any slot after this one (`max_wait`).
+    fn grant_now(&self, client: usize, now: Instant) -> Option<Duration> {
         let mut st = lock(&self.state);
         let free = client < st.clients.len()
             && st.queued == 0
             && st.ready_at(now) <= now
             && st.client_ready_at(client, now) <= now;
-        if free {
-            st.grant(client, now, &self.in_flight);
+        if !free {
+            return None;
         }
-        free
+        st.grant(client, now, &self.in_flight);
+        Some(st.settings.max_wait)
     }
 
     fn reject(&self, client: usize, reason: &'static str, retry_after: Duration) -> GatewayError {
