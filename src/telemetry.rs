@@ -33,8 +33,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 
 use crate::config::{Config, TracingConfig};
-use crate::layers::request_id::RequestId;
-use crate::layers::{ClientIdentity, GatewayResponse, PeerAddr, QueueTiming, UpstreamFailure};
+use crate::layers::{AnswerFacts, GatewayResponse, RequestFacts};
 
 /// The name of the span of one request through the gateway (kind server).
 pub const REQUEST_SPAN: &str = "awork-gateway request";
@@ -116,10 +115,11 @@ impl Tracing {
             KeyValue::new("url.path", req.uri().path().to_owned()),
             KeyValue::new("network.protocol.version", protocol_version(req.version())),
         ];
-        if let Some(PeerAddr(peer)) = req.extensions().get::<PeerAddr>() {
+        let facts = RequestFacts::of(req);
+        if let Some(peer) = facts.peer {
             attributes.push(KeyValue::new("client.address", peer.ip().to_string()));
         }
-        if let Some(id) = req.extensions().get::<RequestId>() {
+        if let Some(id) = &facts.request_id {
             attributes.push(KeyValue::new("awork_gateway.request_id", id.as_str().to_owned()));
         }
         let span = self
@@ -172,10 +172,11 @@ impl ServerSpan {
             span.set_attribute(KeyValue::new("error.type", status.as_str().to_owned()));
             span.set_status(Status::error(status.to_string()));
         }
-        if let Some(client) = response.extensions().get::<ClientIdentity>().and_then(|c| self.clients.get(c.index)) {
+        let facts = AnswerFacts::of(response);
+        if let Some(client) = facts.client.as_ref().and_then(|c| self.clients.get(c.index)) {
             span.set_attributes(client.iter().cloned());
         }
-        if let Some(QueueTiming(queued)) = response.extensions().get::<QueueTiming>() {
+        if let Some(queued) = facts.queue {
             span.set_attribute(KeyValue::new("awork_gateway.queue_ms", queued.as_secs_f64() * 1000.0));
         }
     }
@@ -235,7 +236,7 @@ pub struct UpstreamSpan(Context);
 impl UpstreamSpan {
     pub fn end(self, response: &GatewayResponse) {
         let span = self.0.span();
-        if let Some(UpstreamFailure(kind)) = response.extensions().get::<UpstreamFailure>() {
+        if let Some(kind) = AnswerFacts::of(response).failure {
             span.set_attribute(KeyValue::new("error.type", kind.as_str()));
             span.set_status(Status::error(kind.as_str()));
         } else {

@@ -24,7 +24,7 @@ use crate::body::{GatewayBody, RequestBody};
 use crate::config::UpstreamConfig;
 use crate::error::{GatewayError, UpstreamErrorKind};
 use crate::layers::request_id::RequestId;
-use crate::layers::{GatewayRequest, GatewayResponse, SentHead, UpstreamFailure, UpstreamTiming};
+use crate::layers::{AnswerFacts, GatewayRequest, GatewayResponse, SentHead};
 use crate::metrics::Metrics;
 use crate::pool::{Answer, Pool, SendError};
 
@@ -161,7 +161,7 @@ impl Upstream {
                     if matches!(body, Answer::Http2(_)) {
                         strip_hop_by_hop(&mut parts.headers);
                     }
-                    parts.extensions.insert(UpstreamTiming(elapsed));
+                    parts.extensions.insert(AnswerFacts { upstream: Some(elapsed), ..AnswerFacts::default() });
                     GatewayResponse::from_parts(parts, GatewayBody::upstream(body))
                 }
                 Err(e) => {
@@ -182,7 +182,7 @@ impl Upstream {
                     };
                     metrics.record_upstream_error(kind);
                     let mut failed = failure.to_response(request_id);
-                    failed.extensions_mut().insert(UpstreamFailure(kind));
+                    AnswerFacts::of_mut(&mut failed).failure = Some(kind);
                     failed
                 }
             };
@@ -193,7 +193,7 @@ impl Upstream {
             // The answers a retry or a renewed credential may improve on take the head back up
             // (not a certificate's failure, which no replay mends).
             if matches!(response.status().as_u16(), 401 | 429 | 502 | 503 | 504)
-                && !response.extensions().get::<UpstreamFailure>().is_some_and(|f| f.0 == UpstreamErrorKind::Tls)
+                && AnswerFacts::of(&response).failure != Some(UpstreamErrorKind::Tls)
             {
                 response.extensions_mut().insert(SentHead(parts));
             }

@@ -18,7 +18,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::request_id::RequestId;
-use super::{ClientIdentity, GatewayResponse, QueueTiming, UpstreamTiming};
+use super::{AnswerFacts, ClientIdentity, GatewayResponse, RequestFacts};
 use crate::body::GatewayBody;
 use crate::config::Config;
 use crate::metrics::{ClientRequests, Metrics};
@@ -110,7 +110,7 @@ where
             start: Instant::now(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
-            request_id: req.extensions().get::<RequestId>().cloned(),
+            request_id: RequestFacts::of(&req).request_id.clone(),
             bytes_in,
             client: None,
             status: 0,
@@ -147,9 +147,8 @@ where
         };
         record.status = response.status().as_u16();
         record.complete = response.body().is_end_stream();
-        record.client = response.extensions().get::<ClientIdentity>().cloned();
-        record.upstream = response.extensions().get::<UpstreamTiming>().map(|t| t.0);
-        record.queue = response.extensions().get::<QueueTiming>().map(|t| t.0);
+        let facts = AnswerFacts::of(&response);
+        (record.client, record.upstream, record.queue) = (facts.client.clone(), facts.upstream, facts.queue);
         #[cfg(feature = "otlp")]
         if let Some(span) = &record.span {
             span.answered(&response);

@@ -43,7 +43,7 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 use tower::{Layer, Service};
 
-use super::{ClientIdentity, GatewayRequest, GatewayResponse, UserSession, take_ready};
+use super::{GatewayRequest, GatewayResponse, RequestFacts, take_ready};
 use crate::body::GatewayBody;
 use crate::config::{CacheConfig, Config, CredentialKind};
 use crate::metrics::Metrics;
@@ -360,7 +360,8 @@ impl<S> Cache<S> {
         if method != Method::GET || !req.body().is_end_stream() {
             return Plan::Pass;
         }
-        let Some(identity) = req.extensions().get::<ClientIdentity>() else { return Plan::Pass };
+        let facts = RequestFacts::of(req);
+        let Some(identity) = &facts.client else { return Plan::Pass };
         let Some(client) = self.config.clients.get(identity.index) else { return Plan::Pass };
         let Some(cache) = &client.cache else { return Plan::Pass };
         let path = req.uri().path();
@@ -368,8 +369,8 @@ impl<S> Cache<S> {
             return Plan::Pass;
         }
         let person = match self.config.credentials.get(client.credential).map(|c| &c.kind) {
-            Some(CredentialKind::OAuthUser(_)) => match req.extensions().get::<UserSession>() {
-                Some(session) => Some(Arc::from(session.0.grant.id())),
+            Some(CredentialKind::OAuthUser(_)) => match &facts.session {
+                Some(session) => Some(Arc::from(session.grant.id())),
                 // No session, no answer worth keeping: the credential layer refuses it.
                 None => return Plan::Pass,
             },

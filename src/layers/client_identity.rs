@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use super::{ClientIdentity, Decision, GatewayResponse, PeerAddr, UserSession, request_id_of, take_ready};
+use super::{AnswerFacts, ClientIdentity, Decision, GatewayResponse, RequestFacts, request_id_of, take_ready};
 use crate::config::Config;
 use crate::credentials::sessions::{Session, Sessions};
 use crate::credentials::{Credential, Credentials};
@@ -274,7 +274,7 @@ where
                 match identified(&identities, &mut req) {
                     Ok(identity) => {
                         let mut response = inner.call(req).await?;
-                        response.extensions_mut().insert(identity);
+                        AnswerFacts::of_mut(&mut response).client = Some(identity);
                         Ok(response)
                     }
                     Err(e) => Ok(e.to_response(request_id_of(&req))),
@@ -294,18 +294,13 @@ where
 
 /// Marks the request with its caller, or says why the caller is not identified.
 fn identified<B>(identities: &Identities, req: &mut Request<B>) -> Result<ClientIdentity, GatewayError> {
-    // Taken, not read: nothing further in needs it, and without it the request's extension map
-    // keeps room for the identity and the quota ticket (a fourth entry grows the map: an
-    // allocation and a rehash for every request).
-    let peer = req.extensions_mut().remove::<PeerAddr>().map(|p| p.0.ip());
+    let peer = RequestFacts::of(req).peer.map(|p| p.ip());
     match identities.identify(req.headers(), peer) {
         Ok(Identified { identity, session }) => {
-            let identity = identity.clone();
-            req.extensions_mut().insert(identity.clone());
-            if let Some(session) = session {
-                req.extensions_mut().insert(UserSession(session));
-            }
-            Ok(identity)
+            let facts = RequestFacts::of_mut(req);
+            facts.client = Some(identity.clone());
+            facts.session = session;
+            Ok(identity.clone())
         }
         Err(e) => {
             tracing::debug!(request_id = request_id_of(req), peer = ?peer, reason = %e, "caller not identified");
@@ -333,7 +328,7 @@ where
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
         if let Some(identity) = this.identity.take() {
-            response.extensions_mut().insert(identity);
+            AnswerFacts::of_mut(&mut response).client = Some(identity);
         }
         Poll::Ready(Ok(response))
     }

@@ -18,7 +18,7 @@ use http_body::Body;
 use tower::{Layer, Service, ServiceExt};
 
 use super::request_id::RequestId;
-use super::{ClientIdentity, GatewayRequest, GatewayResponse, SentHead, UserSession, request_id_of, take_ready};
+use super::{GatewayRequest, GatewayResponse, RequestFacts, SentHead, request_id_of, take_ready};
 use crate::body::RequestBody;
 use crate::config::Config;
 use crate::credentials::{ApiKey, Credential, Credentials, Grant, GrantStatus};
@@ -140,7 +140,7 @@ where
             }
         };
         // Only needed on the rare failure paths: a refcounted header, not a new string.
-        let request_id = req.extensions().get::<RequestId>().cloned();
+        let request_id = RequestFacts::of(&req).request_id.clone();
         // The caller's `Authorization` is replaced by the credential's below; a request that
         // gets no credential is answered here and never sent.
         let headers = req.headers_mut();
@@ -264,12 +264,13 @@ where
 
 impl<S> AttachCredential<S> {
     fn credential_for(&self, req: &GatewayRequest) -> Result<Attach, GatewayError> {
-        let credential = req.extensions().get::<ClientIdentity>().and_then(|id| self.by_client.get(id.index));
+        let facts = RequestFacts::of(req);
+        let credential = facts.client.as_ref().and_then(|id| self.by_client.get(id.index));
         match credential {
             Some(Credential::ApiKey(key)) => Ok(Attach::Key(key.clone())),
             Some(Credential::OAuth(grant)) => Ok(Attach::Grant(grant.clone())),
-            Some(Credential::OAuthUser(_)) => match req.extensions().get::<UserSession>() {
-                Some(session) => Ok(Attach::Grant(session.0.grant.clone())),
+            Some(Credential::OAuthUser(_)) => match &facts.session {
+                Some(session) => Ok(Attach::Grant(session.grant.clone())),
                 None => Err(GatewayError::Unauthenticated("sign in first at /oauth2/start".into())),
             },
             None => Err(GatewayError::Unauthenticated("no client identified".into())),

@@ -3,7 +3,8 @@
 //! credential -> retry -> upstream.
 //!
 //! Every layer answers its own failures as HTTP responses, so the stack's error type is
-//! `Infallible`. What a layer learns for the ones outside it travels in extensions.
+//! `Infallible`. What a layer learns travels in extensions: for the layers inside it in the
+//! request's `RequestFacts`, for those outside it in the answer's `AnswerFacts`.
 
 pub mod access_log;
 pub mod cache;
@@ -31,9 +32,64 @@ use crate::body::{GatewayBody, RequestBody};
 pub type GatewayRequest = Request<RequestBody>;
 pub type GatewayResponse = Response<GatewayBody>;
 
-/// The TCP peer of the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub std::net::SocketAddr);
+/// What the layers learn about a request on its way in, for the layers further in. One
+/// extension for all of it: `http::Extensions` boxes every value and hashes every lookup, so a
+/// request carries one allocation for these facts instead of one per fact.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    /// The TCP peer of the connection the request came on (the server).
+    pub peer: Option<std::net::SocketAddr>,
+    /// The request's id (`request_id`).
+    pub request_id: Option<request_id::RequestId>,
+    /// Who the caller is (`client_identity`).
+    pub client: Option<ClientIdentity>,
+    /// The signed-in person of an `oauth_user` client (`client_identity`).
+    pub session: Option<Arc<crate::credentials::sessions::Session>>,
+    /// The request's right to the quota (`rate_limit`).
+    pub ticket: Option<crate::ratelimit::QuotaTicket>,
+}
+
+/// The facts of a request no layer has learned anything about.
+static NO_REQUEST_FACTS: RequestFacts =
+    RequestFacts { peer: None, request_id: None, client: None, session: None, ticket: None };
+
+impl RequestFacts {
+    pub fn of<B>(req: &Request<B>) -> &Self {
+        req.extensions().get().unwrap_or(&NO_REQUEST_FACTS)
+    }
+
+    pub fn of_mut<B>(req: &mut Request<B>) -> &mut Self {
+        req.extensions_mut().get_or_insert_default()
+    }
+}
+
+/// What the layers learn while answering, for the layers further out (the access log, the
+/// trace, the retry layer): one extension, as `RequestFacts` is.
+#[derive(Debug, Clone, Default)]
+pub struct AnswerFacts {
+    /// Who the caller is (`client_identity`).
+    pub client: Option<ClientIdentity>,
+    /// How long awork took to answer with headers: set on awork's answers only (the upstream
+    /// exchange).
+    pub upstream: Option<Duration>,
+    /// Set on the gateway's own answer when the exchange with awork failed, and how.
+    pub failure: Option<crate::error::UpstreamErrorKind>,
+    /// How long the request waited for quota slots (`rate_limit`).
+    pub queue: Option<Duration>,
+}
+
+/// The facts of an answer no layer has marked.
+static NO_ANSWER_FACTS: AnswerFacts = AnswerFacts { client: None, upstream: None, failure: None, queue: None };
+
+impl AnswerFacts {
+    pub fn of<B>(response: &Response<B>) -> &Self {
+        response.extensions().get().unwrap_or(&NO_ANSWER_FACTS)
+    }
+
+    pub fn of_mut<B>(response: &mut Response<B>) -> &mut Self {
+        response.extensions_mut().get_or_insert_default()
+    }
+}
 
 /// Who the caller is, once `client_identity` decided.
 #[derive(Debug, Clone)]
@@ -42,18 +98,6 @@ pub struct ClientIdentity {
     pub index: usize,
     pub name: Arc<str>,
 }
-
-/// The signed-in person of an `oauth_user` client.
-#[derive(Debug, Clone)]
-pub struct UserSession(pub Arc<crate::credentials::sessions::Session>);
-
-/// How long awork took to answer with headers; set on responses by the upstream service.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamTiming(pub Duration);
-
-/// Set on the gateway's own answer when the exchange with awork failed, and how.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamFailure(pub crate::error::UpstreamErrorKind);
 
 /// The head of a request as it was sent to awork, handed back by `Upstream` with the answers a
 /// replay may improve on (401, 429, 502, 503, 504) instead of being copied for every request
@@ -68,10 +112,6 @@ impl std::fmt::Debug for SentHead {
         f.debug_struct("SentHead").field("method", &self.0.method).field("uri", &self.0.uri).finish_non_exhaustive()
     }
 }
-
-/// How long the request waited for quota slots; set on responses by the rate-limit layer.
-#[derive(Debug, Clone, Copy)]
-pub struct QueueTiming(pub Duration);
 
 pin_project! {
     /// The future of a layer that either answers at once or defers to its inner service.
@@ -117,5 +157,5 @@ pub fn take_ready<S: Clone>(inner: &mut S) -> S {
 
 /// The request id a layer puts in `traceId` of its answers.
 pub fn request_id_of<B>(req: &Request<B>) -> &str {
-    req.extensions().get::<request_id::RequestId>().map_or("-", request_id::RequestId::as_str)
+    RequestFacts::of(req).request_id.as_ref().map_or("-", request_id::RequestId::as_str)
 }

@@ -14,7 +14,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Uri, Version, header};
 use tower::{Layer, Service};
 
-use super::{ClientIdentity, Decision, GatewayResponse, request_id_of};
+use super::{Decision, GatewayResponse, RequestFacts, request_id_of};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::path;
@@ -80,7 +80,7 @@ impl<S> Policy<S> {
         refuse_foreign_absolute_form(req)?;
         let uri = req.uri();
         let normal = path::normalize(uri.path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-        let Some(client) = req.extensions().get::<ClientIdentity>().and_then(|id| self.config.clients.get(id.index))
+        let Some(client) = RequestFacts::of(req).client.as_ref().and_then(|id| self.config.clients.get(id.index))
         else {
             return Err(GatewayError::Unauthenticated("no client identified".into()));
         };

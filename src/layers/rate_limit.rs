@@ -18,8 +18,7 @@ use http::header::HeaderName;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::request_id::RequestId;
-use super::{ClientIdentity, Decision, GatewayRequest, GatewayResponse, QueueTiming, take_ready};
+use super::{AnswerFacts, Decision, GatewayRequest, GatewayResponse, RequestFacts, request_id_of, take_ready};
 use crate::ratelimit::{QuotaTicket, Quotas};
 
 /// How long the request waited for quota slots, in milliseconds.
@@ -65,11 +64,11 @@ where
 
     fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
         // Without an identity the credential layer answers 401; that costs no quota.
-        let Some(client) = req.extensions().get::<ClientIdentity>().map(|c| c.index) else {
+        let Some(client) = RequestFacts::of(&req).client.as_ref().map(|c| c.index) else {
             return MarkQueue { inner: Decision::Inner { future: self.inner.call(req) }, ticket: None };
         };
         if let Some(ticket) = self.quotas.admit_now(client) {
-            req.extensions_mut().insert(ticket.clone());
+            RequestFacts::of_mut(&mut req).ticket = Some(ticket.clone());
             return MarkQueue { inner: Decision::Inner { future: self.inner.call(req) }, ticket: Some(ticket) };
         }
         let (quotas, mut inner) = (self.quotas.clone(), take_ready(&mut self.inner));
@@ -80,13 +79,12 @@ where
                 let ticket = match quotas.admit(client).await {
                     Ok(ticket) => ticket,
                     Err(refused) => {
-                        let request_id = req.extensions().get::<RequestId>().map_or("-", RequestId::as_str);
-                        let mut answer = refused.to_response(request_id);
+                        let mut answer = refused.to_response(request_id_of(&req));
                         mark(&mut answer, start.elapsed());
                         return Ok(answer);
                     }
                 };
-                req.extensions_mut().insert(ticket.clone());
+                RequestFacts::of_mut(&mut req).ticket = Some(ticket.clone());
                 let mut response = inner.call(req).await?;
                 mark(&mut response, ticket.queued());
                 Ok(response)
@@ -127,5 +125,5 @@ fn mark(response: &mut GatewayResponse, queued: Duration) {
     // Most requests wait no whole millisecond: their value is the static one, no allocation.
     let value = if ms == 0 { HeaderValue::from_static("0") } else { HeaderValue::from(ms) };
     response.headers_mut().insert(QUEUE_MS, value);
-    response.extensions_mut().insert(QueueTiming(queued));
+    AnswerFacts::of_mut(response).queue = Some(queued);
 }

@@ -8,12 +8,14 @@ use std::task::{Context, Poll};
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
+use super::RequestFacts;
+
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A caller's id longer than this, or with odd characters, is replaced.
 const MAX_LEN: usize = 128;
 
-/// The request's id, in the request's extensions (the answer carries it in `x-request-id`).
+/// The request's id, in the request's facts (the answer carries it in `x-request-id`).
 #[derive(Debug, Clone)]
 pub struct RequestId(HeaderValue);
 
@@ -77,7 +79,7 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let id = req.headers().get(&X_REQUEST_ID).and_then(RequestId::from_caller).unwrap_or_else(RequestId::generate);
         req.headers_mut().insert(X_REQUEST_ID.clone(), id.0.clone());
-        req.extensions_mut().insert(id.clone());
+        RequestFacts::of_mut(&mut req).request_id = Some(id.clone());
         EchoRequestId { inner: self.inner.call(req), id: Some(id) }
     }
 }
@@ -114,7 +116,7 @@ mod tests {
     use tower::ServiceExt;
 
     async fn echo_id(req: Request<()>) -> Result<Response<String>, Infallible> {
-        let seen = req.extensions().get::<RequestId>().map(|id| id.as_str().to_owned());
+        let seen = RequestFacts::of(&req).request_id.as_ref().map(|id| id.as_str().to_owned());
         Ok(Response::new(seen.unwrap_or_default()))
     }
 

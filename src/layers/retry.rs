@@ -27,12 +27,11 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::request_id::RequestId;
-use super::{GatewayRequest, GatewayResponse, SentHead, UpstreamFailure, UpstreamTiming};
+use super::{AnswerFacts, GatewayRequest, GatewayResponse, RequestFacts, SentHead};
 use crate::body::{Buffered, RequestBody};
 use crate::config::RetryConfig;
 use crate::error::UpstreamErrorKind;
 use crate::metrics::Metrics;
-use crate::ratelimit::QuotaTicket;
 use crate::upstream::Upstream;
 
 /// The longest backoff between two attempts.
@@ -87,7 +86,8 @@ enum Failure {
 
 impl Failure {
     fn of(response: &GatewayResponse) -> Option<Self> {
-        if let Some(UpstreamFailure(kind)) = response.extensions().get::<UpstreamFailure>() {
+        let facts = AnswerFacts::of(response);
+        if let Some(kind) = facts.failure {
             return match kind {
                 UpstreamErrorKind::Connect => Some(Self::Connect),
                 // A certificate does not get better by asking again.
@@ -95,7 +95,7 @@ impl Failure {
                 _ => Some(Self::Status(response.status())),
             };
         }
-        let from_awork = response.extensions().get::<UpstreamTiming>().is_some();
+        let from_awork = facts.upstream.is_some();
         match response.status() {
             StatusCode::TOO_MANY_REQUESTS if from_awork => Some(Self::RateLimited),
             s @ (StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
@@ -133,8 +133,8 @@ impl Service<GatewayRequest> for Retry {
 
     fn call(&mut self, req: GatewayRequest) -> Self::Future {
         let this = self.clone();
-        let request_id = req.extensions().get::<RequestId>().cloned();
-        let ticket = req.extensions().get::<QuotaTicket>().cloned();
+        let facts = RequestFacts::of(&req);
+        let (request_id, ticket) = (facts.request_id.clone(), facts.ticket.clone());
         let (mut parts, mut body) = req.into_parts();
         // An async block, not an async fn: a function's arguments would be held twice over in
         // the future, and this future is boxed, which copies it whole, for every request.
@@ -175,13 +175,13 @@ impl Service<GatewayRequest> for Retry {
                 // The head goes down with each attempt and comes back with a failed answer (`SentHead`).
                 let mut response = this.upstream.exchange(Request::from_parts(parts, body)).await;
                 if let Some(slot) = &slot
-                    && response.extensions().get::<UpstreamTiming>().is_some()
+                    && AnswerFacts::of(&response).upstream.is_some()
                 {
                     slot.observe(response.status(), response.headers());
                 }
                 drop(slot);
                 if let Some(caller) = fault.as_ref().and_then(|f| f.get())
-                    && response.extensions().get::<UpstreamFailure>().is_some()
+                    && AnswerFacts::of(&response).failure.is_some()
                 {
                     return Ok(caller.to_response(request_id));
                 }

@@ -403,7 +403,7 @@ impl KeptStack {
 fn received<B>(req: &mut http::Request<B>, peer: SocketAddr) {
     mark_secrets(req.headers_mut());
     crate::upstream::strip_hop_by_hop(req.headers_mut());
-    req.extensions_mut().insert(crate::layers::PeerAddr(peer));
+    crate::layers::RequestFacts::of_mut(req).peer = Some(peer);
 }
 
 pin_project_lite::pin_project! {
