@@ -223,23 +223,21 @@ fn millis(out: &mut Vec<u8>, duration: Duration) {
 }
 
 /// `value` in decimal, zero-padded to `width` digits: core::fmt's machinery (and its float
-/// formatting) was a twentieth of the instructions per request in `bench/profile.sh`.
-fn decimal(out: &mut Vec<u8>, mut value: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    while value > 0 || start > digits.len() - width.max(1) {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
-    out.extend_from_slice(&digits[start..]);
+/// formatting) was a twentieth of the instructions per request in `bench/profile.sh`; itoa
+/// writes two digits per step.
+fn decimal(out: &mut Vec<u8>, value: u64, width: usize) {
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(value).as_bytes();
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits.len())));
+    out.extend_from_slice(digits);
 }
 
 /// `text` as a JSON string, escaped by serde_json as tracing's formatter does.
 fn json_string(out: &mut Vec<u8>, text: &str) {
     // What serde_json would leave as it is (no control character, quote or backslash), as
-    // most ids, names and paths are, is copied in one go.
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // most ids, names and paths are, is copied in one go. Checked without an early exit, so
+    // that the check is vectorised.
+    if text.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\')) {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');

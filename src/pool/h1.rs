@@ -448,7 +448,10 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, head_only: bool) -> Res
                 if raw_name.eq_ignore_ascii_case(b"transfer-encoding") {
                     transfer_encoding = true;
                     chunked = last_coding_is_chunked(value.as_bytes());
-                } else if raw_name.eq_ignore_ascii_case(b"connection") {
+                } else if raw_name.eq_ignore_ascii_case(b"connection")
+                    // What nearly every answer says, and it names no other header.
+                    && !value.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+                {
                     keep_alive &= !listed(&value).any(|token| token.eq_ignore_ascii_case("close"));
                     if listed(&value).any(|name| !HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))) {
                         naming_others.push(value);
