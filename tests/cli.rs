@@ -365,6 +365,56 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     assert!(took < DRAIN_TIMEOUT, "exit took {took:?}, longer than the drain timeout");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_an_idle_keep_alive_connection_at_once_and_exits_without_waiting_for_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = support::mock().await;
+    let dir = support::temp_dir("cli-sigterm-idle");
+    let mock_url = mock.url();
+    let mut gateway = BinaryGateway::start(
+        &dir,
+        |port, admin| {
+            let text = support::config_text_on_ports(&mock_url, "", port, admin);
+            assert!(text.contains("drain_timeout = \"5s\""));
+            text
+        },
+        &[],
+    )
+    .await;
+    // One request answered and kept alive, then the connection waits for its next request.
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.expect("connect");
+    stream.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: gateway\r\n\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed before its answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "kept alive: {head}");
+    // Well before the connection's own timer (it gives its buffer back after 1 s idle) would
+    // wake it anyway.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    support::signal(&gateway.child, "TERM");
+    let signalled = Instant::now();
+    // The idle connection is closed by the gateway (its task woken by the shutdown), not left
+    // to the drain timeout: whatever remained of the answer, then the end.
+    let closed = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            let _ = n;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection was still open 0.5 s after SIGTERM");
+    let status = tokio::task::block_in_place(|| support::wait_exit(&mut gateway.child, Duration::from_secs(2)))
+        .unwrap_or_else(|| panic!("the gateway did not exit within 2 s of SIGTERM; stderr:\n{}", gateway.stderr()));
+    assert!(status.success(), "exit status {status}; stderr:\n{}", gateway.stderr());
+    eprintln!("idle connection closed; {status} {:?} after SIGTERM", signalled.elapsed());
+}
+
 #[cfg(unix)]
 #[test]
 fn check_warns_on_stderr_when_the_config_or_a_secret_file_is_open_to_others() {

@@ -84,9 +84,14 @@ pub(super) struct Connection<IO> {
     peer: SocketAddr,
     current: Arc<ArcSwap<Generation>>,
     stack: KeptStack,
-    /// Resolves once the gateway is shutting down: made once per connection, so that a wait
-    /// for a head registers with it only when the task to wake changes.
-    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The gateway's shutdown signal (the one value it is ever sent is `true`): looked at by
+    /// the version it holds, one atomic load, without the lock of a poll of its `changed()`.
+    shutdown: watch::Receiver<bool>,
+    /// Resolves once the gateway is shutting down. Polled by the first wait for a head, which
+    /// registers the connection's task to be woken then, and after that only once the signal
+    /// came: made once per connection.
+    wake_on_shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    registered: bool,
     shutting_down: bool,
     /// Bounds the wait for a head: set to pass `idle_timeout` after a wait began, checked and
     /// moved on only when it passes.
@@ -131,11 +136,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             peer,
             current,
             stack: KeptStack::default(),
-            shutdown: Box::pin(async move {
-                let mut shutdown = shutdown;
+            wake_on_shutdown: Box::pin({
+                let mut shutdown = shutdown.clone();
                 // A sender gone is a gateway gone.
-                while !*shutdown.borrow_and_update() && shutdown.changed().await.is_ok() {}
+                async move { while !*shutdown.borrow_and_update() && shutdown.changed().await.is_ok() {} }
             }),
+            shutdown,
+            registered: false,
             shutting_down: false,
             timer: None,
         }
@@ -233,10 +240,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         .await
     }
 
-    /// Whether the gateway is shutting down; `cx`'s task is woken when it starts to.
+    /// Whether the gateway is shutting down; `cx`'s task (the connection's, always the same) is
+    /// woken when it starts to.
     fn poll_shutting_down(&mut self, cx: &mut Context<'_>) -> bool {
-        self.shutting_down = self.shutting_down || self.shutdown.as_mut().poll(cx).is_ready();
+        if !self.shutting_down && (!self.registered || self.shutdown_begun()) {
+            self.registered = true;
+            self.shutting_down = self.wake_on_shutdown.as_mut().poll(cx).is_ready();
+        }
         self.shutting_down
+    }
+
+    /// Whether the gateway is shutting down, asked without waiting to be told.
+    fn shutdown_begun(&self) -> bool {
+        self.shutting_down || self.shutdown.has_changed().unwrap_or(true)
     }
 
     /// Whether `deadline` has passed. The connection's one timer is polled once per wait (which
@@ -314,7 +330,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             pipe.close();
             keep_alive = false;
         }
-        keep_alive &= !self.poll_shutting_down(&mut Context::from_waker(Waker::noop()));
+        keep_alive &= !self.shutdown_begun();
         let idle = generation.gateway.config.upstream.body_idle_timeout;
         let (parts, answer) = answer.into_parts();
         let request_id = RequestId::in_headers(&parts.headers);
