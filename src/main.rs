@@ -1,8 +1,8 @@
 //! The `awork-gateway` binary; everything lives in the library (`cli`). Its allocator is
-//! mimalloc: see the note on the dependency in Cargo.toml.
+//! mimalloc as the process's `malloc`, linked in here: see the note on the dependency in
+//! Cargo.toml.
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use mimalloc as _;
 
 fn main() -> std::process::ExitCode {
     awork_gateway::cli::main()

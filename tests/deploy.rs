@@ -172,6 +172,26 @@ fn version_names_the_release() {
 }
 
 #[test]
+fn the_binary_defines_malloc_itself_so_every_allocation_is_mimallocs() {
+    // mimalloc's `override` (Cargo.toml): the binary exports its own `malloc`, which Rust's
+    // default allocator calls. Without it glibc's malloc would serve the gateway, silently
+    // slower; `nm` comes with the linker every build needs.
+    let binary = env!("CARGO_BIN_EXE_awork-gateway");
+    let output = std::process::Command::new("nm")
+        .args(["--dynamic", "--defined-only", binary])
+        .output()
+        .unwrap_or_else(|e| panic!("nm (binutils) runs: {e}"));
+    assert!(output.status.success(), "nm: {}", stderr(&output));
+    let symbols = stdout(&output);
+    for name in ["malloc", "free", "realloc"] {
+        assert!(
+            symbols.lines().any(|line| line.split_whitespace().last() == Some(name)),
+            "{binary} does not define {name}: mimalloc's override is not linked in"
+        );
+    }
+}
+
+#[test]
 fn completions_for_bash_zsh_and_fish() {
     let dir = support::temp_dir("deploy-completions");
     for (shell, marker) in
