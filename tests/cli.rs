@@ -289,14 +289,11 @@ fn config_file_from_env_var_is_used() {
     assert!(err.contains(broken_text) && err.contains("clients[0].credential"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_requests_and_exits_0() {
-    const REQUESTS: u64 = 20;
-    const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-    let mock = support::mock().await;
-    let dir = support::temp_dir("cli-sigterm");
+/// The binary in front of `mock` with the test config, whose `drain_timeout` is 5 s.
+async fn draining_within_5s(mock: &awork_gateway::mock::MockAwork, dir_name: &str) -> BinaryGateway {
+    let dir = support::temp_dir(dir_name);
     let mock_url = mock.url();
-    let mut gateway = BinaryGateway::start(
+    BinaryGateway::start(
         &dir,
         |port, admin| {
             let text = support::config_text_on_ports(&mock_url, "", port, admin);
@@ -305,7 +302,15 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         },
         &[],
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    const REQUESTS: u64 = 20;
+    const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+    let mock = support::mock().await;
+    let mut gateway = draining_within_5s(&mock, "cli-sigterm").await;
 
     let client = support::client();
     let url = gateway.url("/api/v1/slow?ms=1500");
@@ -369,18 +374,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
 async fn sigterm_closes_an_idle_keep_alive_connection_at_once_and_exits_without_waiting_for_it() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = support::mock().await;
-    let dir = support::temp_dir("cli-sigterm-idle");
-    let mock_url = mock.url();
-    let mut gateway = BinaryGateway::start(
-        &dir,
-        |port, admin| {
-            let text = support::config_text_on_ports(&mock_url, "", port, admin);
-            assert!(text.contains("drain_timeout = \"5s\""));
-            text
-        },
-        &[],
-    )
-    .await;
+    let mut gateway = draining_within_5s(&mock, "cli-sigterm-idle").await;
     // One request answered and kept alive, then the connection waits for its next request.
     let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.expect("connect");
     stream.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: gateway\r\n\r\n").await.expect("write");
