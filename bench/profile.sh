@@ -5,7 +5,8 @@
 # --connections keep-alive connections. Prints instructions per request and the functions with
 # the most inclusive instructions; the callgrind file stays for callgrind_annotate/kcachegrind.
 # Instruction counts do not depend on the machine's load, so they compare builds on a busy
-# machine where req/s cannot.
+# machine where req/s cannot. The profiled process is pinned to one core (PROXY_CPU, default 1)
+# as bench/compare.sh pins the proxies, so the gateway runs the one-core runtime it runs there.
 #
 # --ceiling pooled|per-connection profiles the `ceiling` example (bench/ceiling.rs: hyper alone,
 # setting Authorization and forwarding) under the same load instead, for the instructions the
@@ -24,6 +25,7 @@ REQUESTS=20000
 CONNECTIONS=16
 BINARY=
 CEILING=
+PROXY_CPU=${PROXY_CPU:-1}
 while (($#)); do
     case $1 in
     --requests) REQUESTS=$2 && shift 2 ;;
@@ -54,15 +56,15 @@ ADMIN=$(free_port)
 if [[ $CEILING == nginx ]]; then
     nginx_proxy_conf "$RUN_DIR" "$UPSTREAM_PORT"
     PORT=$NGINX_PORT
-    valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" "$BINARY" -p "$RUN_DIR/nginx" \
+    taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" "$BINARY" -p "$RUN_DIR/nginx" \
         -c "$RUN_DIR/nginx/nginx.conf" -e "$RUN_DIR/nginx/error.log" -g 'daemon off; master_process off;' \
         2>"$RUN_DIR/valgrind.log" &
 elif [[ -n $CEILING ]]; then
-    valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" \
+    taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" \
         "$BINARY" "$CEILING" "127.0.0.1:$PORT" "127.0.0.1:$UPSTREAM_PORT" "$BENCH_KEY" 2>"$RUN_DIR/ceiling.log" &
 else
     gateway_config "$RUN_DIR" "$PORT" "$ADMIN" "$UPSTREAM_PORT" 1000000 3000000
-    BENCH_AWORK_KEY=$BENCH_KEY RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" \
+    BENCH_AWORK_KEY=$BENCH_KEY RUST_LOG=info taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file="$RUN_DIR/callgrind.out" \
         "$BINARY" --config "$RUN_DIR/gateway.toml" 2>"$RUN_DIR/gateway.log" &
 fi
 PROFILED_PID=$!
