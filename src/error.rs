@@ -52,6 +52,9 @@ pub enum GatewayError {
     UpstreamUnavailable { kind: UpstreamErrorKind, detail: String },
     #[error("the awork API did not answer within {} ms", after.as_millis())]
     UpstreamTimeout { after: Duration },
+    /// awork's answer, or what a layer made of it (CSV), failed before any of it was sent.
+    #[error("awork's answer failed before any of it was sent: {0}")]
+    UpstreamAnswerFailed(String),
     /// An answer the caller asked for in a form it cannot have (CSV of a file).
     #[error("{0}")]
     NotAcceptable(String),
@@ -67,7 +70,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable { .. } | Self::UpstreamAnswerFailed(_) => StatusCode::BAD_GATEWAY,
             Self::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
@@ -83,7 +86,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => "gateway-body-too-large",
             Self::BodyTimeout { .. } => "gateway-request-timeout",
             Self::RateLimited { .. } => "gateway-rate-limited",
-            Self::UpstreamUnavailable { .. } => "gateway-upstream-unavailable",
+            Self::UpstreamUnavailable { .. } | Self::UpstreamAnswerFailed(_) => "gateway-upstream-unavailable",
             Self::CredentialUnavailable { .. } => "gateway-credential-unavailable",
             Self::UpstreamTimeout { .. } => "gateway-upstream-timeout",
             Self::NotAcceptable(_) => "gateway-not-acceptable",

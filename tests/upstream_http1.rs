@@ -297,6 +297,11 @@ async fn answer(stream: &mut TcpStream, name: &str) -> io::Result<After> {
             stream.write_all(&text).await?;
         }
         "garbage" => stream.write_all(b"SSH-2.0-x\r\n\r\n").await?,
+        "not-json" => {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 8\r\n\r\nnot json")
+                .await?;
+        }
         "switching" => {
             stream
                 .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
@@ -715,6 +720,28 @@ async fn a_malformed_chunk_size_breaks_the_answer_off_and_closes_its_connection(
     let answer = get(&url(&gw, "/api/v1/healthy"), &[]).await;
     assert_eq!(status_text(&answer), (200, "{}".to_owned()));
     assert_eq!(upstream.conns(), [0, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_fails_before_any_of_it_is_sent_becomes_a_502_that_says_why_and_the_connection_serves_on() {
+    let upstream = Upstream::start().await;
+    let gw = gateway_to(&upstream).await;
+    let mut caller = TcpStream::connect(gw.addr).await.expect("connect");
+
+    // CSV of an answer that is not JSON fails on its first piece, before the head is written.
+    caller.write_all(b"GET /api/v1/not-json HTTP/1.1\r\nhost: gw\r\naccept: text/csv\r\n\r\n").await.expect("write");
+    let answer = read_answer(&mut caller).await;
+    let body = String::from_utf8_lossy(&answer.body).into_owned();
+    assert_eq!(answer.status, 502, "{}\n\n{body}", answer.head);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
+    assert_eq!(json["code"], "gateway-upstream-unavailable", "{body}");
+    let description = json["description"].as_str().unwrap_or_default();
+    assert!(description.starts_with("awork's answer failed before any of it was sent: "), "{body}");
+    assert_eq!(header_values(&answer.head, "x-request-id"), [json["traceId"].as_str().unwrap_or("none")]);
+
+    caller.write_all(b"GET /api/v1/healthy HTTP/1.1\r\nhost: gw\r\n\r\n").await.expect("write");
+    let next = read_answer(&mut caller).await;
+    assert_eq!((next.status, String::from_utf8_lossy(&next.body).into_owned()), (200, "{}".to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,6 +108,14 @@ enum Next {
     Close,
 }
 
+/// How writing an answer ended.
+enum Written {
+    /// All of it, or as much as the caller took: whether the connection can take another request.
+    Sent(bool),
+    /// Its body failed before any byte of the answer was written, so another answer can take its place.
+    FailedUnsent { error: BoxError, request_id: Option<RequestId> },
+}
+
 /// The parts of a request head the connection itself acts on.
 struct Head {
     request: Request<RequestBody>,
@@ -335,7 +343,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let (parts, answer) = answer.into_parts();
         let request_id = RequestId::in_headers(&parts.headers);
         let answer = ResponseBody::new(Either::Left(answer), idle, request_id);
-        self.write_answer(Response::from_parts(parts, answer), head_only, http10, keep_alive).await
+        match self.write_answer(Response::from_parts(parts, answer), head_only, http10, keep_alive).await {
+            Written::Sent(keep_alive) => keep_alive,
+            // Nothing is on the wire yet: the caller gets a 502 that says why, not a closed
+            // connection without a word.
+            Written::FailedUnsent { error, request_id } => {
+                let id = request_id.as_ref().map_or("-", RequestId::as_str);
+                tracing::warn!(request_id = id, error = %error, "the answer failed before any of it was sent: answered 502");
+                let mut answer = GatewayError::UpstreamAnswerFailed(error.to_string()).to_response(id);
+                if request_id.is_some()
+                    && let Ok(value) = HeaderValue::from_str(id)
+                {
+                    answer.headers_mut().insert("x-request-id", value);
+                }
+                let answer = answer.map(|body| ResponseBody::new(Either::Right(body), idle, None));
+                matches!(self.write_answer(answer, head_only, http10, keep_alive).await, Written::Sent(true))
+            }
+        }
     }
 
     /// Reads the next piece of the request body into `pipe` while the stack wants one. Ready
@@ -392,14 +416,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
     }
 
-    /// Writes `answer`; whether the connection can take another request.
+    /// Writes `answer`.
     async fn write_answer(
         &mut self,
         answer: Response<ResponseBody>,
         head_only: bool,
         http10: bool,
         mut keep_alive: bool,
-    ) -> bool {
+    ) -> Written {
         let (parts, mut body) = answer.into_parts();
         let status = parts.status;
         let bodiless = head_only
@@ -422,7 +446,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         // so that awork's side and the caller's side of a download both keep moving.
         let (mut data, mut tail, mut at): (Option<Bytes>, &[u8], usize) = (None, b"", 0);
         let mut next: Option<Bytes> = None;
-        let (mut ended, mut last) = (bodiless, false);
+        let (mut ended, mut last, mut sent_any) = (bodiless, false, false);
         let written = poll_fn(|cx| {
             loop {
                 if next.is_none() && !ended {
@@ -431,9 +455,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                             next = frame.into_data().ok().filter(|d| !d.is_empty());
                             continue;
                         }
+                        Poll::Ready(Some(Err(e))) if !sent_any && at == 0 => return Poll::Ready(Err(e)),
                         Poll::Ready(Some(Err(e))) => {
                             tracing::debug!(peer = %self.peer, error = %e, "answer body broke off; closing the connection");
-                            return Poll::Ready(false);
+                            return Poll::Ready(Ok(false));
                         }
                         Poll::Ready(None) => ended = true,
                         Poll::Pending => {}
@@ -457,8 +482,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     } else {
                         // Waiting for awork (or done): what TLS holds back goes out meanwhile.
                         return match Pin::new(&mut self.io).poll_flush(cx) {
-                            Poll::Ready(Err(_)) => Poll::Ready(false),
-                            Poll::Ready(Ok(())) if last => Poll::Ready(true),
+                            Poll::Ready(Err(_)) => Poll::Ready(Ok(false)),
+                            Poll::Ready(Ok(())) if last => Poll::Ready(Ok(true)),
                             _ => Poll::Pending,
                         };
                     }
@@ -469,16 +494,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     Poll::Ready(Ok(())) => {
                         self.out.clear();
                         data = None;
+                        sent_any = true;
                     }
-                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
                     Poll::Pending => return Poll::Pending,
                 }
             }
         })
         .await;
-        // The answer is done: the access log line is written as the body goes.
-        drop(body);
-        written && keep_alive
+        match written {
+            // The answer is done: the access log line is written as the body goes.
+            Ok(written) => Written::Sent(written && keep_alive),
+            Err(error) => Written::FailedUnsent { error, request_id: body.request_id.take() },
+        }
     }
 
     /// Answers `error` and closes.
@@ -496,7 +524,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     async fn answer_alone(&mut self, answer: Response<crate::body::GatewayBody>, generation: &Generation) {
         let idle = generation.gateway.config.upstream.body_idle_timeout;
         let answer = answer.map(|body| ResponseBody::new(Either::Right(body), idle, None));
-        self.write_answer(answer, false, false, false).await;
+        // The gateway's own answers are whole: they cannot fail unsent.
+        let _ = self.write_answer(answer, false, false, false).await;
         self.linger().await;
     }
 
