@@ -1,6 +1,8 @@
 //! Hostile callers over raw TCP: request smuggling, open-proxy and Host tricks, path tricks,
 //! body limits and slow bodies, against a real gateway in front of the mock awork, which
-//! records every request it sees ("awork never saw it" is checked there).
+//! records every request it sees ("awork never saw it" is checked there). And 600 random
+//! mutations of valid requests (seeded, so a failure repeats): each gets HTTP answers or a
+//! close, never a 500 or a panic.
 //!
 //! Covered elsewhere and not repeated here: 431 for oversized and overcrowded heads, slowloris
 //! heads and the connection limit (tests/limits.rs); `..`, `%2e%2e`, `%2f`, `%5c`, `%00` and
@@ -516,4 +518,124 @@ async fn a_connection_that_sends_nothing_is_closed_after_idle_timeout() {
     assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "{waited:?}");
     assert!(statuses(&raw).is_empty(), "{raw}");
     assert!(mock.requests().is_empty());
+}
+
+/// Panics anywhere in this process, the in-process gateway's tasks included (a panicking
+/// connection task only closes its connection, which a caller cannot tell from a refusal).
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Valid requests of every shape the server reads, each closing its connection once answered:
+/// bodies by length and chunked (with an extension and a trailer), HTTP/1.0, `Expect`,
+/// pipelining, absolute form, HEAD.
+const VALID: &[&[u8]] = &[
+    b"GET /api/v1/me HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET /api/v1/users?page=2&pageSize=3 HTTP/1.1\r\nHost: a\r\nAccept: text/csv\r\nConnection: close\r\n\r\n",
+    b"POST /api/v1/echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 12\r\n\r\n{\"name\":\"x\"}",
+    b"POST /api/v1/echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+    b"GET /api/v1/me HTTP/1.0\r\n\r\n",
+    b"POST /api/v1/echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+    b"GET /api/v1/me HTTP/1.1\r\nHost: a\r\n\r\nGET /api/v1/users HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET http://a/api/v1/me HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"HEAD /api/v1/me HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+];
+
+/// What a mutation inserts: framing headers, line ends, bytes no head may hold, huge numbers.
+const INSERTS: &[&[u8]] = &[
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"\0",
+    b"\x7f",
+    b"\xff",
+    b" ",
+    b"\t",
+    b":",
+    b";",
+    b"%00",
+    b"..",
+    b"\\",
+    b"?",
+    b"#",
+    b"Content-Length: 5\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Content-Length: -1\r\n",
+    b"Content-Length: 99999999999999999999999\r\n",
+    b"Host: b\r\n",
+    b"ffffffffffffffffff\r\n",
+    b"0\r\n\r\n",
+    b"\xc3\x28",
+    b"Connection: close\r\n",
+    b"Expect: 100-continue\r\n",
+    b"Authorization: Basic %%%\r\n",
+    b"X-Request-Id: \x01\r\n",
+    b"traceparent: 00-zz\r\n",
+];
+
+/// One to four random edits of `request`: a byte changed, an insert, a span deleted, a line
+/// doubled, the rest cut off, printable junk.
+fn mutate(rng: &mut impl rand::Rng, request: &[u8]) -> Vec<u8> {
+    let mut out = request.to_vec();
+    for _ in 0..rng.random_range(1..=4) {
+        let at = rng.random_range(0..=out.len());
+        match rng.random_range(0..6) {
+            0 if !out.is_empty() => {
+                let i = rng.random_range(0..out.len());
+                out[i] = rng.random();
+            }
+            1 => drop(out.splice(at..at, INSERTS[rng.random_range(0..INSERTS.len())].iter().copied())),
+            2 => drop(out.drain(at..(at + rng.random_range(1..8)).min(out.len()))),
+            3 => {
+                let lines: Vec<&[u8]> = out.split(|b| *b == b'\n').collect();
+                let doubled = rng.random_range(0..lines.len());
+                let mut lines: Vec<Vec<u8>> = lines.iter().map(|line| line.to_vec()).collect();
+                lines.insert(doubled, lines[doubled].clone());
+                out = lines.join(&b'\n');
+            }
+            4 => out.truncate(at),
+            _ => {
+                let junk: Vec<u8> = (0..rng.random_range(1..30)).map(|_| rng.random_range(b' '..=b'~')).collect();
+                drop(out.splice(at..at, junk));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_requests_get_an_http_answer_or_a_close_and_never_a_panic_or_a_500() {
+    use rand::SeedableRng;
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
+    let (_mock, gw) = setup().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let requests: Vec<Vec<u8>> = (0..600)
+        .map(|_| {
+            let valid = VALID[rand::Rng::random_range(&mut rng, 0..VALID.len())];
+            mutate(&mut rng, valid)
+        })
+        .collect();
+    // All at once: most wait out the idle timeout of what a mutation cut short.
+    let mut cases = tokio::task::JoinSet::new();
+    for request in requests {
+        let addr = gw.addr;
+        cases.spawn(async move {
+            let raw = exchange(addr, &request).await;
+            (request, raw)
+        });
+    }
+    while let Some(case) = cases.join_next().await {
+        let (request, raw) = case.expect("the case ran");
+        let request = String::from_utf8_lossy(&request);
+        assert!(raw.is_empty() || raw.starts_with("HTTP/1.1 "), "{request:?} got {raw:?}");
+        for status in statuses(&raw) {
+            assert!(status < 500 || (502..=504).contains(&status), "{request:?} got {raw:?}");
+        }
+    }
+    assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0, "a panic in the gateway (stderr has it)");
+    let answer = get(&url(&gw, "/api/v1/me"), &[]).await;
+    assert_eq!(answer.status, 200, "the gateway serves on after the mutated requests");
 }
