@@ -520,10 +520,6 @@ async fn a_connection_that_sends_nothing_is_closed_after_idle_timeout() {
     assert!(mock.requests().is_empty());
 }
 
-/// Panics anywhere in this process, the in-process gateway's tasks included (a panicking
-/// connection task only closes its connection, which a caller cannot tell from a refusal).
-static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// Valid requests of every shape the server reads, each closing its connection once answered:
 /// bodies by length and chunked (with an extension and a trailer), HTTP/1.0, `Expect`,
 /// pipelining, absolute form, HEAD.
@@ -572,50 +568,16 @@ const INSERTS: &[&[u8]] = &[
     b"traceparent: 00-zz\r\n",
 ];
 
-/// One to four random edits of `request`: a byte changed, an insert, a span deleted, a line
-/// doubled, the rest cut off, printable junk.
-fn mutate(rng: &mut impl rand::Rng, request: &[u8]) -> Vec<u8> {
-    let mut out = request.to_vec();
-    for _ in 0..rng.random_range(1..=4) {
-        let at = rng.random_range(0..=out.len());
-        match rng.random_range(0..6) {
-            0 if !out.is_empty() => {
-                let i = rng.random_range(0..out.len());
-                out[i] = rng.random();
-            }
-            1 => drop(out.splice(at..at, INSERTS[rng.random_range(0..INSERTS.len())].iter().copied())),
-            2 => drop(out.drain(at..(at + rng.random_range(1..8)).min(out.len()))),
-            3 => {
-                let lines: Vec<&[u8]> = out.split(|b| *b == b'\n').collect();
-                let doubled = rng.random_range(0..lines.len());
-                let mut lines: Vec<Vec<u8>> = lines.iter().map(|line| line.to_vec()).collect();
-                lines.insert(doubled, lines[doubled].clone());
-                out = lines.join(&b'\n');
-            }
-            4 => out.truncate(at),
-            _ => {
-                let junk: Vec<u8> = (0..rng.random_range(1..30)).map(|_| rng.random_range(b' '..=b'~')).collect();
-                drop(out.splice(at..at, junk));
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_requests_get_an_http_answer_or_a_close_and_never_a_panic_or_a_500() {
     use rand::SeedableRng;
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        previous(info);
-    }));
+    let panics = panics();
     let (_mock, gw) = setup().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(6);
     let requests: Vec<Vec<u8>> = (0..600)
         .map(|_| {
             let valid = VALID[rand::Rng::random_range(&mut rng, 0..VALID.len())];
-            mutate(&mut rng, valid)
+            mutate(&mut rng, valid, INSERTS)
         })
         .collect();
     // All at once: most wait out the idle timeout of what a mutation cut short.
@@ -635,7 +597,7 @@ async fn mutated_requests_get_an_http_answer_or_a_close_and_never_a_panic_or_a_5
             assert!(status < 500 || (502..=504).contains(&status), "{request:?} got {raw:?}");
         }
     }
-    assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0, "a panic in the gateway (stderr has it)");
+    assert_eq!(panics.load(std::sync::atomic::Ordering::SeqCst), 0, "a panic in the gateway (stderr has it)");
     let answer = get(&url(&gw, "/api/v1/me"), &[]).await;
     assert_eq!(answer.status, 200, "the gateway serves on after the mutated requests");
 }

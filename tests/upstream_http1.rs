@@ -6,6 +6,8 @@
 //! unfinished upload, malformed answers, and a kept connection awork closed while idle. Each
 //! test checks what the caller got through an in-process gateway, what the upstream received,
 //! and which upstream connection each request went on (reused, or new and the old one closed).
+//! And 300 requests answered by seeded random mutations of such answers: each caller gets an
+//! answer (cut short at most), never a closed connection without one, a 500 or a panic.
 
 mod support;
 
@@ -766,4 +768,116 @@ async fn a_kept_connection_awork_closed_while_idle_is_replaced_without_failing_t
     assert_eq!(upstream.conns(), [0, 1], "the second request on a new connection");
     assert_eq!(received[1].body, b"after the close");
     assert_eq!(upstream.accepted(), 2);
+}
+
+/// Answers of every shape awork could send, for mutation: by length, chunked with an extension
+/// and a trailer, framed by the close, HTTP/1.0, bodiless, interim, a page, errors, one naming
+/// another header hop-by-hop, and the upgrade the gateway never asks for.
+const ANSWERS: &[&[u8]] = &[
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 21\r\n\r\n{\"id\":\"1\",\"name\":\"x\"}",
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\n[{\"a\"\r\n4\r\n:1}]\r\n0\r\nx-t: 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n[{\"id\":\"1\"}]",
+    b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{\"id\":\"1\"}",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\naw-page: 1\r\naw-pagesize: 2\r\naw-totalitems: 5\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]",
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nconnection: close, x-foo\r\nx-foo: 1\r\ncontent-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+];
+
+/// What a mutation of an answer inserts: framing headers, awork's quota headers with values
+/// out of range, bytes no head may hold, a long header.
+const ANSWER_INSERTS: &[&[u8]] = &[
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"\0",
+    b"\xff",
+    b" ",
+    b":",
+    b"content-length: 5\r\n",
+    b"content-length: 99999999999999999999\r\n",
+    b"content-length: -3\r\n",
+    b"transfer-encoding: chunked\r\n",
+    b"transfer-encoding: gzip\r\n",
+    b"ffffffffffffffffffff\r\n",
+    b"0\r\n\r\n",
+    b"connection: keep-alive\r\n",
+    b"x-ratelimit-remaining: abc\r\n",
+    b"ratelimit-reset: 99999999999999999999\r\n",
+    b"aw-totalitems: 18446744073709551616\r\n",
+    b"\x80\x81",
+];
+
+/// An upstream that answers each request with a mutation of one of `ANSWERS` (seeded by the
+/// connection's number) and closes: its URL.
+async fn mutating_upstream() -> String {
+    use rand::SeedableRng;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        for conn in 0u64.. {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let head_end = loop {
+                    if let Some(end) = find(&buf, b"\r\n\r\n") {
+                        break end + 4;
+                    }
+                    if !fill(&mut stream, &mut buf).await {
+                        return;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                let length: usize =
+                    header_values(&head, "content-length").first().and_then(|v| v.parse().ok()).unwrap_or(0);
+                while buf.len() < head_end + length && fill(&mut stream, &mut buf).await {}
+                let mut rng = rand::rngs::StdRng::seed_from_u64(conn);
+                let answer = ANSWERS[rand::Rng::random_range(&mut rng, 0..ANSWERS.len())];
+                let _ = stream.write_all(&mutate(&mut rng, answer, ANSWER_INSERTS)).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_answers_from_awork_always_reach_the_caller_as_an_answer_and_never_a_panic() {
+    let panics = panics();
+    let upstream = mutating_upstream().await;
+    let quota_above_the_load = "[rate_limit]\nper_second = 100000\nper_minute = 1000000\n";
+    let gw = gateway(&config_text(&upstream, quota_above_the_load)).await;
+    let requests = [
+        "GET /api/v1/users HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        "GET /api/v1/users HTTP/1.1\r\nhost: gw\r\naccept: text/csv\r\nconnection: close\r\n\r\n",
+        "HEAD /api/v1/users HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+        "POST /api/v1/projects HTTP/1.1\r\nhost: gw\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+    ];
+    let mut cases = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let (addr, request) = (gw.addr, requests[i % requests.len()]);
+        cases.spawn(async move {
+            let mut caller = TcpStream::connect(addr).await.expect("connect");
+            caller.write_all(request.as_bytes()).await.expect("write");
+            let mut raw = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), async { while fill(&mut caller, &mut raw).await {} });
+            assert!(read.await.is_ok(), "no end within 10 s to {request:?}: {:?}", String::from_utf8_lossy(&raw));
+            (request, String::from_utf8_lossy(&raw).into_owned())
+        });
+    }
+    while let Some(case) = cases.join_next().await {
+        let (request, raw) = case.expect("the case ran");
+        // An answer whose body broke after its head went out is cut short, never missing.
+        assert!(raw.starts_with("HTTP/1.1 "), "{request:?} got {raw:?}");
+        let status: u16 = raw[9..12].parse().unwrap_or_default();
+        if raw.contains("\"code\":\"gateway-") {
+            assert!(status < 500 || (502..=504).contains(&status), "{request:?} got {raw:?}");
+        }
+    }
+    assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic in the gateway (stderr has it)");
 }

@@ -583,3 +583,49 @@ pub async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
     .await;
     outputs.into_iter().map(|o| o.expect("done")).collect()
 }
+
+/// Panics anywhere in this test process from now on, the in-process gateway's tasks included
+/// (a panicking connection task only closes its connection, which a caller cannot tell from a
+/// refusal). The counting hook is installed once; it then runs the previous one.
+pub fn panics() -> &'static std::sync::atomic::AtomicUsize {
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+    &PANICS
+}
+
+/// One to four random edits of `input`: a byte changed, one of `inserts` put in, a span
+/// deleted, a line doubled, the rest cut off, printable junk put in.
+pub fn mutate(rng: &mut impl rand::Rng, input: &[u8], inserts: &[&[u8]]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    for _ in 0..rng.random_range(1..=4) {
+        let at = rng.random_range(0..=out.len());
+        match rng.random_range(0..6) {
+            0 if !out.is_empty() => {
+                let i = rng.random_range(0..out.len());
+                out[i] = rng.random();
+            }
+            1 => drop(out.splice(at..at, inserts[rng.random_range(0..inserts.len())].iter().copied())),
+            2 => drop(out.drain(at..(at + rng.random_range(1..8)).min(out.len()))),
+            3 => {
+                let lines: Vec<&[u8]> = out.split(|b| *b == b'\n').collect();
+                let doubled = rng.random_range(0..lines.len());
+                let mut lines: Vec<Vec<u8>> = lines.iter().map(|line| line.to_vec()).collect();
+                lines.insert(doubled, lines[doubled].clone());
+                out = lines.join(&b'\n');
+            }
+            4 => out.truncate(at),
+            _ => {
+                let junk: Vec<u8> = (0..rng.random_range(1..30)).map(|_| rng.random_range(b' '..=b'~')).collect();
+                drop(out.splice(at..at, junk));
+            }
+        }
+    }
+    out
+}
