@@ -130,6 +130,7 @@ pub struct Metrics {
     upstream_rate_limited: Family<WorkspaceLabels, Counter>,
     awork_remaining: Family<RemainingLabels, Gauge>,
     retries: Family<ReasonLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
     redis_up: Family<RedisLabels, Gauge>,
     cache: Family<CacheLabels, Counter>,
 }
@@ -244,6 +245,12 @@ impl Metrics {
             "Requests sent to awork again, by reason (connect, status_502, status_503, status_504, rate_limited), and retries refused by the budget (budget_exhausted)",
             retries.clone(),
         );
+        let refused = Family::default();
+        registry.register(
+            "refused_requests",
+            "HTTP/1.1 request heads refused before they reached the stack, by reason (smuggling_guard, malformed_head, head_too_large)",
+            refused.clone(),
+        );
         let redis_up = Family::default();
         registry.register(
             "redis_up",
@@ -275,6 +282,7 @@ impl Metrics {
             upstream_rate_limited,
             awork_remaining,
             retries,
+            refused,
             redis_up,
             cache,
         }
@@ -309,6 +317,11 @@ impl Metrics {
 
     pub fn record_retry(&self, reason: &'static str) {
         self.retries.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A request head refused at the door: `smuggling_guard`, `malformed_head` or `head_too_large`.
+    pub fn record_refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn record_request(&self, client: &ClientRequests, method: &Method, status: u16, elapsed: Duration) {

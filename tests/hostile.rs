@@ -520,6 +520,25 @@ async fn a_connection_that_sends_nothing_is_closed_after_idle_timeout() {
     assert!(mock.requests().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_refused_at_the_door_are_counted_by_reason_in_metrics() {
+    let (mock, gw) = setup().await;
+    let smuggling = b"POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(statuses(&exchange(gw.addr, smuggling).await), [400]);
+    let bad_method = b"G(T /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(statuses(&exchange(gw.addr, bad_method).await), [400]);
+    let too_large = format!("GET /api/v1/me HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(64 * 1024));
+    assert_eq!(statuses(&exchange(gw.addr, too_large.as_bytes()).await), [431]);
+
+    let metrics = get(&admin_url(&gw, "/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for reason in ["smuggling_guard", "malformed_head", "head_too_large"] {
+        let line = format!("awork_gateway_refused_requests_total{{reason=\"{reason}\"}} 1");
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert!(seen_paths(&mock).is_empty(), "awork saw {:?}", seen_paths(&mock));
+}
+
 /// Valid requests of every shape the server reads, each closing its connection once answered:
 /// bodies by length and chunked (with an extension and a trailer), HTTP/1.0, `Expect`,
 /// pipelining, absolute form, HEAD.

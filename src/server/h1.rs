@@ -181,7 +181,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             self.scan = 0;
             let head = match smuggling::judge(&bytes) {
                 Err(reason) => {
-                    tracing::warn!(peer = %self.peer, reason, "request refused before parsing: ambiguous framing");
+                    tracing::warn!(peer = %self.peer, reason, "request refused before parsing");
+                    generation.gateway.metrics.record_refused("smuggling_guard");
                     return self.answer_alone(refused(reason), &generation).await;
                 }
                 Ok(framing) => match parse(&bytes, framing, max_headers, self.peer, &generation) {
@@ -511,6 +512,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
 
     /// Answers `error` and closes.
     async fn refuse(&mut self, error: GatewayError, generation: &Generation) {
+        let reason = if matches!(error, GatewayError::HeadTooLarge(_)) { "head_too_large" } else { "malformed_head" };
+        generation.gateway.metrics.record_refused(reason);
         let request_id = format!("{:032x}", rand::random::<u128>());
         tracing::debug!(peer = %self.peer, error = %error, "request head refused");
         let mut answer = error.to_response(&request_id);
