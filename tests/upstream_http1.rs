@@ -299,6 +299,7 @@ async fn answer(stream: &mut TcpStream, name: &str) -> io::Result<After> {
             stream.write_all(&text).await?;
         }
         "garbage" => stream.write_all(b"SSH-2.0-x\r\n\r\n").await?,
+        "status-901" => stream.write_all(b"HTTP/1.1 901 Nine\r\ncontent-length: 2\r\n\r\n{}").await?,
         "not-json" => {
             stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 8\r\n\r\nnot json")
@@ -696,8 +697,9 @@ async fn assert_malformed_answers_are_502(bad: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_answer_heads_are_502_at_once_their_connections_closed_and_the_next_request_served() {
-    // Two Content-Length values, not HTTP at all, and a head far over the 64 KiB limit.
-    assert_malformed_answers_are_502(&["two-lengths", "garbage", "long-head-1024"]).await;
+    // Two Content-Length values, not HTTP at all, a status over 599, and a head far over the
+    // 64 KiB limit.
+    assert_malformed_answers_are_502(&["two-lengths", "garbage", "status-901", "long-head-1024"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

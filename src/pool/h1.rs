@@ -415,6 +415,10 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, head_only: bool) -> Res
             buf.advance(length);
             continue;
         }
+        // HTTP's status codes are 100 to 599; `http` takes up to 999, which no caller expects.
+        if code >= 600 {
+            return Err(Error::Malformed("a status code over 599"));
+        }
         let status = StatusCode::from_u16(code).map_err(|_| Error::Malformed("status code"))?;
         let version = if answer.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         // Where each name and value is, to slice them out of the head once it leaves the buffer.
