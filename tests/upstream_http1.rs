@@ -749,6 +749,39 @@ async fn an_answer_that_fails_before_any_of_it_is_sent_becomes_a_502_that_says_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_too_an_answer_failing_at_once_is_a_502_and_whole_answers_keep_their_length() {
+    let upstream = Upstream::start().await;
+    let gw = gateway_to(&upstream).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let get = |path: &str, accept: &str| {
+        let request = Request::get(url(&gw, path)).header("accept", accept).body(Full::new(Bytes::new()));
+        let answer = h2.request(request.expect("request"));
+        async move {
+            let answer = tokio::time::timeout(Duration::from_secs(5), answer).await.expect("within 5 s");
+            let answer = answer.expect("an answer, not a reset stream");
+            let (head, body) = answer.into_parts();
+            let body = body.collect().await.expect("a whole body").to_bytes();
+            (head, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+
+    let (head, body) = get("/api/v1/not-json", "text/csv").await;
+    assert_eq!(head.status, 502, "{body}");
+    assert!(body.contains("\"code\":\"gateway-upstream-unavailable\""), "{body}");
+    assert!(body.contains("awork's answer failed before any of it was sent: "), "{body}");
+    assert!(head.headers.contains_key("x-request-id"));
+
+    // The first frame read ahead is still sent, and the length still announced.
+    let (head, body) = get("/api/v1/healthy", "application/json").await;
+    assert_eq!((head.status.as_u16(), body.as_str()), (200, "{}"));
+    assert_eq!(head.headers.get("content-length").map(|v| v.as_bytes()), Some(&b"2"[..]));
+    let (head, body) = get("/api/v1/chunked", "application/json").await;
+    assert_eq!((head.status.as_u16(), body.as_str()), (200, CHUNKED_BODY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_connection_awork_closed_while_idle_is_replaced_without_failing_the_request() {
     let upstream = Upstream::start().await;
     let gw = gateway_to(&upstream).await;

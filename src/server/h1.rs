@@ -43,7 +43,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 
-use super::{Generation, KeptStack, ResponseBody, received, refused};
+use super::{Generation, KeptStack, ResponseBody, failed_unsent, received, refused};
 use crate::body::RequestBody;
 use crate::config::MAX_HEADERS;
 use crate::error::GatewayError;
@@ -349,14 +349,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             // Nothing is on the wire yet: the caller gets a 502 that says why, not a closed
             // connection without a word.
             Written::FailedUnsent { error, request_id } => {
-                let id = request_id.as_ref().map_or("-", RequestId::as_str);
-                tracing::warn!(request_id = id, error = %error, "the answer failed before any of it was sent: answered 502");
-                let mut answer = GatewayError::UpstreamAnswerFailed(error.to_string()).to_response(id);
-                if request_id.is_some()
-                    && let Ok(value) = HeaderValue::from_str(id)
-                {
-                    answer.headers_mut().insert("x-request-id", value);
-                }
+                let answer = failed_unsent(&error, request_id.as_ref());
                 let answer = answer.map(|body| ResponseBody::new(Either::Right(body), idle, None));
                 matches!(self.write_answer(answer, head_only, http10, keep_alive).await, Written::Sent(true))
             }

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{Calling, Generation, KeptStack, ResponseBody, received};
+use super::{Calling, Generation, KeptStack, ResponseBody, failed_unsent, received};
 use crate::body::RequestBody;
 use crate::layers::request_id::RequestId;
 
@@ -126,6 +126,11 @@ impl Future for Answering {
         let answer = std::task::ready!(this.calling.poll(cx));
         let (parts, body) = answer.into_parts();
         let request_id = RequestId::in_headers(&parts.headers);
-        Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::new(Either::Left(body), *this.idle, request_id))))
+        let mut body = ResponseBody::new(Either::Left(body), *this.idle, request_id);
+        if let Some(error) = body.read_ahead(cx) {
+            let answer = failed_unsent(&error, body.request_id.as_ref());
+            return Poll::Ready(Ok(answer.map(|body| ResponseBody::new(Either::Right(body), *this.idle, None))));
+        }
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }

@@ -41,6 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+use tower::BoxError;
 
 use crate::body::{BodyLimits, GatewayBody};
 use crate::config::TlsConfig;
@@ -451,6 +452,9 @@ struct ResponseBody {
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
     request_id: Option<RequestId>,
+    /// The first frame (`None`: the end) when `read_ahead` found it, with the size of the whole
+    /// body as it was before.
+    ahead: Option<(Option<Frame<Bytes>>, SizeHint)>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -461,8 +465,40 @@ impl std::fmt::Debug for ResponseBody {
 
 impl ResponseBody {
     fn new(inner: Either<AccessLogBody, GatewayBody>, idle: Duration, request_id: Option<RequestId>) -> Self {
-        Self { inner, idle, stall: None, waiting: false, request_id }
+        Self { inner, idle, stall: None, waiting: false, request_id, ahead: None }
     }
+
+    /// Reads the first frame if it is there already, for HTTP/2, where hyper sends the head
+    /// before it reads the body: the error of a body that fails at once, which can then be
+    /// answered instead of reset.
+    fn read_ahead(&mut self, cx: &mut Context<'_>) -> Option<BoxError> {
+        if self.inner.is_end_stream() {
+            return None;
+        }
+        let whole = self.inner.size_hint();
+        match Pin::new(&mut *self).poll_frame(cx) {
+            Poll::Ready(Some(Err(error))) => Some(error),
+            Poll::Ready(first) => {
+                self.ahead = Some((first.and_then(Result::ok), whole));
+                None
+            }
+            Poll::Pending => None,
+        }
+    }
+}
+
+/// The answer in place of one whose body failed before any of it was sent: a 502 that says
+/// why, instead of a connection closed or a stream reset without a word.
+fn failed_unsent(error: &BoxError, request_id: Option<&RequestId>) -> Response<GatewayBody> {
+    let id = request_id.map_or("-", RequestId::as_str);
+    tracing::warn!(request_id = id, error = %error, "the answer failed before any of it was sent: answered 502");
+    let mut answer = GatewayError::UpstreamAnswerFailed(error.to_string()).to_response(id);
+    if request_id.is_some()
+        && let Ok(value) = HeaderValue::from_str(id)
+    {
+        answer.headers_mut().insert("x-request-id", value);
+    }
+    answer
 }
 
 /// awork's answer body sent nothing for `upstream.body_idle_timeout`.
@@ -476,6 +512,9 @@ impl Body for ResponseBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some((first, _)) = this.ahead.take() {
+            return Poll::Ready(first.map(Ok));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
@@ -506,11 +545,17 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.ahead {
+            Some((first, _)) => first.is_none(),
+            None => self.inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.ahead {
+            Some((_, whole)) => *whole,
+            None => self.inner.size_hint(),
+        }
     }
 }
 
