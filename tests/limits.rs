@@ -164,3 +164,32 @@ async fn an_answer_streaming_longer_than_idle_timeout_keeps_its_connection_for_t
     assert!(next.starts_with("HTTP/1.1 200"), "{next}");
     assert_eq!(mock.requests().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_600_new_connections_is_taken_at_once_and_the_silent_ones_close_after_idle_timeout() {
+    // Past the listen backlog, the kernel drops handshakes and the caller's retries them a
+    // second or more later; silent connections then outlive the idle timeout by seconds.
+    let mock = mock().await;
+    let gw =
+        gateway(&config_text(&mock.url(), "").replacen("[server]\n", "[server]\nidle_timeout = \"1s\"\n", 1)).await;
+    let mut connections = tokio::task::JoinSet::new();
+    for _ in 0..600 {
+        let addr = gw.addr;
+        connections.spawn(async move {
+            let start = Instant::now();
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let connected = start.elapsed();
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+            (connected, read.is_ok(), start.elapsed())
+        });
+    }
+    while let Some(connection) = connections.join_next().await {
+        let (connected, closed, took) = connection.expect("the connection ran");
+        assert!(connected < Duration::from_millis(900), "a handshake took {connected:?}: dropped and retried");
+        assert!(
+            closed && took < Duration::from_secs(3),
+            "a silent connection was closed after {took:?} (closed: {closed})"
+        );
+    }
+}

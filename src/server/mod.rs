@@ -37,7 +37,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -112,11 +112,22 @@ impl Generation {
 pub async fn start(gateway: Arc<Gateway>) -> Result<Running, StartError> {
     let generation = Generation::new(gateway.clone())?;
     let server = &gateway.config.server;
-    let bind = |key: &'static str, addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })
+    // The kernel's queue of connections not yet accepted. `TcpListener::bind` asks for 128,
+    // and a burst past it (callers reconnecting after a deploy) has its handshakes dropped
+    // and retried a second or more later. It is as long as the connection limit, as haproxy
+    // sizes its own, and at least 1,024; the kernel caps it at net.core.somaxconn.
+    let backlog = u32::try_from(server.max_connections.max(1024)).unwrap_or(u32::MAX);
+    let bind = |key: &'static str, addr: SocketAddr| {
+        let listen = || {
+            let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(backlog)
+        };
+        listen().map_err(|source| StartError::Bind { key, addr, source })
     };
-    let listener = bind("server.listen", server.listen).await?;
-    let admin_listener = bind("server.admin_listen", server.admin_listen).await?;
+    let listener = bind("server.listen", server.listen)?;
+    let admin_listener = bind("server.admin_listen", server.admin_listen)?;
     let addr = local_addr(&listener, server.listen);
     let admin_addr = local_addr(&admin_listener, server.admin_listen);
     let (shutdown, shutdown_rx) = watch::channel(false);
