@@ -31,8 +31,13 @@ impl RequestId {
         headers.get(&X_REQUEST_ID).cloned().map(Self)
     }
 
+    /// Sets the id as `x-request-id` on `answer`, for answers made outside this layer.
+    pub fn set_on<B>(&self, answer: &mut Response<B>) {
+        answer.headers_mut().insert(X_REQUEST_ID.clone(), self.0.clone());
+    }
+
     /// 32 lowercase hex digits, written in place (no string in between).
-    fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         let mut id = [0u8; 32];
         let hexed = hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut id);
         let value = hexed.ok().and_then(|()| HeaderValue::from_bytes(&id).ok());

@@ -43,7 +43,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 
-use super::{Generation, KeptStack, ResponseBody, failed_unsent, received, refused};
+use super::{Generation, KeptStack, ResponseBody, answer_outside_stack, failed_unsent, received, refused};
 use crate::body::RequestBody;
 use crate::config::MAX_HEADERS;
 use crate::error::GatewayError;
@@ -349,7 +349,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             // Nothing is on the wire yet: the caller gets a 502 that says why, not a closed
             // connection without a word.
             Written::FailedUnsent { error, request_id } => {
-                let answer = failed_unsent(&error, request_id.as_ref());
+                let answer = failed_unsent(&error, request_id);
                 let answer = answer.map(|body| ResponseBody::new(Either::Right(body), idle, None));
                 matches!(self.write_answer(answer, head_only, http10, keep_alive).await, Written::Sent(true))
             }
@@ -507,13 +507,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     async fn refuse(&mut self, error: GatewayError, generation: &Generation) {
         let reason = if matches!(error, GatewayError::HeadTooLarge(_)) { "head_too_large" } else { "malformed_head" };
         generation.gateway.metrics.record_refused(reason);
-        let request_id = format!("{:032x}", rand::random::<u128>());
         tracing::debug!(peer = %self.peer, error = %error, "request head refused");
-        let mut answer = error.to_response(&request_id);
-        if let Ok(id) = HeaderValue::from_str(&request_id) {
-            answer.headers_mut().insert("x-request-id", id);
-        }
-        self.answer_alone(answer, generation).await;
+        self.answer_alone(answer_outside_stack(&error, None), generation).await;
     }
 
     /// Writes an answer the gateway made without a request, then closes.

@@ -128,7 +128,7 @@ impl Future for Answering {
         let request_id = RequestId::in_headers(&parts.headers);
         let mut body = ResponseBody::new(Either::Left(body), *this.idle, request_id);
         if let Some(error) = body.read_ahead(cx) {
-            let answer = failed_unsent(&error, body.request_id.as_ref());
+            let answer = failed_unsent(&error, body.request_id.take());
             return Poll::Ready(Ok(answer.map(|body| ResponseBody::new(Either::Right(body), *this.idle, None))));
         }
         Poll::Ready(Ok(Response::from_parts(parts, body)))

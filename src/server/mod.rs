@@ -500,15 +500,18 @@ impl ResponseBody {
 
 /// The answer in place of one whose body failed before any of it was sent: a 502 that says
 /// why, instead of a connection closed or a stream reset without a word.
-fn failed_unsent(error: &BoxError, request_id: Option<&RequestId>) -> Response<GatewayBody> {
-    let id = request_id.map_or("-", RequestId::as_str);
+fn failed_unsent(error: &BoxError, request_id: Option<RequestId>) -> Response<GatewayBody> {
+    let id = request_id.as_ref().map_or("-", RequestId::as_str);
     tracing::warn!(request_id = id, error = %error, "the answer failed before any of it was sent: answered 502");
-    let mut answer = GatewayError::UpstreamAnswerFailed(error.to_string()).to_response(id);
-    if request_id.is_some()
-        && let Ok(value) = HeaderValue::from_str(id)
-    {
-        answer.headers_mut().insert("x-request-id", value);
-    }
+    answer_outside_stack(&GatewayError::UpstreamAnswerFailed(error.to_string()), request_id)
+}
+
+/// `error` answered outside the stack, with the `x-request-id` the stack's answers carry:
+/// `request_id`, or a new one.
+fn answer_outside_stack(error: &GatewayError, request_id: Option<RequestId>) -> Response<GatewayBody> {
+    let request_id = request_id.unwrap_or_else(RequestId::generate);
+    let mut answer = error.to_response(request_id.as_str());
+    request_id.set_on(&mut answer);
     answer
 }
 
@@ -572,13 +575,8 @@ impl Body for ResponseBody {
 
 /// The 400 for a request head the smuggling rules refuse; the connection closes after it.
 fn refused(reason: &str) -> Response<GatewayBody> {
-    let request_id = format!("{:032x}", rand::random::<u128>());
-    let mut response = GatewayError::BadRequest(format!("request refused: {reason}")).to_response(&request_id);
-    let headers = response.headers_mut();
-    if let Ok(id) = HeaderValue::from_str(&request_id) {
-        headers.insert("x-request-id", id);
-    }
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let mut response = answer_outside_stack(&GatewayError::BadRequest(format!("request refused: {reason}")), None);
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
