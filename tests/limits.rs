@@ -167,7 +167,7 @@ async fn an_answer_streaming_longer_than_idle_timeout_keeps_its_connection_for_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_600_new_connections_is_taken_at_once_and_the_silent_ones_close_after_idle_timeout() {
-    // Past the listen backlog, the kernel drops handshakes and the caller's retries them a
+    // Past the listen backlog, the kernel drops handshakes and the caller retries them a
     // second or more later; silent connections then outlive the idle timeout by seconds.
     let mock = mock().await;
     let gw =

@@ -614,9 +614,8 @@ pub fn mutate(rng: &mut impl rand::Rng, input: &[u8], inserts: &[&[u8]]) -> Vec<
             1 => drop(out.splice(at..at, inserts[rng.random_range(0..inserts.len())].iter().copied())),
             2 => drop(out.drain(at..(at + rng.random_range(1..8)).min(out.len()))),
             3 => {
-                let lines: Vec<&[u8]> = out.split(|b| *b == b'\n').collect();
+                let mut lines: Vec<Vec<u8>> = out.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
                 let doubled = rng.random_range(0..lines.len());
-                let mut lines: Vec<Vec<u8>> = lines.iter().map(|line| line.to_vec()).collect();
                 lines.insert(doubled, lines[doubled].clone());
                 out = lines.join(&b'\n');
             }
