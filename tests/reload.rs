@@ -151,20 +151,30 @@ async fn an_invalid_config_is_refused_with_its_reason_logged_and_the_old_one_kee
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(reload_metrics(&gateway).await, (0, 2, 0));
 
+    // Valid TOML with a key pasted where its source belongs, the likeliest slip: serde's own
+    // message would quote it.
+    let pasted = "pasted-awork-key-c41f08e2";
+    write_config(&gateway, &format!("{valid}\n[credentials.other]\ntype = \"api_key\"\nkey = \"{pasted}\"\n"));
+    wait_reloads(&gateway, 0, 3).await;
+    assert_eq!(get(&gateway.url("/api/v1/me"), &auth).await.status, StatusCode::OK, "the old config serves");
+
     // Repaired: applied, and the gauge says so.
     write_config(&gateway, &valid.replace("\"GET /api/v1/me\"", "\"GET /api/v1/me\", \"GET /api/v1/users\""));
-    wait_reloads(&gateway, 1, 2).await;
+    wait_reloads(&gateway, 1, 3).await;
     assert_eq!(get(&gateway.url("/api/v1/users"), &auth).await.status, StatusCode::OK);
-    assert_eq!(reload_metrics(&gateway).await, (1, 2, 1));
+    assert_eq!(reload_metrics(&gateway).await, (1, 3, 1));
 
     let stderr = gateway.stderr();
     let refusals: Vec<&str> = stderr.lines().filter(|l| l.contains("config reload refused")).collect();
-    assert_eq!(refusals.len(), 2, "each broken content is reported once:\n{stderr}");
+    assert_eq!(refusals.len(), 3, "each broken content is reported once:\n{stderr}");
     assert!(refusals[0].contains("nope"), "the reason names the unknown credential: {}", refusals[0]);
     assert!(refusals[1].contains("line"), "the reason names the line: {}", refusals[1]);
+    assert!(refusals[2].contains("{ env = "), "the reason says how a secret is given: {}", refusals[2]);
     assert!(!stderr.contains(secret), "the secret on the broken line reached the log:\n{stderr}");
-    println!("refusal logged: {}", refusals[0].trim());
-    println!("refusal logged: {}", refusals[1].trim());
+    assert!(!stderr.contains(pasted), "the pasted key reached the log:\n{stderr}");
+    for refusal in refusals {
+        println!("refusal logged: {}", refusal.trim());
+    }
     assert_eq!(gateway.terminate(Duration::from_secs(10)).map(|s| s.code()), Some(Some(0)));
 }
 

@@ -2,7 +2,8 @@
 //! after a rotation), not a client's token, not what a caller sent to authenticate. The real
 //! binary is driven through every outcome (200, 401, 403, upstream 401, 502) over HTTP/1.1 and
 //! h2c, in pretty and JSON log formats, and everything it printed or answered is searched for
-//! each secret, plain and base64-encoded.
+//! each secret, plain and base64-encoded. Mutated configs with inline secrets are parsed as on a
+//! start or reload, and what is said of them is searched the same way.
 
 mod support;
 
@@ -981,4 +982,122 @@ async fn trace_level_oauth_run_leaks_no_token() {
         }
     }
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+}
+
+/// Secrets written inline in the mutated configs below: never in a message about them.
+const INLINE_SECRETS: [&str; 3] = ["inline-key-0d5e2b7a", "inline-client-secret-93c4", "inline-redis-pw-6a1f"];
+
+/// Whether `text` holds eight or more consecutive characters of an inline secret.
+fn quotes_an_inline_secret(text: &str) -> Option<&'static str> {
+    INLINE_SECRETS
+        .into_iter()
+        .find(|secret| secret.as_bytes().windows(8).any(|w| text.as_bytes().windows(8).any(|t| t == w)))
+}
+
+/// A config is parsed on every start, `check` and reload, and its refusals reach the log: seeded
+/// mutations of one with three inline secrets (their sources rewritten the ways people get
+/// them wrong, then bytes changed, lines doubled, fragments inserted) never get a message,
+/// a warning or a `Debug` of the config that quotes eight characters of a secret.
+#[test]
+fn mutated_configs_are_answered_without_quoting_their_inline_secrets() {
+    use rand::{Rng, SeedableRng};
+    let [key, client_secret, redis_password] = INLINE_SECRETS;
+    let valid = format!(
+        r#"[server]
+listen = "127.0.0.1:8080"
+
+[upstream]
+url = "https://api.awork.com"
+
+[credentials.main]
+type = "api_key"
+key = {{ value = "{key}" }}
+
+[credentials.people]
+type = "oauth_user"
+client_id = "gw-users"
+client_secret = {{ value = "{client_secret}" }}
+redirect_uri = "https://gateway.internal/oauth2/callback"
+token_store = "redis"
+
+[redis]
+url = "redis://cache:6379"
+password = {{ value = "{redis_password}" }}
+
+[[clients]]
+name = "tools"
+networks = ["127.0.0.0/8"]
+credential = "main"
+allow = ["read-only"]
+"#
+    );
+    let env: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    awork_gateway::config::Config::parse(&valid, "valid.toml", &env).expect("the unmutated config is valid");
+    // What an operator's slips look like: a source's braces or key lost, a value moved, a
+    // line doubled, a URL with its password.
+    const INSERTS: &[&[u8]] = &[
+        b"\"",
+        b"{",
+        b"}",
+        b"=",
+        b"\n",
+        b" = ",
+        b"value = ",
+        b"env = ",
+        b"file = ",
+        b"key = ",
+        b"[",
+        b"]",
+        b"redis://u:",
+        b"@",
+        b"#",
+        b"\\",
+        b"'",
+        b"\n[credentials.x]\ntype = \"api_key\"\n",
+        b"type = \"oauth\"\n",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (mut refused, mut accepted) = (0, 0);
+    // Each secret's source rewritten the way people get it wrong (a `file` holding the secret
+    // is not among them: its path is quoted when it cannot be read, as it must be).
+    let shapes = [
+        r#"{ value = "SECRET" }"#,
+        r#""SECRET""#,
+        r#"{ valu = "SECRET" }"#,
+        r#"{ env = "SECRET" }"#,
+        r#"{ value = "SECRET", env = "AWORK_API_KEY" }"#,
+        r#"["SECRET"]"#,
+        r#"{ value = SECRET }"#,
+        r#"{ value = "SECRET""#,
+        r#"{ value = ["SECRET"] }"#,
+    ];
+    for round in 0..4000 {
+        let mut text = valid.clone();
+        for secret in INLINE_SECRETS {
+            let shape = if rng.random_bool(0.6) { shapes[0] } else { shapes[rng.random_range(1..shapes.len())] };
+            text = text.replace(&shapes[0].replace("SECRET", secret), &shape.replace("SECRET", secret));
+        }
+        let bytes =
+            if rng.random_bool(0.5) { support::mutate(&mut rng, text.as_bytes(), INSERTS) } else { text.into_bytes() };
+        let Ok(text) = String::from_utf8(bytes) else { continue };
+        let said = match awork_gateway::config::Config::parse(&text, "mutated.toml", &env) {
+            Err(error) => {
+                refused += 1;
+                error.to_string()
+            }
+            Ok(loaded) => {
+                accepted += 1;
+                let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+                format!("{warnings:?} {:?}", loaded.config)
+            }
+        };
+        if let Some(secret) = quotes_an_inline_secret(&said) {
+            panic!("round {round}: a message quotes {secret}:\n{said}\n--- config ---\n{text}");
+        }
+    }
+    assert!(
+        refused > 1000 && accepted > 100,
+        "the mutations reach both outcomes: {refused} refused, {accepted} accepted"
+    );
+    println!("{refused} mutated configs refused, {accepted} accepted, none quoting a secret");
 }

@@ -368,6 +368,24 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// What a shell would take as a variable's name.
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().enumerate().all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()))
+}
+
+/// A URL as a message quotes it, with whatever is between the scheme and its last `@` (a
+/// user and password) replaced by `****`: a URL that does not parse may still carry a
+/// password, one with a `/` or `#` in it among them.
+fn shown_url(text: &str) -> String {
+    let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
+    match rest.rfind('@') {
+        Some(at) if scheme.is_empty() => format!("{:?}", format!("****{}", &rest[at..])),
+        Some(at) => format!("{:?}", format!("{scheme}://****{}", &rest[at..])),
+        None => format!("{text:?}"),
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Loaded, ConfigError> {
@@ -611,12 +629,15 @@ impl<'a> Validator<'a> {
         let uri = match parsed {
             Ok(uri) => uri,
             Err(e) => {
-                self.issue("upstream.url", format!("{url:?} is not a URL: {e}"));
+                self.issue("upstream.url", format!("{} is not a URL: {e}", shown_url(url)));
                 return None;
             }
         };
         let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
-            self.issue("upstream.url", format!("{url:?} needs a scheme and a host, e.g. \"https://api.awork.com\""));
+            self.issue(
+                "upstream.url",
+                format!("{} needs a scheme and a host, e.g. \"https://api.awork.com\"", shown_url(url)),
+            );
             return None;
         };
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
@@ -626,7 +647,10 @@ impl<'a> Validator<'a> {
         if uri.path() != "/" || uri.query().is_some() {
             self.issue(
                 "upstream.url",
-                format!("{url:?} must be an origin only (no path or query): request paths are forwarded unchanged"),
+                format!(
+                    "{} must be an origin only (no path or query): request paths are forwarded unchanged",
+                    shown_url(url)
+                ),
             );
             return None;
         }
@@ -695,18 +719,23 @@ impl<'a> Validator<'a> {
                     );
                 }
             }
-            _ => self
-                .issue(format!("{key}.redirect_uri"), format!("{:?} is not an absolute http(s) URL", raw.redirect_uri)),
+            _ => self.issue(
+                format!("{key}.redirect_uri"),
+                format!("{} is not an absolute http(s) URL", shown_url(&raw.redirect_uri)),
+            ),
         }
         let authorize_url = raw.authorize_url.unwrap_or_else(|| format!("{origin}/api/v1/accounts/authorize"));
         if !matches!(authorize_url.parse::<http::Uri>(), Ok(u) if u.scheme().is_some() && u.authority().is_some()) {
-            self.issue(format!("{key}.authorize_url"), format!("{authorize_url:?} is not an absolute URL"));
+            self.issue(format!("{key}.authorize_url"), format!("{} is not an absolute URL", shown_url(&authorize_url)));
         }
         let token_url_text = raw.token_url.unwrap_or_else(|| format!("{origin}/api/v1/accounts/token"));
         let token_url = match token_url_text.parse::<http::Uri>() {
             Ok(u) if u.scheme().is_some() && u.authority().is_some() => Some(u),
             _ => {
-                self.issue(format!("{key}.token_url"), format!("{token_url_text:?} is not an absolute URL"));
+                self.issue(
+                    format!("{key}.token_url"),
+                    format!("{} is not an absolute URL", shown_url(&token_url_text)),
+                );
                 None
             }
         };
@@ -774,6 +803,15 @@ impl<'a> Validator<'a> {
 
     fn secret(&mut self, key: &str, raw: raw::RawSecret) -> SecretSource {
         let source = match raw {
+            raw::RawSecret::Env(name) if !is_env_name(&name) => {
+                // Not echoed: a key pasted here instead of a variable's name would be.
+                self.issue(
+                    key,
+                    "env must name an environment variable (letters, digits and _, not starting with a digit); \
+                     what is written there is not shown: it may be the secret itself",
+                );
+                return SecretSource::Env(name);
+            }
             raw::RawSecret::Env(name) => SecretSource::Env(name),
             raw::RawSecret::File(path) => SecretSource::File(path),
             raw::RawSecret::Value(v) => {
@@ -826,18 +864,21 @@ impl<'a> Validator<'a> {
 
     fn redis(&mut self, raw: raw::RawRedis) -> RedisConfig {
         let url = raw.url.trim().to_owned();
-        match url.parse::<http::Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("redis" | "rediss")) && uri.authority().is_some() => {
-                let userinfo = uri.authority().and_then(|a| a.as_str().rsplit_once('@')).map(|(user, _)| user);
-                if userinfo.is_some_and(|user| user.contains(':')) {
-                    self.issue(
-                        "redis.url",
-                        "must not carry a password: write it as redis.password = { env = \"REDIS_PASSWORD\" }",
-                    );
-                }
-            }
-            _ => self
-                .issue("redis.url", format!("{url:?} is not a redis:// or rediss:// URL, e.g. \"redis://redis:6379\"")),
+        // Looked for in the text, not in a parsed URI: a password with a `/` or `#` in it makes
+        // the URI parse with another authority.
+        let userinfo = url.split_once("://").and_then(|(_, rest)| rest.rfind('@').map(|at| &rest[..at]));
+        if userinfo.is_some_and(|user| user.contains(':')) {
+            self.issue(
+                "redis.url",
+                "must not carry a password: write it as redis.password = { env = \"REDIS_PASSWORD\" }",
+            );
+        } else if !matches!(url.parse::<http::Uri>(),
+            Ok(uri) if matches!(uri.scheme_str(), Some("redis" | "rediss")) && uri.authority().is_some())
+        {
+            self.issue(
+                "redis.url",
+                format!("{} is not a redis:// or rediss:// URL, e.g. \"redis://redis:6379\"", shown_url(&url)),
+            );
         }
         let password = raw.password.map(|p| self.secret("redis.password", p));
         let fallback_replicas = raw.fallback_replicas.unwrap_or(3);
@@ -1123,7 +1164,10 @@ impl<'a> Validator<'a> {
         if otlp_endpoint.is_none() {
             self.issue(
                 "tracing.otlp_endpoint",
-                format!("{text:?} is not an http:// or https:// URL, e.g. \"http://otel-collector:4318/v1/traces\""),
+                format!(
+                    "{} is not an http:// or https:// URL, e.g. \"http://otel-collector:4318/v1/traces\"",
+                    shown_url(text)
+                ),
             );
         }
         let service_name = raw.service_name.unwrap_or_else(|| "awork-gateway".to_owned());

@@ -83,6 +83,76 @@ fn inline_secret_is_accepted_with_a_warning() {
     assert!(!format!("{:?}", loaded.config).contains("abc"));
 }
 
+/// A secret a test writes where its source belongs: it must appear in no message.
+const PASTED: &str = "sk-pasted-awork-key-7f3a9c";
+
+#[test]
+fn a_key_pasted_where_its_source_belongs_is_refused_without_being_quoted() {
+    for (credential, key) in [
+        (format!("type = \"api_key\"\nkey = \"{PASTED}\""), "credentials.main"),
+        (format!("type = \"api_key\"\nkey = {{ env = \"{PASTED}\" }}"), "credentials.main.key"),
+        (
+            format!(
+                "type = \"oauth_user\"\nclient_id = \"gw\"\nredirect_uri = \"https://gw.internal/oauth2/callback\"\n\
+                 client_secret = \"{PASTED}\""
+            ),
+            "credentials.main",
+        ),
+    ] {
+        let err = parse(&format!("[credentials.main]\n{credential}\n")).expect_err("refused");
+        let text = err.to_string();
+        assert!(!text.contains(PASTED), "{text}");
+        assert!(text.contains("not shown"), "the message says why the text is missing: {text}");
+        assert!(text.contains(key) || text.contains("line 1"), "the message says where: {text}");
+    }
+}
+
+#[test]
+fn a_secret_source_of_the_wrong_shape_is_named_and_its_content_never_quoted() {
+    for (source, says) in [
+        ("{ value = 40527193 }", "`value` of a secret source must be a string"),
+        ("{ value = [\"sk-a\", \"sk-b\"] }", "`value` of a secret source must be a string"),
+        ("{ valu = \"sk-typo\" }", "unknown key `valu` in a secret source"),
+        ("{ env = \"A\", value = \"sk-both\" }", "one of `env`, `file` or `value`, not several"),
+        ("{}", "a secret is given by its source"),
+        ("40527193", "a secret is given by its source"),
+        ("1979-05-27T07:32:00Z", "a secret is given by its source"),
+        ("[\"sk-list\"]", "a secret is given by its source"),
+    ] {
+        let msg = first_issue(&format!("[credentials.main]\ntype = \"api_key\"\nkey = {source}\n"));
+        assert!(msg.contains(says), "{source}: {msg}");
+        for hidden in ["40527193", "sk-a", "sk-typo", "sk-both", "1979", "sk-list"] {
+            assert!(!msg.contains(hidden), "{source}: {msg}");
+        }
+    }
+    let loaded = parse("[credentials.main]\ntype = \"api_key\"\nkey = { env = \"AWORK_API_KEY\" }\n").expect("valid");
+    assert!(loaded.warnings.is_empty());
+}
+
+#[test]
+fn a_refused_url_is_quoted_without_its_user_and_password() {
+    let oauth = |key: &str, url: &str| {
+        format!(
+            "[credentials.main]\ntype = \"oauth\"\nclient_id = \"gw\"\n\
+             redirect_uri = \"http://127.0.0.1:9090/oauth/main/callback\"\ntoken_store = \"memory\"\n{key} = \"{url}\"\n"
+        )
+    };
+    for (text, shown) in [
+        (with_client("", "[redis]\nurl = \"redis://user@cache:6379 \\\\\""), "\"redis://****@cache:6379 \\\\\""),
+        (with_client("", "[redis]\nurl = \"redis://admin:p/w#x@cache\""), "must not carry a password"),
+        (with_client("", "[redis]\nurl = \"redis://:hunter 2@cache:6379\""), "must not carry a password"),
+        (format!("[upstream]\nurl = \"https://u:hunter 2@awork.example\"\n{BASE}"), "\"https://****@awork.example\""),
+        (oauth("token_url", "u:hunter 2@awork.example/token"), "\"****@awork.example/token\""),
+    ] {
+        let err = parse(&text).expect_err("refused");
+        let msg = err.to_string();
+        assert!(msg.contains(shown), "{msg}");
+        assert!(!msg.contains("hunter") && !msg.contains("p/w") && !msg.contains("user"), "{msg}");
+    }
+    let msg = first_issue(&format!("[upstream]\nurl = \"ftp://awork.example\"\n{BASE}"));
+    assert_eq!(msg, "upstream.url: scheme ftp is not http or https");
+}
+
 #[test]
 fn clients_that_can_never_match_are_refused() {
     let msg =
