@@ -257,6 +257,17 @@ async fn healthcheck_exits_0_for_a_healthy_gateway_and_1_otherwise() {
     assert!(stderr(&not_found).contains("404"), "{}", stderr(&not_found));
     let missing = hc(&["--config", "/nonexistent/awork-gateway.toml"], &[]);
     assert_eq!(missing.status.code(), Some(1), "an unreadable config is unhealthy, never 2 (Docker reserves it)");
+    // A config broken on a line that holds a secret: Docker keeps the probe's output, so the
+    // reason names the line and column without quoting it.
+    let secret = "inline-key-in-a-broken-line-2c7e";
+    let broken_path = dir.join("broken.toml");
+    std::fs::write(&broken_path, format!("[credentials.main]\ntype = \"api_key\"\nkey = {{ value = \"{secret}\"\n"))
+        .expect("write config");
+    let broken = hc(&["--config", broken_path.to_str().expect("utf-8")], &[]);
+    assert_eq!(broken.status.code(), Some(1), "a broken config is unhealthy");
+    let said = format!("{}{}", stdout(&broken), stderr(&broken));
+    assert!(said.contains("line 3, column"), "{said}");
+    assert!(!said.contains(secret), "the probe quoted the secret's line: {said}");
 
     // A listener that accepts but never answers: unhealthy within --timeout.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -59,7 +59,9 @@ fn admin_listen(config: Option<&Path>) -> Result<SocketAddr, String> {
         ),
         None => (crate::config::EMBEDDED_DEFAULT.to_owned(), "(embedded default)".to_owned()),
     };
-    let probe: ProbeConfig = toml::from_str(&text).map_err(|e| format!("{name}: {}", e.to_string().trim_end()))?;
+    // toml's own message quotes the line, which may hold a secret: a probe's output is kept by Docker.
+    let probe: ProbeConfig =
+        toml::from_str(&text).map_err(|e| format!("{name}: {}", crate::config::syntax_message(&text, &e)))?;
     let addr = probe.server.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN);
     addr.parse().map_err(|e| format!("{name}: server.admin_listen {addr:?}: {e}"))
 }

@@ -355,7 +355,7 @@ pub struct Loaded {
 
 /// Where and what the TOML error is, without quoting the line: the line may hold a secret
 /// (`key = { value = "..." }`), and this message reaches logs on a reload.
-fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+pub(crate) fn syntax_message(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim_end().replace('\n', " ");
     match e.span() {
         Some(span) => {
