@@ -3,7 +3,8 @@
 //! binary is driven through every outcome (200, 401, 403, upstream 401, 502) over HTTP/1.1 and
 //! h2c, in pretty and JSON log formats, and everything it printed or answered is searched for
 //! each secret, plain and base64-encoded. Mutated configs with inline secrets are parsed as on a
-//! start or reload, and what is said of them is searched the same way.
+//! start or reload, and what is said of them is searched the same way, as is what a token
+//! endpoint that quotes secrets back makes the gateway say.
 
 mod support;
 
@@ -1100,4 +1101,112 @@ allow = ["read-only"]
         "the mutations reach both outcomes: {refused} refused, {accepted} accepted"
     );
     println!("{refused} mutated configs refused, {accepted} accepted, none quoting a secret");
+}
+
+/// A token endpoint that refuses every request and quotes back what it was sent in secret (the
+/// code, the refresh token, the client secret from Basic), as some OAuth servers word their
+/// `invalid_grant`. Answers until the test ends.
+async fn quoting_token_endpoint() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            let (head, body_start) = loop {
+                let Ok(n) = socket.read(&mut buf).await else { break (String::new(), 0) };
+                if n == 0 {
+                    break (String::new(), 0);
+                }
+                request.extend_from_slice(&buf[..n]);
+                if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break (String::from_utf8_lossy(&request[..end]).into_owned(), end + 4);
+                }
+            };
+            let header = |name: &str| {
+                head.lines().find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                })
+            };
+            let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            while request.len() < body_start + length {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = String::from_utf8_lossy(&request[body_start.min(request.len())..]).into_owned();
+            let form = awork_gateway::form::Form::parse(&body).expect("a form");
+            let basic = header("authorization")
+                .and_then(|v| v.strip_prefix("Basic ").map(str::to_owned))
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default();
+            let description = format!(
+                "code {} / refresh token {} / client {basic} not accepted",
+                form.get("code").unwrap_or("-"),
+                form.get("refresh_token").unwrap_or("-")
+            );
+            let answer = serde_json::json!({ "code": "invalid_grant", "description": description }).to_string();
+            let reply = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            let _ = socket.write_all(reply.as_bytes()).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_a_token_endpoint_quotes_back_reach_no_page_and_no_log() {
+    let token_endpoint = quoting_token_endpoint().await;
+    let dir = support::temp_dir("secrets-quoted-back");
+    let (port, admin_port) = (support::free_port(), support::free_port());
+    let text = support::oauth_config_text("http://127.0.0.1:9", port, admin_port, &dir.join("tokens")).replace(
+        "[credentials.people]\n",
+        &format!("[credentials.people]\ntoken_url = \"http://{token_endpoint}/token\"\n"),
+    );
+    assert!(text.contains("/token\"\ntype = \"oauth_user\""), "the token_url is the people credential's");
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, text).expect("write config");
+    let mut gateway =
+        BinaryGateway::spawn_on(&dir.join("gateway"), &config, port, admin_port, &[("RUST_LOG", "trace")]).await;
+
+    // A person comes back from awork with a code; redeeming it is refused with the code, the
+    // client secret and the client id quoted back.
+    let start = support::get(&gateway.url("/oauth2/start"), &[]).await;
+    assert_eq!(start.status, StatusCode::FOUND);
+    let location = start.headers["location"].to_str().expect("location").to_owned();
+    let state = location.split(['?', '&']).find_map(|p| p.strip_prefix("state=")).expect("state").to_owned();
+    let cookies: Vec<String> = start
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+        .collect();
+    let code = format!("code-{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
+    let cookie = cookies.join("; ");
+    let mut headers = vec![("accept", "application/json")];
+    if !cookie.is_empty() {
+        headers.push(("cookie", cookie.as_str()));
+    }
+    let callback = support::get(&gateway.url(&format!("/oauth2/callback?code={code}&state={state}")), &headers).await;
+    let page = String::from_utf8_lossy(&callback.body).into_owned();
+    assert!(callback.status.is_client_error() || callback.status.is_server_error(), "{}: {page}", callback.status);
+    assert!(page.contains("invalid_grant") && page.contains("code ****"), "awork's words reach the person: {page}");
+    let status = String::from_utf8_lossy(&support::get(&gateway.admin_url("/status"), &[]).await.body).into_owned();
+
+    assert_eq!(gateway.terminate(Duration::from_secs(10)).map(|s| s.code()), Some(Some(0)));
+    let said = format!("{page}\n{status}\n{}\n{}", gateway.stdout(), gateway.stderr());
+    assert!(said.contains("client gw-people:****"), "the client id is no secret and stays: {said}");
+    for secret in [code.as_str(), support::PEOPLE_SECRET] {
+        assert!(
+            find(&said, secret).is_none(),
+            "{secret} was quoted back into:\n{}",
+            find(&said, secret).unwrap_or_default()
+        );
+    }
 }

@@ -53,6 +53,22 @@ pub enum TokenError {
     Unavailable(String),
 }
 
+/// The token request's parameters that are secrets: a refused one may be quoted back.
+const SECRET_PARAMS: [&str; 3] = ["code", "code_verifier", "refresh_token"];
+
+/// awork's words about a refused token request with every secret that request carried
+/// replaced by `****`. An OAuth server may quote a refused code or refresh token back ("refresh
+/// token … is invalid"), and these words are logged, shown on the status page and on the
+/// sign-in page.
+fn without(mut text: String, secrets: &[&str]) -> String {
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if text.contains(secret) {
+            text = text.replace(secret, "****");
+        }
+    }
+    text
+}
+
 /// A PKCE pair (RFC 7636, S256).
 #[derive(Debug)]
 pub struct Pkce {
@@ -250,8 +266,15 @@ impl OAuthClient {
             });
         }
         let body: TokenErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
-        let code = body.code.or(body.error).unwrap_or_else(|| status.as_str().to_owned());
-        let description = body.description.or(body.error_description).unwrap_or_default();
+        // What this request carried in secret, in case the answer quotes it back.
+        let sent: Vec<&str> = params
+            .iter()
+            .filter(|(name, _)| SECRET_PARAMS.contains(name))
+            .map(|(_, value)| *value)
+            .chain(secret.as_ref().map(Secret::expose))
+            .collect();
+        let code = without(body.code.or(body.error).unwrap_or_else(|| status.as_str().to_owned()), &sent);
+        let description = without(body.description.or(body.error_description).unwrap_or_default(), &sent);
         let final_refusal =
             matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
                 && code != "temporarily_unavailable";
