@@ -1107,54 +1107,37 @@ allow = ["read-only"]
 /// code, the refresh token, the client secret from Basic), as some OAuth servers word their
 /// `invalid_grant`. Answers until the test ends.
 async fn quoting_token_endpoint() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            let (head, body_start) = loop {
-                let Ok(n) = socket.read(&mut buf).await else { break (String::new(), 0) };
-                if n == 0 {
-                    break (String::new(), 0);
-                }
-                request.extend_from_slice(&buf[..n]);
-                if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break (String::from_utf8_lossy(&request[..end]).into_owned(), end + 4);
-                }
-            };
-            let header = |name: &str| {
-                head.lines().find_map(|l| {
-                    let (n, v) = l.split_once(':')?;
-                    n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-                })
-            };
-            let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-            while request.len() < body_start + length {
-                match socket.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let body = String::from_utf8_lossy(&request[body_start.min(request.len())..]).into_owned();
-            let form = awork_gateway::form::Form::parse(&body).expect("a form");
-            let basic = header("authorization")
-                .and_then(|v| v.strip_prefix("Basic ").map(str::to_owned))
-                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                .unwrap_or_default();
-            let description = format!(
-                "code {} / refresh token {} / client {basic} not accepted",
-                form.get("code").unwrap_or("-"),
-                form.get("refresh_token").unwrap_or("-")
-            );
-            let answer = serde_json::json!({ "code": "invalid_grant", "description": description }).to_string();
-            let reply = format!(
-                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                answer.len()
-            );
-            let _ = socket.write_all(reply.as_bytes()).await;
+        while let Ok((socket, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let basic = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok()?.strip_prefix("Basic "))
+                    .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default();
+                let body = req.into_body().collect().await?.to_bytes();
+                let form = awork_gateway::form::Form::parse_bytes(&body).expect("a form");
+                let description = format!(
+                    "code {} / refresh token {} / client {basic} not accepted",
+                    form.get("code").unwrap_or("-"),
+                    form.get("refresh_token").unwrap_or("-")
+                );
+                let answer = serde_json::json!({ "code": "invalid_grant", "description": description }).to_string();
+                let response = http::Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(answer)))
+                    .expect("response");
+                Ok::<_, hyper::Error>(response)
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+            tokio::spawn(connection);
         }
     });
     addr

@@ -374,14 +374,20 @@ fn is_env_name(name: &str) -> bool {
         && name.bytes().enumerate().all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()))
 }
 
-/// A URL as a message quotes it, with whatever is between the scheme and its last `@` (a
-/// user and password) replaced by `****`: a URL that does not parse may still carry a
-/// password, one with a `/` or `#` in it among them.
+/// A URL's text around its user and password: what comes before them (the scheme and `://`),
+/// the user and password, and the last `@` with what follows. Found in the text, not in a
+/// parsed URI: a password with a `/` or `#` in it makes a URI parse with another authority, or
+/// not at all.
+fn split_userinfo(text: &str) -> Option<(&str, &str, &str)> {
+    let start = text.find("://").map_or(0, |at| at + 3);
+    let at = start + text[start..].rfind('@')?;
+    Some((&text[..start], &text[start..at], &text[at..]))
+}
+
+/// A URL as a message quotes it, its user and password replaced by `****`.
 fn shown_url(text: &str) -> String {
-    let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
-    match rest.rfind('@') {
-        Some(at) if scheme.is_empty() => format!("{:?}", format!("****{}", &rest[at..])),
-        Some(at) => format!("{:?}", format!("{scheme}://****{}", &rest[at..])),
+    match split_userinfo(text) {
+        Some((before, _, after)) => format!("{:?}", format!("{before}****{after}")),
         None => format!("{text:?}"),
     }
 }
@@ -864,10 +870,7 @@ impl<'a> Validator<'a> {
 
     fn redis(&mut self, raw: raw::RawRedis) -> RedisConfig {
         let url = raw.url.trim().to_owned();
-        // Looked for in the text, not in a parsed URI: a password with a `/` or `#` in it makes
-        // the URI parse with another authority.
-        let userinfo = url.split_once("://").and_then(|(_, rest)| rest.rfind('@').map(|at| &rest[..at]));
-        if userinfo.is_some_and(|user| user.contains(':')) {
+        if split_userinfo(&url).is_some_and(|(_, user, _)| user.contains(':')) {
             self.issue(
                 "redis.url",
                 "must not carry a password: write it as redis.password = { env = \"REDIS_PASSWORD\" }",

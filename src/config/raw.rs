@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::IgnoredAny;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,139 +68,61 @@ pub struct RawUpstream {
 
 /// `{ env = "NAME" }`, `{ file = "PATH" }` or `{ value = "..." }`.
 ///
-/// Read by hand, not derived: serde's own messages quote what they refuse (`unknown variant
-/// \`sk-...\``), and the likeliest mistake here is a key pasted as a bare string. What is
-/// refused is described, never shown.
+/// Not derived as an enum of its own: serde's messages quote what they refuse (`unknown
+/// variant \`sk-...\``), and the likeliest mistake here is a key pasted as a bare string. Read
+/// as any shape, then judged: what is refused is described, never shown.
+#[derive(Deserialize)]
+#[serde(try_from = "SecretShape")]
 pub enum RawSecret {
     Env(String),
     File(PathBuf),
     Value(String),
 }
 
+/// Whatever is written where a secret source belongs.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretShape {
+    Table(BTreeMap<String, OpaqueString>),
+    Other(IgnoredAny),
+}
+
+/// A string, or anything else, which is skipped, never quoted.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OpaqueString {
+    Text(String),
+    Other(IgnoredAny),
+}
+
 /// The answer to anything written where a secret source belongs that is not one.
 const NOT_A_SECRET_SOURCE: &str = "a secret is given by its source: { env = \"NAME\" }, { file = \"PATH\" } or \
      { value = \"...\" } (what is written there is not shown: it may be the secret itself)";
 
-impl<'de> Deserialize<'de> for RawSecret {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(SecretVisitor)
-    }
-}
+impl TryFrom<SecretShape> for RawSecret {
+    type Error = String;
 
-struct SecretVisitor;
-
-impl<'de> Visitor<'de> for SecretVisitor {
-    type Value = RawSecret;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("{ env = \"NAME\" }, { file = \"PATH\" } or { value = \"...\" }")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSecret, A::Error> {
-        let mut found = None;
-        while let Some(key) = map.next_key::<String>()? {
-            let OpaqueString(text) = map.next_value()?;
-            let make: fn(String) -> RawSecret = match key.as_str() {
-                "env" => RawSecret::Env,
-                "file" => |text: String| RawSecret::File(text.into()),
-                "value" => RawSecret::Value,
-                // A TOML date or time arrives as a map with a private key.
-                _ if !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
-                    return Err(de::Error::custom(NOT_A_SECRET_SOURCE));
-                }
-                _ => {
-                    return Err(de::Error::custom(format!(
-                        "unknown key `{key}` in a secret source: it takes one of `env`, `file` or `value`"
-                    )));
-                }
-            };
-            let Some(text) = text else {
-                return Err(de::Error::custom(format!(
-                    "`{key}` of a secret source must be a string (what is written there is not shown)"
-                )));
-            };
-            if found.replace(make(text)).is_some() {
-                return Err(de::Error::custom("a secret source takes one of `env`, `file` or `value`, not several"));
+    fn try_from(shape: SecretShape) -> Result<Self, String> {
+        let SecretShape::Table(table) = shape else { return Err(NOT_A_SECRET_SOURCE.to_owned()) };
+        if let Some(key) = table.keys().find(|key| !matches!(key.as_str(), "env" | "file" | "value")) {
+            // A TOML date or time arrives as a table with a private key.
+            if !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(NOT_A_SECRET_SOURCE.to_owned());
             }
+            return Err(format!("unknown key `{key}` in a secret source: it takes one of `env`, `file` or `value`"));
         }
-        found.ok_or_else(|| de::Error::custom(NOT_A_SECRET_SOURCE))
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<RawSecret, E> {
-        Err(E::custom(NOT_A_SECRET_SOURCE))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<RawSecret, E> {
-        Err(E::custom(NOT_A_SECRET_SOURCE))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<RawSecret, E> {
-        Err(E::custom(NOT_A_SECRET_SOURCE))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<RawSecret, E> {
-        Err(E::custom(NOT_A_SECRET_SOURCE))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<RawSecret, E> {
-        Err(E::custom(NOT_A_SECRET_SOURCE))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<RawSecret, A::Error> {
-        Err(de::Error::custom(NOT_A_SECRET_SOURCE))
-    }
-}
-
-/// A string, or `None` for anything else (which is skipped, never quoted).
-struct OpaqueString(Option<String>);
-
-impl<'de> Deserialize<'de> for OpaqueString {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(OpaqueVisitor)
-    }
-}
-
-struct OpaqueVisitor;
-
-impl<'de> Visitor<'de> for OpaqueVisitor {
-    type Value = OpaqueString;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<OpaqueString, E> {
-        Ok(OpaqueString(Some(text.to_owned())))
-    }
-
-    fn visit_string<E: de::Error>(self, text: String) -> Result<OpaqueString, E> {
-        Ok(OpaqueString(Some(text)))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<OpaqueString, E> {
-        Ok(OpaqueString(None))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<OpaqueString, E> {
-        Ok(OpaqueString(None))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<OpaqueString, E> {
-        Ok(OpaqueString(None))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<OpaqueString, E> {
-        Ok(OpaqueString(None))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OpaqueString, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(OpaqueString(None))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OpaqueString, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(OpaqueString(None))
+        if table.len() > 1 {
+            return Err("a secret source takes one of `env`, `file` or `value`, not several".to_owned());
+        }
+        let Some((key, text)) = table.into_iter().next() else { return Err(NOT_A_SECRET_SOURCE.to_owned()) };
+        let OpaqueString::Text(text) = text else {
+            return Err(format!("`{key}` of a secret source must be a string (what is written there is not shown)"));
+        };
+        Ok(match key.as_str() {
+            "env" => Self::Env(text),
+            "file" => Self::File(text.into()),
+            _ => Self::Value(text),
+        })
     }
 }
 
